@@ -1,0 +1,35 @@
+# Two commands matter: `make demo` (the whole loop on demo data) and `make test` (the suite).
+# uv is bootstrapped when missing; `uv sync --frozen` builds .venv/ from the committed uv.lock.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export DAGSTER_DISABLE_TELEMETRY := 1
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: setup demo test dev lint format bench clean
+
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+demo: setup
+	.venv/bin/actionlayer demo
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/pytest
+
+dev: setup
+	.venv/bin/actionlayer dev
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+clean:
+	rm -rf data/ dbt_project/target dbt_project/logs

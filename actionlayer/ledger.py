@@ -1,0 +1,283 @@
+"""The action ledger: append-only events that prove what was proposed, decided, sent and what came of it.
+
+Nothing here updates or deletes a ledger row. Every event has a deterministic id, so writing the same
+event twice (a re-run, a re-imported review file) inserts nothing the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+EVENT_TYPES = (
+    "proposed",
+    "held_out",
+    "suppressed",
+    "pending_review",
+    "approved",
+    "rejected",
+    "expired",
+    "sending",
+    "delivered",
+    "failed",
+    "unknown",
+)
+TERMINAL_TYPES = frozenset({"held_out", "rejected", "expired", "delivered", "unknown"})
+
+LEDGER_TABLE = "ops.action_ledger"
+
+_DDL = """
+create schema if not exists ops;
+create sequence if not exists ops.action_ledger_seq start 1;
+create table if not exists ops.action_ledger (
+    seq              bigint    not null default nextval('ops.action_ledger_seq'),
+    event_id         varchar   primary key,
+    action_id        varchar   not null,
+    event_type       varchar   not null,
+    occurred_at      timestamp not null,
+    recorded_at      timestamp not null,
+    actor            varchar   not null,
+    rule_id          varchar   not null,
+    rule_version     integer,
+    maturity_level   integer,
+    record_type      varchar,
+    record_id        varchar,
+    contact_id       varchar,
+    account_id       varchar,
+    owner_email      varchar,
+    signal_at        timestamp,
+    holdout          boolean,
+    reason           varchar,
+    recommended_action varchar,
+    channel          varchar,
+    recipient        varchar,
+    message_subject  varchar,
+    message_body     varchar,
+    approver_email   varchar,
+    attempt          integer,
+    result           varchar,
+    retryable        boolean,
+    next_action      varchar,
+    details          varchar
+);
+create or replace view ops.action_state as
+with ranked as (
+    select *, row_number() over (partition by action_id order by seq desc) as recency
+    from ops.action_ledger
+),
+proposals as (
+    select action_id, message_subject as proposed_subject, message_body as proposed_body,
+           recipient as proposed_recipient, occurred_at as proposed_at
+    from ops.action_ledger
+    where event_type = 'proposed'
+)
+select ranked.* exclude (recency), proposals.proposed_subject, proposals.proposed_body,
+       proposals.proposed_recipient, proposals.proposed_at
+from ranked
+left join proposals using (action_id)
+where recency = 1;
+"""
+
+# Identity fields are copied from the proposal onto every later event of the same action.
+IDENTITY_FIELDS = (
+    "rule_id",
+    "rule_version",
+    "maturity_level",
+    "record_type",
+    "record_id",
+    "contact_id",
+    "account_id",
+    "owner_email",
+    "signal_at",
+    "holdout",
+)
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """One immutable ledger row. `event_id` is derived unless given."""
+
+    action_id: str
+    event_type: str
+    occurred_at: datetime
+    actor: str
+    rule_id: str
+    rule_version: int | None = None
+    maturity_level: int | None = None
+    record_type: str | None = None
+    record_id: str | None = None
+    contact_id: str | None = None
+    account_id: str | None = None
+    owner_email: str | None = None
+    signal_at: datetime | None = None
+    holdout: bool | None = None
+    reason: str | None = None
+    recommended_action: str | None = None
+    channel: str | None = None
+    recipient: str | None = None
+    message_subject: str | None = None
+    message_body: str | None = None
+    approver_email: str | None = None
+    attempt: int | None = None
+    result: str | None = None
+    retryable: bool | None = None
+    next_action: str | None = None
+    details: dict[str, Any] | None = None
+    event_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown ledger event type {self.event_type!r}; expected one of {EVENT_TYPES}")
+        if not self.event_id:
+            object.__setattr__(self, "event_id", event_id_for(self.action_id, self.event_type, self.discriminator))
+
+    @property
+    def discriminator(self) -> str:
+        """What makes two events of one type on one action different.
+
+        Attempts differ by number; a re-evaluated suppression differs by day and reason; everything
+        else happens at most once per action.
+        """
+        if self.event_type in {"sending", "delivered", "failed", "unknown"}:
+            return f"attempt={self.attempt or 1}"
+        if self.event_type == "suppressed":
+            return f"{self.occurred_at:%Y-%m-%d}|{self.result or ''}"
+        if self.event_type in {"pending_review", "approved"}:
+            # after a lifted suppression an action may be re-queued; a decision happens once
+            return "" if self.event_type == "approved" else f"{self.occurred_at:%Y-%m-%d}"
+        return ""
+
+
+def event_id_for(action_id: str, event_type: str, discriminator: str = "") -> str:
+    return hashlib.sha256(f"{action_id}|{event_type}|{discriminator}".encode()).hexdigest()[:32]
+
+
+def action_id_for(rule_id: str, record_type: str, record_id: str, signal_key: str) -> str:
+    """The deterministic action id; dbt computes the same value as md5 of the same string."""
+    return hashlib.md5(f"{rule_id}|{record_type}|{record_id}|{signal_key}".encode()).hexdigest()
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ledger table, sequence and views if they are missing (safe to call every pass)."""
+    con.execute(_DDL)
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    # fetchall, not fetchone: DuckDB 2.0 keeps a half-read result open and refuses the next statement
+    return con.execute(sql).fetchall()[0][0]
+
+
+def _wall_clock() -> datetime:
+    # audit only: when the row was physically written, never used for business decisions
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+_COLUMNS = [f.name for f in fields(LedgerEvent)]
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    name: pa.string() for name in _COLUMNS
+} | {
+    "occurred_at": pa.timestamp("us"),
+    "signal_at": pa.timestamp("us"),
+    "recorded_at": pa.timestamp("us"),
+    "rule_version": pa.int32(),
+    "maturity_level": pa.int32(),
+    "attempt": pa.int32(),
+    "holdout": pa.bool_(),
+    "retryable": pa.bool_(),
+    "seq": pa.int64(),
+}
+
+
+def append(con: duckdb.DuckDBPyConnection, events: Iterable[LedgerEvent]) -> int:
+    """Append events in the order given; events whose id is already present are skipped.
+
+    Returns the number of rows inserted. The caller owns the transaction: a single writer is
+    assumed (see CONVENTIONS), which is what makes the explicit `seq` numbering safe.
+    """
+    batch = list(events)
+    if not batch:
+        return 0
+    recorded_at = _wall_clock()
+    first_seq = _scalar(con, "select coalesce(max(seq), 0) + 1 from ops.action_ledger")
+    columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+    for event in batch:
+        for name in _COLUMNS:
+            value = getattr(event, name)
+            if name == "details":
+                value = json.dumps(value, sort_keys=True, default=str) if value else None
+            columns[name].append(value)
+    columns["seq"] = list(range(first_seq, first_seq + len(batch)))
+    columns["recorded_at"] = [recorded_at] * len(batch)
+    frame = pa.table({name: pa.array(values, type=_ARROW_TYPES[name]) for name, values in columns.items()})
+    before = _scalar(con, "select count(*) from ops.action_ledger")
+    con.register("_ledger_batch", frame)
+    try:
+        names = ", ".join(columns)
+        # distinct on event_id: one batch may legitimately name the same event twice (idempotent writers)
+        con.execute(
+            f"""insert into ops.action_ledger ({names})
+            select {names} from _ledger_batch
+            qualify row_number() over (partition by event_id order by seq) = 1
+            order by seq
+            on conflict do nothing"""
+        )
+    finally:
+        con.unregister("_ledger_batch")
+    after = _scalar(con, "select count(*) from ops.action_ledger")
+    return after - before
+
+
+def next_event(state: dict[str, Any], event_type: str, occurred_at: datetime, actor: str, **values: Any) -> LedgerEvent:
+    """The next event of an action, its identity copied from the action's current state row."""
+    identity = {name: state.get(name) for name in IDENTITY_FIELDS}
+    for carried in ("channel", "recipient", "recommended_action", "reason"):
+        values.setdefault(carried, state.get(carried))
+    return LedgerEvent(
+        action_id=state["action_id"],
+        event_type=event_type,
+        occurred_at=occurred_at,
+        actor=actor,
+        **identity,
+        **values,
+    )
+
+
+def _rows(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def states(
+    con: duckdb.DuckDBPyConnection,
+    event_types: Sequence[str] | None = None,
+    action_ids: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Each action's latest event (plus its proposed message), optionally filtered by state or id."""
+    clauses, params = [], []
+    if event_types:
+        clauses.append(f"event_type in ({', '.join('?' for _ in event_types)})")
+        params.extend(event_types)
+    if action_ids is not None:
+        if not action_ids:
+            return []
+        clauses.append(f"action_id in ({', '.join('?' for _ in action_ids)})")
+        params.extend(action_ids)
+    where = f"where {' and '.join(clauses)}" if clauses else ""
+    return _rows(con.execute(f"select * from ops.action_state {where} order by seq", params))
+
+
+def trail(con: duckdb.DuckDBPyConnection, action_id: str) -> list[dict[str, Any]]:
+    """Every event of one action, oldest first."""
+    return _rows(con.execute("select * from ops.action_ledger where action_id = ? order by seq", [action_id]))
+
+
+def count_by_state(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    rows = con.execute("select event_type, count(*) from ops.action_state group by 1 order by 1").fetchall()
+    return {event_type: count for event_type, count in rows}
