@@ -52,6 +52,12 @@ def demo_sor_dir() -> Path:
     return data_dir() / "demo_sor"
 
 
+def sor_dir() -> Path:
+    """The System-of-Record contract folder the loop reads (`ACTIONLAYER_SOR`, default the demo's)."""
+    env = os.environ.get("ACTIONLAYER_SOR")
+    return Path(env) if env else demo_sor_dir()
+
+
 def settings_file() -> Path:
     """Optional `actionlayer.yml` (`ACTIONLAYER_CONFIG`, default `<root>/actionlayer.yml`)."""
     return Path(os.environ.get("ACTIONLAYER_CONFIG") or PROJECT_ROOT / "actionlayer.yml")

@@ -136,7 +136,9 @@ class LedgerEvent:
         if self.event_type not in EVENT_TYPES:
             raise ValueError(f"unknown ledger event type {self.event_type!r}; expected one of {EVENT_TYPES}")
         if not self.event_id:
-            object.__setattr__(self, "event_id", event_id_for(self.action_id, self.event_type, self.discriminator))
+            object.__setattr__(
+                self, "event_id", event_id_for(self.action_id, self.event_type, self.discriminator)
+            )
 
     @property
     def discriminator(self) -> str:
@@ -180,9 +182,7 @@ def _wall_clock() -> datetime:
 
 
 _COLUMNS = [f.name for f in fields(LedgerEvent)]
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    name: pa.string() for name in _COLUMNS
-} | {
+_ARROW_TYPES: dict[str, pa.DataType] = {name: pa.string() for name in _COLUMNS} | {
     "occurred_at": pa.timestamp("us"),
     "signal_at": pa.timestamp("us"),
     "recorded_at": pa.timestamp("us"),
@@ -234,7 +234,9 @@ def append(con: duckdb.DuckDBPyConnection, events: Iterable[LedgerEvent]) -> int
     return after - before
 
 
-def next_event(state: dict[str, Any], event_type: str, occurred_at: datetime, actor: str, **values: Any) -> LedgerEvent:
+def next_event(
+    state: dict[str, Any], event_type: str, occurred_at: datetime, actor: str, **values: Any
+) -> LedgerEvent:
     """The next event of an action, its identity copied from the action's current state row."""
     identity = {name: state.get(name) for name in IDENTITY_FIELDS}
     for carried in ("channel", "recipient", "recommended_action", "reason"):

@@ -1,0 +1,70 @@
+"""Renders a rule's message template (subject + body) from its variables, strictly and sandboxed.
+
+Delimiters are `[[ var ]]`, `[% block %]` and `[# comment #]` because dbt renders `{{ }}` inside the
+rule YAML that holds the templates. A variable the template needs but the action lacks is an error,
+never an empty string in a customer's inbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from action_sinks.base import single_line
+
+
+class TemplateError(ValueError):
+    """A template cannot be rendered; the message names the part (subject/body) and the variable."""
+
+
+def _environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        variable_start_string="[[",
+        variable_end_string="]]",
+        block_start_string="[%",
+        block_end_string="%]",
+        comment_start_string="[#",
+        comment_end_string="#]",
+        undefined=jinja2.StrictUndefined,
+        # plain text: HTML escaping would turn "O'Brien & Co" into entities
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+_ENV = _environment()
+
+
+def _render(part: str, source: str, variables: Mapping[str, object]) -> str:
+    try:
+        parsed = _ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"message {part} template has a syntax error on line {exc.lineno}: {exc.message}"
+        ) from exc
+    missing = sorted(meta.find_undeclared_variables(parsed) - set(variables))
+    if missing:
+        available = ", ".join(sorted(variables)) or "none"
+        raise TemplateError(
+            f"message {part} template uses undefined variable(s) {', '.join(missing)} "
+            f"(available: {available})"
+        )
+    try:
+        return _ENV.from_string(source).render(dict(variables))
+    except jinja2.UndefinedError as exc:
+        # an attribute or key of a given variable is missing, e.g. [[ deal.name ]] without name
+        raise TemplateError(f"message {part} template: {exc.message}") from exc
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"message {part} template could not be rendered: {exc}") from exc
+
+
+def render_message(
+    template_subject: str, template_body: str, variables: Mapping[str, object]
+) -> tuple[str, str]:
+    """Render (subject, body). The subject is one line: CR/LF become spaces, so it is header-safe."""
+    subject = _render("subject", template_subject or "", variables)
+    body = _render("body", template_body or "", variables)
+    return single_line(subject), body

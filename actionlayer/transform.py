@@ -1,0 +1,119 @@
+"""Runs the dbt project in-process (one dbt import per process, no subprocess per step) and keeps its
+manifest current; orchestration and the CLI both go through here."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from actionlayer.config import dbt_project_dir, disable_telemetry
+
+
+class TransformError(RuntimeError):
+    """dbt could not run, or a model or test failed; the message lists which and why."""
+
+
+@dataclass
+class NodeResult:
+    unique_id: str
+    resource_type: str
+    name: str
+    status: str
+    message: str
+    failures: int | None
+    execution_time: float
+    rows_affected: int | None
+
+
+@dataclass
+class TransformRun:
+    args: list[str]
+    success: bool
+    results: list[NodeResult]
+
+    def failed(self) -> list[NodeResult]:
+        return [r for r in self.results if r.status in {"error", "fail", "runtime error"}]
+
+    def summary_lines(self) -> list[str]:
+        counts: dict[str, int] = {}
+        for result in self.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        lines = [
+            f"dbt {' '.join(self.args[:1])}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        ]
+        lines += [f"  {r.resource_type} {r.name}: {r.status}: {r.message}" for r in self.failed()]
+        return lines
+
+
+def manifest_path() -> Path:
+    return dbt_project_dir() / "target" / "manifest.json"
+
+
+def _sources_newer_than(stamp: float) -> bool:
+    project = dbt_project_dir()
+    watched = [project / "dbt_project.yml", project / "profiles.yml"]
+    for folder in ("models", "macros", "tests", "seeds", "snapshots"):
+        watched += [p for p in (project / folder).rglob("*") if p.is_file()]
+    return any(p.exists() and p.stat().st_mtime > stamp for p in watched)
+
+
+def _dbt_env() -> None:
+    disable_telemetry()
+    os.environ.setdefault("DBT_PROFILES_DIR", str(dbt_project_dir()))
+
+
+def invoke(args: Sequence[str]) -> Any:
+    """One in-process dbt invocation against the project; returns dbt's own result object."""
+    _dbt_env()
+    from dbt.cli.main import dbtRunner  # lazy: importing dbt costs seconds
+
+    project = str(dbt_project_dir())
+    full = [*args, "--project-dir", project, "--profiles-dir", project]
+    return dbtRunner().invoke(full)
+
+
+def ensure_manifest(force: bool = False) -> Path:
+    """Parse the project when the manifest is missing or older than any model, macro or config file."""
+    target = manifest_path()
+    if force or not target.exists() or _sources_newer_than(target.stat().st_mtime):
+        outcome = invoke(["parse", "--quiet"])
+        if not outcome.success:
+            raise TransformError(f"dbt parse failed: {outcome.exception or 'see the dbt log above'}")
+    return target
+
+
+def vars_arg(as_of: datetime, extra: dict[str, Any] | None = None) -> str:
+    return json.dumps({"as_of": as_of.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})})
+
+
+def run(
+    command: str, as_of: datetime, select: Sequence[str] = (), extra_vars: dict[str, Any] | None = None
+) -> TransformRun:
+    """Run a dbt command (build, run, test) for one as-of time and collect per-node results."""
+    args = [command, *select, "--vars", vars_arg(as_of, extra_vars), "--quiet"]
+    outcome = invoke(args)
+    results: list[NodeResult] = []
+    execution = outcome.result
+    for item in getattr(execution, "results", None) or []:
+        node = item.node
+        response = getattr(item, "adapter_response", None) or {}
+        results.append(
+            NodeResult(
+                unique_id=node.unique_id,
+                resource_type=str(node.resource_type),
+                name=node.name,
+                status=str(item.status),
+                message=str(item.message or ""),
+                failures=getattr(item, "failures", None),
+                execution_time=float(item.execution_time or 0.0),
+                rows_affected=response.get("rows_affected") if isinstance(response, dict) else None,
+            )
+        )
+    if outcome.exception is not None:
+        raise TransformError(f"dbt {command} could not run: {outcome.exception}")
+    return TransformRun(args=args, success=bool(outcome.success), results=results)

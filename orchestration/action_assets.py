@@ -1,0 +1,154 @@
+"""Dagster assets for acting on candidates: the ledger's proposals, review decisions from the inbox,
+review tables for approvers, and dispatch through the action sinks."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+
+from action_sinks.dispatcher import dispatch
+from actionlayer import config, ledger
+from actionlayer.db import connect
+from actionlayer.proposals import propose
+from actionlayer.review import export_reviews, import_reviews
+from actionlayer.rules import load_rules
+from actionlayer.transform import manifest_path
+from orchestration.resources import ActionlayerSettings
+
+REVIEW_SUFFIXES = {".csv", ".xlsx"}
+
+
+def inbox_files(folder: Path | None = None) -> list[Path]:
+    """Review files waiting in the inbox, oldest first (temporary and hidden files ignored)."""
+    inbox = folder or config.review_inbox_dir()
+    if not inbox.is_dir():
+        return []
+    files = [
+        p
+        for p in inbox.iterdir()
+        if p.is_file() and p.suffix.lower() in REVIEW_SUFFIXES and not p.name.startswith((".", "~$"))
+    ]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def _archive(files: list[Path], as_of: datetime) -> None:
+    processed = config.review_processed_dir()
+    processed.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.move(str(path), processed / f"{as_of:%Y%m%dT%H%M%S}_{path.name}")
+
+
+@dg.asset(
+    deps=[dg.AssetKey("action_candidates")],
+    group_name="actions",
+    kinds={"duckdb"},
+    pool="duckdb",
+    description="Append-only action ledger: each new candidate proposed once, then held out, suppressed, "
+    "sent for review or approved automatically by its rule's maturity level.",
+)
+def action_ledger(
+    context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings
+) -> dg.MaterializeResult:
+    as_of = actionlayer.resolved_as_of(context)
+    rules = load_rules(manifest_path())
+    with connect(wait_seconds=30) as con:
+        report = propose(con, as_of, rules)
+        counts = ledger.count_by_state(con)
+    for line in report.summary_lines():
+        context.log.info(line)
+    return dg.MaterializeResult(
+        metadata={
+            "candidates": report.candidates,
+            "new_events": report.new_events,
+            "expired_reviews": report.expired,
+            "actions_by_state": counts,
+            "as_of": str(as_of),
+        }
+    )
+
+
+@dg.asset(
+    deps=[action_ledger],
+    group_name="actions",
+    kinds={"duckdb"},
+    pool="duckdb",
+    description="Decisions from review files dropped into the review inbox, applied to the ledger.",
+)
+def review_decisions(
+    context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings
+) -> dg.MaterializeResult:
+    as_of = actionlayer.resolved_as_of(context)
+    files = inbox_files()
+    if not files:
+        context.log.info(f"no review files in {config.review_inbox_dir()}")
+        return dg.MaterializeResult(metadata={"files": 0})
+    with connect(wait_seconds=30) as con:
+        ledger.ensure_schema(con)
+        report = import_reviews(con, files, as_of)
+    for line in report.summary_lines():
+        (context.log.warning if report.has_errors else context.log.info)(line)
+    _archive(files, as_of)
+    return dg.MaterializeResult(
+        metadata={
+            "files": len(files),
+            "applied": len(report.applied),
+            "duplicates": len(report.duplicates),
+            "rejected_rows": len(report.rejected_rows),
+            "rejected_files": len(report.rejected_files),
+            "archived_to": str(config.review_processed_dir()),
+        }
+    )
+
+
+@dg.asset(
+    deps=[review_decisions],
+    group_name="actions",
+    kinds={"xlsx", "csv"},
+    pool="duckdb",
+    description="One XLSX and one CSV per approver listing the actions waiting for their decision.",
+)
+def review_tables(
+    context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings
+) -> dg.MaterializeResult:
+    as_of = actionlayer.resolved_as_of(context)
+    out_dir = config.review_outbox_dir()
+    with connect(wait_seconds=30) as con:
+        ledger.ensure_schema(con)
+        report = export_reviews(con, out_dir, as_of)
+    for line in report.summary_lines():
+        context.log.info(line)
+    return dg.MaterializeResult(metadata={"folder": str(out_dir), "files": len(report.files)})
+
+
+@dg.asset(
+    deps=[review_decisions],
+    group_name="actions",
+    kinds={"smtp", "file"},
+    pool="duckdb",
+    description="Approved actions sent through their channel's sink; `sending` is recorded before each send "
+    "and the result after.",
+)
+def action_dispatch(
+    context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings
+) -> dg.MaterializeResult:
+    as_of = actionlayer.resolved_as_of(context)
+    with connect(wait_seconds=30) as con:
+        ledger.ensure_schema(con)
+        report = dispatch(
+            con,
+            as_of,
+            progress=lambda done, total: done % 100 == 0 and context.log.info(f"{done}/{total} sent"),
+        )
+    for line in report.summary_lines():
+        (context.log.warning if report.failed else context.log.info)(line)
+    return dg.MaterializeResult(
+        metadata={
+            "due": report.due,
+            "delivered": report.delivered,
+            "failed": report.failed,
+            "as_of": str(as_of),
+        }
+    )

@@ -1,0 +1,92 @@
+"""Signals, not schedules: start work when the SoR folder changes, when review files arrive, and when
+a candidate build happened outside the loop job."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from actionlayer import config
+from actionlayer.db import DatabaseBusy, connect
+from connectors.files import folder_fingerprint
+from orchestration.action_assets import inbox_files
+from orchestration.jobs import act_on_candidates_job, loop_job, review_import_job
+from orchestration.resources import run_config_for
+
+
+def _now() -> datetime:
+    # the boundary where "now" enters: the run then carries it as its as-of time
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def database_busy(context: dg.SensorEvaluationContext) -> bool:
+    """True (with a log line) when another process holds the DuckDB file: the tick is skipped."""
+    path = config.db_path()
+    if not path.exists():
+        return False
+    try:
+        with connect(path, read_only=True):
+            return False
+    except DatabaseBusy as exc:
+        context.log.info(f"database busy, trying again next tick: {exc}")
+        return True
+
+
+@dg.sensor(job=loop_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def sor_folder_sensor(context: dg.SensorEvaluationContext):
+    """Runs the loop when the SoR contract folder's fingerprint changes."""
+    folder = config.sor_dir()
+    if not folder.is_dir():
+        return dg.SkipReason(f"SoR folder {folder} does not exist yet")
+    fingerprint = folder_fingerprint(folder)
+    if fingerprint == context.cursor:
+        return dg.SkipReason(f"SoR folder {folder} unchanged")
+    if database_busy(context):
+        return dg.SkipReason("database busy; the change will be picked up next tick")
+    context.update_cursor(fingerprint)
+    return dg.RunRequest(
+        run_key=f"sor-{fingerprint}",
+        run_config=run_config_for(as_of=_now(), sor=folder),
+        tags={"actionlayer/trigger": "sor_changed"},
+    )
+
+
+@dg.sensor(job=review_import_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def review_inbox_sensor(context: dg.SensorEvaluationContext):
+    """Applies review files dropped into the review inbox."""
+    files = inbox_files()
+    if not files:
+        return dg.SkipReason(f"no review files in {config.review_inbox_dir()}")
+    stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    if key == context.cursor:
+        return dg.SkipReason("review files already requested")
+    if database_busy(context):
+        return dg.SkipReason("database busy; the review files will be applied next tick")
+    context.update_cursor(key)
+    return dg.RunRequest(
+        run_key=f"review-{key}",
+        run_config=run_config_for(as_of=_now()),
+        tags={
+            "actionlayer/trigger": "review_files",
+            "actionlayer/files": ", ".join(p.name for p in files)[:200],
+        },
+    )
+
+
+@dg.asset_sensor(
+    asset_key=dg.AssetKey("action_candidates"),
+    job=act_on_candidates_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def candidates_changed_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """Acts on a candidate build made outside the loop (e.g. dbt materialized from the UI)."""
+    if asset_event.job_name in {loop_job.name, act_on_candidates_job.name}:
+        return dg.SkipReason(f"candidates were built by {asset_event.job_name}, which already acted on them")
+    return dg.RunRequest(
+        run_key=f"candidates-{asset_event.run_id}",
+        run_config=run_config_for(as_of=_now()),
+        tags={"actionlayer/trigger": "candidates_changed"},
+    )
