@@ -1,0 +1,181 @@
+"""Runs the demo: a generated company lives through simulated days while the real loop (Dagster job,
+dbt rules, ledger, review files, dispatch) acts on it; approvers answer through real review files."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from actionlayer import config
+from actionlayer.db import connect
+from actionlayer.demo.world import ActionFact, advance_day, approver_decisions, generate_world, load_demo_config, write_sor
+from actionlayer.review import read_review_rows, write_review_csv
+
+PASS_HOUR = 9
+FINAL_STATES = {"delivered": "delivered", "held_out": "held_out", "rejected": "not_acted", "expired": "not_acted"}
+MART_ASSETS = ("fct_actions", "mart_rule_performance", "mart_action_latency")
+
+
+def _reset(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _answer_reviews(world: Any, day: date) -> int:
+    """Approvers open yesterday's review tables, decide, and drop the files into the inbox."""
+    outbox, inbox = config.review_outbox_dir(), config.review_inbox_dir()
+    inbox.mkdir(parents=True, exist_ok=True)
+    answered = 0
+    for exported in sorted(outbox.glob("review_*.csv")):
+        rows = read_review_rows(exported)
+        decided = approver_decisions(world, rows, day)
+        if any(row.get("decision") for row in decided):
+            write_review_csv(inbox / exported.name, decided)
+            answered += 1
+        exported.unlink()
+        exported.with_suffix(".xlsx").unlink(missing_ok=True)
+    return answered
+
+
+def _facts(as_of: datetime) -> list[ActionFact]:
+    """Actions that reached a final state in this pass, as the world needs them to respond."""
+    with connect() as con:
+        rows = con.execute(
+            """select action_id, rule_id, record_type, record_id, contact_id, account_id, event_type, occurred_at
+            from ops.action_ledger
+            where occurred_at = ? and event_type in ('delivered', 'held_out', 'rejected', 'expired')
+            order by seq""",
+            [as_of],
+        ).fetchall()
+    return [
+        ActionFact(
+            action_id=a,
+            rule_id=r,
+            record_type=rt,
+            record_id=rid,
+            contact_id=c,
+            account_id=acc,
+            status=FINAL_STATES[event],
+            at=at,
+        )
+        for a, r, rt, rid, c, acc, event, at in rows
+    ]
+
+
+def run_demo(
+    console: Console, days: int | None = None, size: str = "default", seed: int | None = None, fresh: bool = True
+) -> None:
+    """Generate the demo company and run the loop once per simulated day; print the outcome summary."""
+    from orchestration.runner import run_job
+
+    demo_config = load_demo_config(size=size)
+    if seed is not None:
+        demo_config.seed = seed
+    if days is not None:
+        demo_config.days = days
+    sor = config.demo_sor_dir()
+    if fresh:
+        _reset([config.db_path(), sor, config.outbox_dir(), config.review_dir()])
+    console.print(
+        f"Generating the demo company (seed {demo_config.seed}, size {size}); "
+        f"then {demo_config.days} simulated days from {demo_config.start:%Y-%m-%d}."
+    )
+    world = generate_world(demo_config)
+    start: date = demo_config.start if isinstance(demo_config.start, date) else demo_config.start.date()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("simulating", total=demo_config.days, note="")
+        for offset in range(demo_config.days):
+            day = start + timedelta(days=offset)
+            as_of = datetime(day.year, day.month, day.day, PASS_HOUR)
+            write_sor(world, sor, as_of, broken_rows=demo_config.broken_rows)
+            answered = _answer_reviews(world, day)
+            last_day = offset == demo_config.days - 1
+            outcome = run_job(
+                "actionlayer_loop",
+                as_of,
+                sor=sor,
+                asset_names=None if last_day else _assets_without_marts(),
+                tags={"actionlayer/trigger": "demo"},
+            )
+            if not outcome.success:
+                for failure in outcome.failures:
+                    console.print(f"[red]failed step[/red] {failure}")
+                raise RuntimeError(f"the loop failed on simulated day {day} (Dagster run {outcome.run_id})")
+            facts = _facts(as_of)
+            advance_day(world, day, facts)
+            delivered = sum(f.status == "delivered" for f in facts)
+            progress.update(
+                task, advance=1, note=f"{day:%Y-%m-%d}: {delivered} delivered, {answered} review files answered"
+            )
+    print_summary(console)
+
+
+def _assets_without_marts() -> list[str]:
+    from orchestration.definitions import defs
+
+    keys = defs.resolve_all_asset_keys()
+    return [key.to_user_string() for key in keys if key.path[-1] not in MART_ASSETS]
+
+
+def print_summary(console: Console) -> None:
+    """Per rule: candidates, sent, held out, approval rate, conversion acted vs held out, latency."""
+    with connect(read_only=True) as con:
+        performance = con.execute(
+            """select p.rule_id, p.candidates, p.sent, p.held_out, p.approval_rate,
+                      p.conversion_acted, p.conversion_held_out, l.p50_hours, l.p90_hours
+            from main.mart_rule_performance p
+            left join (
+                select rule_id,
+                       quantile_cont(latency_hours, 0.5) as p50_hours,
+                       quantile_cont(latency_hours, 0.9) as p90_hours
+                from main.fct_actions where latency_hours is not null group by rule_id
+            ) l using (rule_id)
+            order by p.rule_id"""
+        ).fetchall()
+        quarantined = con.execute("select count(*) from ops.quarantine").fetchall()[0][0]
+        events = con.execute("select count(*) from ops.action_ledger").fetchall()[0][0]
+
+    def pct(value: Any) -> str:
+        return "–" if value is None else f"{float(value):.0%}"
+
+    def hours(value: Any) -> str:
+        return "–" if value is None else f"{float(value):.1f} h"
+
+    table = Table(title="What each rule did and what it was worth")
+    for heading in (
+        "rule",
+        "candidates",
+        "sent",
+        "held out",
+        "approval rate",
+        "conv. acted",
+        "conv. held out",
+        "latency p50",
+        "latency p90",
+    ):
+        table.add_column(heading, justify="left" if heading == "rule" else "right")
+    for rule_id, candidates, sent, held_out, approval, acted, held, p50, p90 in performance:
+        table.add_row(
+            rule_id, str(candidates), str(sent), str(held_out), pct(approval), pct(acted), pct(held), hours(p50), hours(p90)
+        )
+    console.print(table)
+    console.print(f"{events} ledger events; {quarantined} SoR rows in quarantine (see ops.quarantine).")
+    console.print(f"Database: {config.db_path()}")
+    console.print("Next: `make dev` opens the Dagster UI on http://127.0.0.1:3000 with every asset, check and sensor;")
+    console.print("      `.venv/bin/actionlayer status`, `.venv/bin/actionlayer ledger show <action_id>`.")
