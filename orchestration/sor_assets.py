@@ -5,17 +5,30 @@ from __future__ import annotations
 
 import dagster as dg
 
-from actionlayer.contract import OBJECTS
+from actionlayer.contract import OBJECT_NAMES, raw_ddl
 from actionlayer.db import connect
 from connectors.files import load_folder
 from orchestration.resources import ActionlayerSettings
 
-OBJECT_NAMES = [obj.name for obj in OBJECTS]
 QUARANTINE_KEY = dg.AssetKey(["ops", "quarantine"])
 
 
 def raw_key(object_name: str) -> dg.AssetKey:
     return dg.AssetKey(["raw", object_name])
+
+
+def _ensure_every_raw_table(con) -> None:
+    """An object never delivered still gets an empty raw table, so the rules that need it find nothing
+    instead of failing the whole dbt build."""
+    existing = {
+        name
+        for (name,) in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'raw'"
+        ).fetchall()
+    }
+    for name in OBJECT_NAMES:
+        if name not in existing:
+            con.execute(raw_ddl(name).replace("create or replace table", "create table if not exists"))
 
 
 @dg.multi_asset(
@@ -66,6 +79,7 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
     context.log.info(f"loading SoR folder {folder} as of {as_of:%Y-%m-%d %H:%M:%S}")
     with connect(wait_seconds=30) as con:
         report = load_folder(con, folder, as_of)
+        _ensure_every_raw_table(con)
         batches = {
             name: con.execute(f"select * from raw.{name}").df()
             for name, obj in report.objects.items()
@@ -104,7 +118,7 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
                     "rows_quarantined": obj.rows_quarantined,
-                    "by_reason": dict(obj.quarantine_by_reason),
+                    "by_reason": dict(obj.quarantine_counts),
                 },
             )
         else:

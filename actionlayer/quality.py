@@ -1,0 +1,199 @@
+"""Great Expectations checks of one object's dataframe against the canonical contract.
+
+One responsibility: build an expectation suite from `actionlayer.contract` for an object and run it on a
+pandas dataframe (GE 1.24 cannot validate a DuckDB SQL datasource, see CONVENTIONS.md), returning a
+small JSON-friendly result. Great Expectations takes 10-20 s to import, so it is imported on the first
+validation only, and one ephemeral context is kept per process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from actionlayer.config import disable_telemetry
+from actionlayer.contract import LOAD_METADATA_COLUMNS, SCORE_MAX, SCORE_MIN, Kind, get_object
+
+if TYPE_CHECKING:
+    import pandas
+
+_MAX_UNEXPECTED_SHOWN = 5
+
+_lock = threading.Lock()
+_datasource: Any = None
+_batch_definitions: dict[str, Any] = {}
+
+
+@dataclass
+class QualityResult:
+    """The outcome of one validation: overall success and one entry per expectation."""
+
+    object_name: str
+    success: bool
+    row_count: int
+    # Each: expectation_type, column (None for table-level), success, unexpected_count,
+    # unexpected_values (a few, as JSON-safe values) and, for failures GE could not even evaluate, error.
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if not r["success"]]
+
+    def summary_lines(self) -> list[str]:
+        """One sentence per failed expectation, for logs."""
+        lines = []
+        for failure in self.failures:
+            where = f"{self.object_name}.{failure['column']}" if failure["column"] else self.object_name
+            detail = failure.get("error") or (
+                f"{failure['unexpected_count']} unexpected, e.g. {failure['unexpected_values']}"
+            )
+            lines.append(f"{where}: {failure['expectation_type']} failed ({detail})")
+        return lines
+
+    def to_metadata(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (for Dagster asset-check metadata)."""
+        return {
+            "object": self.object_name,
+            "success": self.success,
+            "row_count": self.row_count,
+            "expectations": len(self.results),
+            "failed": len(self.failures),
+            "results": [dict(r) for r in self.results],
+        }
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _exception_message(info: Any) -> str | None:
+    """The message of an exception GE caught while evaluating an expectation, if any."""
+    if not isinstance(info, dict):
+        return None
+    # GE reports either one {raised_exception, exception_message} dict or one such dict per metric.
+    candidates = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    messages = [str(c.get("exception_message")) for c in candidates if c.get("raised_exception")]
+    return "; ".join(messages) or None
+
+
+def _batch_definition(object_name: str) -> Any:
+    """The cached whole-dataframe batch definition for an object (creating the context on first use)."""
+    global _datasource
+    with _lock:
+        if _datasource is None:
+            # Analytics off before the import: GE reads the variable at import time.
+            disable_telemetry()
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            context = gx.get_context(mode="ephemeral")
+            # Progress bars would flood the Dagster log with one line per metric.
+            context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+            _datasource = context.data_sources.add_pandas("actionlayer_frames")
+        if object_name not in _batch_definitions:
+            asset = _datasource.add_dataframe_asset(name=object_name)
+            _batch_definitions[object_name] = asset.add_batch_definition_whole_dataframe("whole")
+        return _batch_definitions[object_name]
+
+
+def build_suite(object_name: str, columns: list[str]) -> Any:
+    """The contract's expectation suite for `object_name`, limited to `columns` that are present.
+
+    Columns the frame lacks are reported by the column-set expectation alone, rather than by one
+    error per expectation on a column that does not exist.
+    """
+    disable_telemetry()
+    import great_expectations as gx
+
+    obj = get_object(object_name)
+    present = set(columns)
+    suite = gx.ExpectationSuite(name=f"{object_name}_contract")
+    expect = gx.expectations
+    suite.add_expectation(
+        expect.ExpectTableColumnsToMatchSet(column_set=list(obj.column_names), exact_match=True)
+    )
+    for col in obj.columns:
+        if col.name not in present:
+            continue
+        if col.name == obj.key:
+            suite.add_expectation(expect.ExpectColumnValuesToNotBeNull(column=col.name))
+            suite.add_expectation(expect.ExpectColumnValuesToBeUnique(column=col.name))
+            continue
+        if col.required:
+            suite.add_expectation(expect.ExpectColumnValuesToNotBeNull(column=col.name))
+        if col.kind is Kind.ENUM:
+            suite.add_expectation(
+                expect.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.domain or ()))
+            )
+        elif col.kind is Kind.SCORE:
+            suite.add_expectation(
+                expect.ExpectColumnValuesToBeBetween(
+                    column=col.name, min_value=SCORE_MIN, max_value=SCORE_MAX
+                )
+            )
+        elif col.kind is Kind.MONEY:
+            suite.add_expectation(expect.ExpectColumnValuesToBeBetween(column=col.name, min_value=0))
+    return suite
+
+
+def validate_batch(object_name: str, df: pandas.DataFrame) -> QualityResult:
+    """Validate one object's rows (e.g. `raw.<object>` as pandas) against the contract.
+
+    The load metadata columns (`_source_file`, `_row_number`, `_loaded_at`) are not part of the
+    contract and are dropped before validation, so a raw table can be passed as it is.
+    """
+    get_object(object_name)  # fail fast on an unknown object, before the slow import
+    batch_definition = _batch_definition(object_name)
+    metadata = [name for name, _ in LOAD_METADATA_COLUMNS if name in df.columns]
+    frame = df.drop(columns=metadata) if metadata else df
+    suite = build_suite(object_name, [str(c) for c in frame.columns])
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+    outcome = batch.validate(suite)
+
+    results: list[dict[str, Any]] = []
+    for item in outcome.results:
+        config = item.expectation_config
+        kwargs = config.kwargs if config is not None else {}
+        detail = item.result or {}
+        entry: dict[str, Any] = {
+            "expectation_type": config.type if config is not None else "unknown",
+            "column": kwargs.get("column"),
+            "success": bool(item.success),
+            "unexpected_count": int(detail.get("unexpected_count") or 0),
+            "unexpected_values": [
+                _json_safe(v) for v in (detail.get("partial_unexpected_list") or [])[:_MAX_UNEXPECTED_SHOWN]
+            ],
+        }
+        if "observed_value" in detail and entry["column"] is None:
+            observed = detail["observed_value"]
+            entry["observed_columns"] = (
+                [_json_safe(v) for v in observed] if isinstance(observed, list) else None
+            )
+            if not item.success:
+                expected = set(kwargs.get("column_set") or [])
+                seen = set(observed or [])
+                entry["unexpected_values"] = sorted(seen - expected)
+                entry["missing_columns"] = sorted(expected - seen)
+                entry["unexpected_count"] = len(seen ^ expected)
+        error = _exception_message(item.exception_info)
+        if error:
+            entry["error"] = error
+        results.append(entry)
+    return QualityResult(
+        object_name=object_name,
+        success=bool(outcome.success),
+        row_count=len(frame),
+        results=results,
+    )

@@ -1,0 +1,818 @@
+"""The file source: load a folder of canonical-contract files into `raw.*`, quarantining broken rows.
+
+One responsibility: turn `<object>.csv|parquet|xlsx` files (shared/SOR_CONTRACT.md) into typed good rows
+in `raw.<object>`, broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say in words
+what happened. The folder is a full snapshot, so every load replaces an object's raw table.
+
+Decisions other parts rely on:
+- One quarantine row per broken source row, with its most basic problem: missing_key, then
+  conflicting_duplicate, then the first problem in contract column order, then broken_reference.
+  Fixing that problem may reveal the next one on the following load.
+- Keys and references are trimmed of surrounding white space; a key that is empty after trimming is
+  missing. Enums are trimmed and lower-cased, currency upper-cased, emails and time zones trimmed.
+  Free and single-line text are kept exactly as written (markup included).
+- An empty required value is `unparseable` (an empty required reference is `broken_reference`).
+- Money takes at most two decimals (DECIMAL(18,2)); more would be rounded silently, so it is
+  `unparseable`. A score written as an integral decimal (`7.0`, as spreadsheets export it) is 7;
+  a fractional score is `score_out_of_range`. A timestamp may also be a bare date (midnight UTC).
+- References are checked against the parent's good rows of this load; a parent that was refused or not
+  loaded in this call is checked through its existing `raw.<parent>` table; a parent with neither is not
+  checked (a warning says so).
+- Each object is written in its own transaction (raw table, quarantine rows, load_log row), so the
+  caller's connection must not be inside a transaction already.
+- Known limits: currency is checked for shape (three letters), not against the ISO 4217 list; email
+  addresses must be ASCII; a CSV with ragged rows or invalid UTF-8 refuses the whole object.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import zoneinfo
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import polars as pl
+
+from actionlayer.config import parse_as_of
+from actionlayer.contract import (
+    LOAD_METADATA_COLUMNS,
+    OBJECT_NAMES,
+    OBJECTS,
+    SCORE_MAX,
+    SCORE_MIN,
+    Column,
+    Kind,
+    SorObject,
+)
+
+SOURCE_EXTENSIONS: tuple[str, ...] = ("csv", "parquet", "xlsx")
+
+REASON_CODES: tuple[str, ...] = (
+    "missing_key",
+    "conflicting_duplicate",
+    "unparseable",
+    "impossible_date",
+    "future_timestamp",
+    "out_of_domain",
+    "negative_amount",
+    "score_out_of_range",
+    "invalid_email",
+    "unknown_timezone",
+    "control_character",
+    "broken_reference",
+)
+
+Status = Literal["loaded", "refused", "skipped"]
+
+QUARANTINE_TABLE = "ops.quarantine"
+LOAD_LOG_TABLE = "ops.load_log"
+
+_OPS_DDL = """
+create schema if not exists raw;
+create schema if not exists ops;
+create table if not exists ops.quarantine (
+    object        varchar   not null,
+    record_key    varchar,
+    source_file   varchar   not null,
+    row_number    bigint    not null,
+    reason_code   varchar   not null,
+    reason        varchar   not null,
+    raw_values    varchar   not null,
+    as_of         timestamp not null,
+    first_seen_at timestamp not null
+);
+create table if not exists ops.load_log (
+    as_of            timestamp not null,
+    object           varchar   not null,
+    source_file      varchar,
+    fingerprint      varchar,
+    rows_read        bigint    not null,
+    rows_loaded      bigint    not null,
+    rows_quarantined bigint    not null,
+    status           varchar   not null,
+    message          varchar   not null
+);
+"""
+
+# A future event may be up to one day ahead of as-of: clocks and time zones of source systems drift.
+FUTURE_TOLERANCE = timedelta(days=1)
+
+_CONTROL_RE = r"[\r\n\x00]"
+_TIMESTAMP_RE = r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_EMAIL_RE = rf"^{_ATOM}(?:\.{_ATOM})*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+[A-Za-z]{{2,63}}$"
+_EMAIL_MAX_LENGTH = 254
+_NUMBER_RE = r"^[+-]?\d+(?:\.\d+)?$"
+_MONEY_RE = r"^[+-]?\d{1,16}(?:\.\d{1,2})?$"
+_INTEGRAL_RE = r"^[+-]?\d+(?:\.0+)?$"
+_CURRENCY_RE = r"^[A-Za-z]{3}$"
+_BOOL_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+_ROW = "_row_number"
+_CODE = "_reason_code"
+_COLUMN = "_reason_column"
+_MAX_KEYS_SHOWN = 5
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class ObjectLoad:
+    """What one load did to one object."""
+
+    object: str
+    status: Status
+    source_file: str | None = None
+    fingerprint: str | None = None
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    quarantine_counts: dict[str, int] = field(default_factory=dict)
+    # Keys of quarantined rows per reason_code; a row without a key shows as "(row N)".
+    quarantined_keys: dict[str, list[str]] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class LoadReport:
+    """The outcome of `load_folder`: per-object results and warnings, in dependency order."""
+
+    folder: Path
+    as_of: datetime
+    objects: dict[str, ObjectLoad] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Refused objects with the message saying why and what was kept."""
+        return {name: o.message for name, o in self.objects.items() if o.status == "refused"}
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {name: o.message for name, o in self.objects.items() if o.status == "skipped"}
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(o.rows_quarantined for o in self.objects.values())
+
+    @property
+    def has_problems(self) -> bool:
+        """True when any row was quarantined or any object refused."""
+        return self.rows_quarantined > 0 or bool(self.refused)
+
+    def summary_lines(self) -> list[str]:
+        """Human sentences for the CLI and the Dagster log, one per object, then the warnings."""
+        lines: list[str] = []
+        for name, result in self.objects.items():
+            if result.status == "loaded":
+                line = f"{name}: {result.rows_loaded} loaded"
+                if result.rows_quarantined:
+                    parts = []
+                    for code, count in result.quarantine_counts.items():
+                        keys = result.quarantined_keys.get(code, [])
+                        shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
+                        if len(keys) > _MAX_KEYS_SHOWN:
+                            shown += f", … {len(keys) - _MAX_KEYS_SHOWN} more"
+                        parts.append(f"{code}: {count} [{shown}]")
+                    line += f", {result.rows_quarantined} quarantined ({', '.join(parts)})"
+                else:
+                    line += ", none quarantined"
+                lines.append(line)
+            else:
+                lines.append(f"{name}: {result.status} — {result.message}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return lines
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def object_fingerprint(path: Path) -> str:
+    """A cheap fingerprint of one file (name, size, mtime_ns): changes when the file is rewritten."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap fingerprint over the contract files present in `folder`, for a sensor to detect change."""
+    digest = hashlib.sha256()
+    for name in OBJECT_NAMES:
+        for ext in SOURCE_EXTENSIONS:
+            path = folder / f"{name}.{ext}"
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _find_source(folder: Path, name: str) -> tuple[Path | None, list[Path]]:
+    """The file to read for `name` (csv before parquet before xlsx) and any others that are ignored."""
+    present = [folder / f"{name}.{ext}" for ext in SOURCE_EXTENSIONS if (folder / f"{name}.{ext}").is_file()]
+    return (present[0] if present else None), present[1:]
+
+
+def _as_strings(df: pl.DataFrame) -> pl.DataFrame:
+    """Every column as text; typed Parquet columns are rendered the way the contract writes them."""
+    exprs = []
+    for name, dtype in df.schema.items():
+        col = pl.col(name)
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+            col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        exprs.append(col.cast(pl.String).alias(name))
+    return df.select(exprs)
+
+
+def read_strings(path: Path) -> pl.DataFrame:
+    """Read one contract file with every value as a string (header names trimmed, empty = null)."""
+    ext = path.suffix.lower().lstrip(".")
+    if ext == "csv":
+        df = pl.read_csv(path, infer_schema=False, encoding="utf8")
+    elif ext == "parquet":
+        df = _as_strings(pl.read_parquet(path))
+    elif ext == "xlsx":
+        # Empty rows are kept so that row numbers stay those of the sheet's data rows.
+        df = pl.read_excel(path, sheet_id=1, engine="calamine", infer_schema_length=0, drop_empty_rows=False)
+        df = _as_strings(df)
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .parquet or .xlsx")
+    df = df.rename({c: str(c).strip() for c in df.columns})
+    return df.with_columns(
+        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in df.columns
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@functools.cache
+def _timezones() -> list[str]:
+    # available_timezones() walks the tz database on disk; once per process is enough.
+    return sorted(zoneinfo.available_timezones())
+
+
+def _timestamp_parts(raw: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(shape matched, local datetime or null when impossible, UTC naive datetime)."""
+    groups = raw.str.strip_chars().str.extract_groups(_TIMESTAMP_RE)
+    date = groups.struct.field("1")
+    text = pl.concat_str(
+        [
+            date,
+            pl.lit(" "),
+            groups.struct.field("2").fill_null("00:00"),
+            pl.lit(":"),
+            groups.struct.field("3").fill_null("00"),
+            pl.lit("."),
+            groups.struct.field("4").fill_null("0").str.slice(0, 6).str.pad_end(6, "0"),
+        ]
+    )
+    # Non-strict parsing yields null for calendar-impossible values (2026-02-31, 24:00) of a valid shape.
+    local = text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S%.f", strict=False)
+    offset = groups.struct.field("5")
+    digits = offset.str.replace_all(":", "")
+    minutes = pl.when(offset.str.starts_with("-")).then(-1).otherwise(1) * (
+        digits.str.slice(1, 2).cast(pl.Int64, strict=False).fill_null(0) * 60
+        + digits.str.slice(3, 2).cast(pl.Int64, strict=False).fill_null(0)
+    )
+    return date.is_not_null(), local, local - pl.duration(minutes=minutes)
+
+
+def _column_check(col: Column, as_of: datetime, timezones: list[str]) -> tuple[pl.Expr, pl.Expr]:
+    """(reason_code or null, typed value) for one column, read from its raw string column."""
+    raw = pl.col(col.name)
+    text = raw.str.strip_chars()
+    # Each check is evaluated on present values only; the first failing check names the problem.
+    checks: list[tuple[pl.Expr, str]] = []
+    if col.single_line:
+        checks.append((raw.str.contains(_CONTROL_RE), "control_character"))
+    value: pl.Expr = raw
+    kind = col.kind
+    if kind is Kind.KEY:
+        value = text
+        if col.references:
+            # A reference of only white space is as empty as a missing one.
+            checks.append((text == "", "broken_reference"))
+    elif kind is Kind.ENUM:
+        value = text.str.to_lowercase()
+        checks.append((value.is_in(list(col.domain or ())).not_(), "out_of_domain"))
+    elif kind is Kind.EMAIL:
+        value = text
+        too_long = text.str.len_chars() > _EMAIL_MAX_LENGTH
+        checks.append((text.str.contains(_EMAIL_RE).not_() | too_long, "invalid_email"))
+    elif kind is Kind.TIMEZONE:
+        value = text
+        checks.append((text.is_in(timezones).not_(), "unknown_timezone"))
+    elif kind is Kind.CURRENCY:
+        value = text.str.to_uppercase()
+        checks.append((text.str.contains(_CURRENCY_RE).not_(), "out_of_domain"))
+    elif kind is Kind.BOOL:
+        lowered = text.str.to_lowercase()
+        checks.append((lowered.is_in(list(_BOOL_VALUES)).not_(), "unparseable"))
+        value = lowered.replace_strict(_BOOL_VALUES, default=None, return_dtype=pl.Boolean)
+    elif kind is Kind.MONEY:
+        checks.append((text.str.contains(_NUMBER_RE).not_(), "unparseable"))
+        checks.append((text.cast(pl.Float64, strict=False) < 0, "negative_amount"))
+        checks.append((text.str.contains(_MONEY_RE).not_(), "unparseable"))
+        # Kept as text and cast to DECIMAL(18,2) by DuckDB: exact, no float rounding.
+        value = text.str.strip_prefix("+")
+    elif kind is Kind.SCORE:
+        checks.append((text.str.contains(_NUMBER_RE).not_(), "unparseable"))
+        number = text.cast(pl.Float64, strict=False)
+        outside = text.str.contains(_INTEGRAL_RE).not_() | (number < SCORE_MIN) | (number > SCORE_MAX)
+        checks.append((outside, "score_out_of_range"))
+        value = pl.when(number.is_between(SCORE_MIN, SCORE_MAX)).then(number).cast(pl.Int32)
+    elif kind in (Kind.EVENT_TS, Kind.PLANNED_TS):
+        shaped, local, utc = _timestamp_parts(raw)
+        checks.append((shaped.not_(), "unparseable"))
+        checks.append((local.is_null(), "impossible_date"))
+        if kind is Kind.EVENT_TS:
+            checks.append((utc > pl.lit(as_of + FUTURE_TOLERANCE), "future_timestamp"))
+        value = utc
+
+    code: pl.Expr = pl.lit(None, dtype=pl.String)
+    for condition, reason in reversed(checks):
+        code = pl.when(raw.is_not_null() & condition.fill_null(False)).then(pl.lit(reason)).otherwise(code)
+    if col.required and not (kind is Kind.KEY and col.references is None):
+        empty_reason = "broken_reference" if col.references else "unparseable"
+        code = pl.when(raw.is_null()).then(pl.lit(empty_reason)).otherwise(code)
+    return code, value
+
+
+@dataclass
+class _ParentKeys:
+    """The keys a child may reference, and where they came from (for messages)."""
+
+    good: pl.Series
+    quarantined: set[str]
+    origin: str
+
+
+@dataclass
+class _Validated:
+    good: pl.DataFrame
+    broken: pl.DataFrame  # raw strings + _row_number + _reason_code + _reason_column
+    warnings: list[str]
+
+
+def _validate(
+    obj: SorObject,
+    df: pl.DataFrame,
+    as_of: datetime,
+    parents: dict[str, _ParentKeys | None],
+    file_label: str,
+) -> _Validated:
+    warnings: list[str] = []
+    key = obj.key
+    names = list(obj.column_names)
+    timezones = _timezones()
+
+    df = df.with_columns(pl.col(key).str.strip_chars().alias("_key"))
+    missing_key = pl.col("_key").is_null() | (pl.col("_key") == "")
+
+    # Duplicates are judged on the written content (key trimmed), before any value check.
+    keyed = df.filter(missing_key.not_())
+    content = [c for c in names if c != key]
+    per_key = keyed.group_by("_key").agg(
+        pl.len().alias("copies"),
+        pl.struct(content).n_unique().alias("versions") if content else pl.lit(1).alias("versions"),
+        pl.col(_ROW).sort().alias("rows"),
+    )
+    conflicting = per_key.filter(pl.col("versions") > 1)
+    exact = per_key.filter((pl.col("copies") > 1) & (pl.col("versions") == 1))
+    drop_rows: list[int] = []
+    for number, row in enumerate(exact.sort(pl.col("rows").list.first()).iter_rows(named=True)):
+        rows = row["rows"]
+        drop_rows += rows[1:]
+        if number < _MAX_KEYS_SHOWN:
+            warnings.append(
+                f"{file_label}: key {row['_key']!r} appears {row['copies']} times with identical content "
+                f"(rows {', '.join(map(str, rows))}); kept row {rows[0]}, dropped the exact duplicates"
+            )
+    if exact.height > _MAX_KEYS_SHOWN:
+        warnings.append(
+            f"{file_label}: {exact.height - _MAX_KEYS_SHOWN} more keys had exact duplicates; "
+            "each kept its first row"
+        )
+    if drop_rows:
+        df = df.filter(pl.col(_ROW).is_in(drop_rows).not_())
+
+    codes: list[pl.Expr] = [
+        pl.when(missing_key).then(pl.lit("missing_key")).alias(f"_code_{key}_missing"),
+        pl.when(pl.col("_key").is_in(conflicting["_key"].implode()))
+        .then(pl.lit("conflicting_duplicate"))
+        .alias(f"_code_{key}_conflict"),
+    ]
+    code_columns = [(f"_code_{key}_missing", key), (f"_code_{key}_conflict", key)]
+    values: list[pl.Expr] = []
+    for col in obj.columns:
+        code, value = _column_check(col, as_of, timezones)
+        codes.append(code.alias(f"_code_{col.name}"))
+        code_columns.append((f"_code_{col.name}", col.name))
+        values.append(value.alias(f"_value_{col.name}"))
+    df = df.with_columns(*codes, *values)
+
+    # References last: a row that is broken in itself says so rather than blaming its parent.
+    for col in obj.references:
+        parent = parents.get(col.references or "")
+        ref_value = pl.col(f"_value_{col.name}")
+        if parent is None:
+            continue
+        dangling = ref_value.is_not_null() & (ref_value != "") & ref_value.is_in(parent.good.implode()).not_()
+        df = df.with_columns(
+            pl.when(dangling).then(pl.lit("broken_reference")).alias(f"_code_{col.name}_ref")
+        )
+        code_columns.append((f"_code_{col.name}_ref", col.name))
+
+    df = df.with_columns(
+        pl.coalesce([pl.col(c) for c, _ in code_columns]).alias(_CODE),
+        pl.coalesce([pl.when(pl.col(c).is_not_null()).then(pl.lit(n)) for c, n in code_columns]).alias(
+            _COLUMN
+        ),
+    )
+    good = (
+        df.filter(pl.col(_CODE).is_null())
+        .select([pl.col(f"_value_{c}").alias(c) for c in names] + [pl.col(_ROW)])
+        .sort(_ROW)
+    )
+    broken = df.filter(pl.col(_CODE).is_not_null()).sort(_ROW)
+    return _Validated(good=good, broken=broken, warnings=warnings)
+
+
+def _show(value: str | None) -> str:
+    if value is None:
+        return "empty"
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    return repr(shown)
+
+
+def _describe(
+    obj: SorObject,
+    code: str,
+    column: str,
+    raw: str | None,
+    key: str | None,
+    rows_of_key: list[int],
+    parents: dict[str, _ParentKeys | None],
+    as_of: datetime,
+) -> str:
+    """The human sentence for one quarantined row: the field, its value and the rule it broke."""
+    col = obj.column(column)
+    value = _show(raw)
+    if code == "missing_key":
+        return f"{column} is empty: a record without a key cannot be tracked"
+    if code == "conflicting_duplicate":
+        return (
+            f"{column} {key!r} appears in rows {', '.join(map(str, rows_of_key))} with different content; "
+            "nobody can tell which copy is true, so every copy is quarantined"
+        )
+    if code == "control_character":
+        return f"{column} {value} contains a carriage return, line feed or NUL in a single-line field"
+    if code == "unparseable":
+        if raw is None:
+            return f"{column} is empty but required"
+        if col.kind is Kind.MONEY:
+            if re.fullmatch(_NUMBER_RE, raw.strip()):
+                return f"{column} {value} has more than 2 decimals or 16 digits; DECIMAL(18,2) would alter it"
+            return (
+                f"{column} {value} is not a plain decimal (digits, '.' as separator, no thousands separator)"
+            )
+        if col.kind is Kind.BOOL:
+            return f"{column} {value} is not a boolean (true/false/1/0)"
+        if col.kind is Kind.SCORE:
+            return f"{column} {value} is not a number"
+        return f"{column} {value} is not a timestamp (YYYY-MM-DD HH:MM:SS or ISO 8601 with offset)"
+    if code == "impossible_date":
+        return f"{column} {value} is not a real calendar date/time"
+    if code == "future_timestamp":
+        return f"{column} {value} is more than one day after the as-of time {as_of:%Y-%m-%d %H:%M:%S} UTC"
+    if code == "out_of_domain":
+        if col.kind is Kind.CURRENCY:
+            return f"{column} {value} is not a three-letter ISO 4217 currency code"
+        return f"{column} {value} is not one of {', '.join(col.domain or ())}"
+    if code == "negative_amount":
+        return f"{column} {value} is negative"
+    if code == "score_out_of_range":
+        return f"{column} {value} is not an integer from {SCORE_MIN} to {SCORE_MAX}"
+    if code == "invalid_email":
+        return f"{column} {value} is not a valid email address"
+    if code == "unknown_timezone":
+        return f"{column} {value} is not an IANA time zone name"
+    if code == "broken_reference":
+        target = col.references or "?"
+        if raw is None or not raw.strip():
+            return f"{column} is empty but required (a reference to {target})"
+        parent = parents.get(target)
+        ref = raw.strip()
+        if parent is not None and ref in parent.quarantined:
+            return f"{column} {ref!r} refers to a record in {target} that is itself quarantined"
+        origin = parent.origin if parent is not None else target
+        return f"{column} {ref!r} has no matching record in {origin}"
+    raise ValueError(f"no description for reason_code {code!r}")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
+    # DuckDB 2.0 refuses further work on a connection while a statement's result is unread.
+    return con.execute(sql, params or []).fetchall()
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    found = _run(
+        con,
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    )
+    return bool(found and found[0][0])
+
+
+def _raw_row_count(con: duckdb.DuckDBPyConnection, obj: SorObject) -> int | None:
+    if not _table_exists(con, "raw", obj.name):
+        return None
+    return int(_run(con, f"select count(*) from {obj.raw_table}")[0][0])
+
+
+def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLoad) -> None:
+    _run(
+        con,
+        f"insert into {LOAD_LOG_TABLE} values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            as_of,
+            result.object,
+            result.source_file,
+            result.fingerprint,
+            result.rows_read,
+            result.rows_loaded,
+            result.rows_quarantined,
+            result.status,
+            result.message,
+        ],
+    )
+
+
+def _write_object(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    good: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    as_of: datetime,
+    result: ObjectLoad,
+) -> None:
+    """Replace raw.<object> and the object's quarantine rows and log the load, all in one transaction."""
+    casts = ", ".join(f"cast({c.name} as {c.duckdb_type}) as {c.name}" for c in obj.columns)
+    meta = ", ".join(name for name, _ in LOAD_METADATA_COLUMNS)
+    con.register("_al_incoming_good", good.to_arrow())
+    con.register("_al_incoming_quarantine", quarantine.to_arrow())
+    try:
+        con.begin()
+        try:
+            _run(con, obj.raw_ddl())
+            _run(
+                con,
+                f"insert into {obj.raw_table} select {casts}, {meta} from _al_incoming_good order by _row_number",
+            )
+            # first_seen_at survives for rows (object, key, reason) that were already quarantined.
+            _run(
+                con,
+                f"""
+                create or replace temp table _al_quarantine_next as
+                with earlier as (
+                    select record_key, reason_code, min(first_seen_at) as first_seen_at
+                    from {QUARANTINE_TABLE}
+                    where object = ?
+                    group by record_key, reason_code
+                )
+                select q.object, q.record_key, q.source_file, q.row_number, q.reason_code, q.reason,
+                       q.raw_values, q.as_of, coalesce(e.first_seen_at, q.as_of) as first_seen_at
+                from _al_incoming_quarantine as q
+                left join earlier as e
+                  on q.record_key is not distinct from e.record_key and q.reason_code = e.reason_code
+                """,
+                [obj.name],
+            )
+            _run(con, f"delete from {QUARANTINE_TABLE} where object = ?", [obj.name])
+            _run(con, f"insert into {QUARANTINE_TABLE} select * from _al_quarantine_next order by row_number")
+            _run(con, "drop table _al_quarantine_next")
+            _write_log(con, as_of, result)
+            con.commit()
+        except Exception:
+            con.rollback()
+            raise
+    finally:
+        con.unregister("_al_incoming_good")
+        con.unregister("_al_incoming_quarantine")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parent_keys_from_raw(con: duckdb.DuckDBPyConnection, parent: SorObject) -> _ParentKeys | None:
+    if not _table_exists(con, "raw", parent.name):
+        return None
+    rows = _run(con, f"select {parent.key} from {parent.raw_table}")
+    series = pl.Series(parent.key, [r[0] for r in rows], dtype=pl.String)
+    quarantined = set()
+    if _table_exists(con, "ops", "quarantine"):
+        rows = _run(
+            con,
+            f"select record_key from {QUARANTINE_TABLE} where object = ? and record_key is not null",
+            [parent.name],
+        )
+        quarantined = {r[0] for r in rows}
+    return _ParentKeys(good=series, quarantined=quarantined, origin=f"{parent.raw_table} (last good copy)")
+
+
+def _load_one(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    folder: Path,
+    as_of: datetime,
+    parents: dict[str, _ParentKeys | None],
+    report: LoadReport,
+) -> _ParentKeys | None:
+    """Load one object; returns the keys its children may reference, or None to fall back to raw."""
+    path, ignored = _find_source(folder, obj.name)
+    if path is None:
+        kept = _raw_row_count(con, obj)
+        what = f"{obj.raw_table} left as is ({kept} rows)" if kept is not None else f"no {obj.raw_table} yet"
+        result = ObjectLoad(
+            obj.name,
+            "skipped",
+            message=f"no {obj.name}.csv, .parquet or .xlsx in {folder}; {what}",
+        )
+        report.objects[obj.name] = result
+        _write_log(con, as_of, result)
+        return None
+    if ignored:
+        report.warnings.append(
+            f"{obj.name}: read {path.name}; ignored {', '.join(p.name for p in ignored)} (one file per object)"
+        )
+    result = ObjectLoad(obj.name, "loaded", source_file=str(path), fingerprint=object_fingerprint(path))
+    report.objects[obj.name] = result
+
+    def refuse(reason: str) -> None:
+        kept = _raw_row_count(con, obj)
+        what = (
+            f"{obj.raw_table} kept as last loaded ({kept} rows)"
+            if kept is not None
+            else f"{obj.raw_table} does not exist yet"
+        )
+        result.status = "refused"
+        result.message = f"{path}: {reason}; nothing loaded, {what}"
+        _write_log(con, as_of, result)
+
+    try:
+        df = read_strings(path)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        refuse(f"cannot be read ({type(exc).__name__}: {exc})")
+        return None
+    result.rows_read = df.height
+
+    missing = [c for c in obj.required_columns if c not in df.columns]
+    if missing:
+        refuse(f"lacks required column(s) {', '.join(missing)}")
+        return None
+    extra = [c for c in df.columns if c not in obj.column_names]
+    if extra:
+        report.warnings.append(
+            f"{path.name}: column(s) {', '.join(extra)} are not in the contract; not loaded (schema drift)"
+        )
+    absent_optional = [c for c in obj.column_names if c not in df.columns]
+    if absent_optional:
+        report.warnings.append(
+            f"{path.name}: optional column(s) {', '.join(absent_optional)} absent; loaded as null"
+        )
+    file_columns = list(df.columns)
+    df = df.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in absent_optional)
+    df = df.with_row_index(_ROW, offset=1).with_columns(pl.col(_ROW).cast(pl.Int64))
+    # A wholly empty line (a spreadsheet's blank row) is not a record.
+    blank = pl.all_horizontal(pl.col(c).is_null() for c in file_columns) if file_columns else pl.lit(True)
+    blank_rows = df.filter(blank).height
+    if blank_rows:
+        df = df.filter(blank.not_())
+        result.rows_read -= blank_rows
+        report.warnings.append(f"{path.name}: skipped {blank_rows} empty row(s)")
+
+    for col in obj.references:
+        if parents.get(col.references or "") is None:
+            report.warnings.append(
+                f"{obj.name}.{col.name}: references to {col.references} are not checked "
+                f"(no {col.references} file in this load and no raw.{col.references} table)"
+            )
+    validated = _validate(obj, df, as_of, parents, path.name)
+    report.warnings.extend(validated.warnings)
+
+    broken = validated.broken
+    rows_by_key: dict[str, list[int]] = {}
+    if broken.height:
+        conflict_rows = broken.filter(pl.col(_CODE) == "conflicting_duplicate")
+        for k, r in zip(conflict_rows["_key"].to_list(), conflict_rows[_ROW].to_list(), strict=True):
+            rows_by_key.setdefault(k, []).append(r)
+    q_rows = []
+    counts: Counter[str] = Counter()
+    keys_by_code: dict[str, list[str]] = {}
+    for row in broken.select([*file_columns, "_key", _ROW, _CODE, _COLUMN]).iter_rows(named=True):
+        code, column = row[_CODE], row[_COLUMN]
+        record_key = row["_key"] or None
+        raw_values = {c: row[c] for c in file_columns}
+        q_rows.append(
+            {
+                "object": obj.name,
+                "record_key": record_key,
+                "source_file": str(path),
+                "row_number": row[_ROW],
+                "reason_code": code,
+                "reason": _describe(
+                    obj,
+                    code,
+                    column,
+                    row.get(column),
+                    record_key,
+                    rows_by_key.get(record_key or "", []),
+                    parents,
+                    as_of,
+                ),
+                "raw_values": json.dumps(raw_values, ensure_ascii=False),
+                "as_of": as_of,
+            }
+        )
+        counts[code] += 1
+        keys_by_code.setdefault(code, []).append(record_key or f"(row {row[_ROW]})")
+    quarantine = pl.DataFrame(
+        q_rows,
+        schema={
+            "object": pl.String,
+            "record_key": pl.String,
+            "source_file": pl.String,
+            "row_number": pl.Int64,
+            "reason_code": pl.String,
+            "reason": pl.String,
+            "raw_values": pl.String,
+            "as_of": pl.Datetime("us"),
+        },
+    )
+    good = validated.good.with_columns(
+        pl.lit(str(path)).alias("_source_file"), pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at")
+    )
+    result.rows_loaded = good.height
+    result.rows_quarantined = quarantine.height
+    result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
+    result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
+    result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {path}"
+    _write_object(con, obj, good, quarantine, as_of, result)
+    return _ParentKeys(
+        good=good[obj.key],
+        quarantined={k for k in broken["_key"].to_list() if k},
+        origin=f"{path.name} (this load)",
+    )
+
+
+def load_folder(
+    con: duckdb.DuckDBPyConnection,
+    folder: Path,
+    as_of: datetime,
+    objects: Sequence[str] | None = None,
+) -> LoadReport:
+    """Load the contract files in `folder` into raw.*, quarantining broken rows; see the module docstring.
+
+    `objects` limits the load to those objects (always processed in dependency order). Objects outside
+    the selection are untouched; their existing raw tables serve as reference targets.
+    """
+    folder = Path(folder)
+    as_of = parse_as_of(as_of)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SoR folder {folder} does not exist or is not a folder")
+    selected = list(OBJECT_NAMES) if objects is None else list(objects)
+    unknown = [name for name in selected if name not in OBJECTS]
+    if unknown:
+        raise ValueError(
+            f"unknown object(s) {', '.join(unknown)}; the contract has {', '.join(OBJECT_NAMES)}"
+        )
+
+    _run(con, _OPS_DDL)
+    report = LoadReport(folder=folder, as_of=as_of)
+    loaded_keys: dict[str, _ParentKeys | None] = {}
+    for name in OBJECT_NAMES:
+        if name not in selected:
+            continue
+        obj = OBJECTS[name]
+        parents: dict[str, _ParentKeys | None] = {}
+        for col in obj.references:
+            target = col.references or ""
+            if target not in parents:
+                known = loaded_keys.get(target)
+                parents[target] = known if known is not None else _parent_keys_from_raw(con, OBJECTS[target])
+        loaded_keys[name] = _load_one(con, obj, folder, as_of, parents, report)
+    return report

@@ -1,0 +1,573 @@
+"""The file source: a small valid world loads whole; every kind of broken row is quarantined, not loaded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from actionlayer.contract import OBJECTS, raw_ddl
+from connectors.files import folder_fingerprint, load_folder, object_fingerprint
+
+AS_OF = datetime(2026, 11, 23, 9, 0, 0)
+
+
+def world() -> dict[str, list[dict[str, str | None]]]:
+    """A small valid SoR snapshot: every object, every reference resolvable."""
+    ts = "2026-10-01 10:00:00"
+    return {
+        "accounts": [
+            {
+                "account_id": f"A{i}",
+                "name": f"Acme {i}",
+                "industry": None,
+                "tier": tier,
+                "owner_email": "owner@example.com",
+                "created_at": ts,
+                "updated_at": "2026-10-02T12:00:00+02:00",
+            }
+            for i, tier in ((1, "smb"), (2, "Enterprise"), (3, " mid "))
+        ],
+        "contacts": [
+            {
+                "contact_id": cid,
+                "account_id": acc,
+                "first_name": "Ann",
+                "last_name": "Lee",
+                "email": f"{cid.lower()}@example.com",
+                "phone": None,
+                "timezone": "Europe/Berlin",
+                "do_not_contact": dnc,
+                "created_at": ts,
+                "updated_at": ts,
+            }
+            for cid, acc, dnc in (
+                ("C1", "A1", "false"),
+                ("C2", "A1", "TRUE"),
+                ("C3", "A2", "0"),
+                ("C4", "A3", "1"),
+            )
+        ],
+        "deals": [
+            {
+                "deal_id": did,
+                "account_id": acc,
+                "contact_id": con,
+                "owner_email": "owner@example.com",
+                "name": f"Deal {did}",
+                "stage": stage,
+                "amount": amount,
+                "currency": "eur",
+                "quote_sent_at": None,
+                "stage_changed_at": ts,
+                "closed_at": None,
+                "created_at": ts,
+                "updated_at": ts,
+            }
+            for did, acc, con, stage, amount in (
+                ("D1", "A1", "C1", "quote_sent", "1200.50"),
+                ("D2", "A2", "C3", " Won ", "0"),
+            )
+        ],
+        "activities": [
+            {
+                "activity_id": "T1",
+                "contact_id": "C1",
+                "deal_id": "D1",
+                "owner_email": "owner@example.com",
+                "kind": "email_out",
+                "occurred_at": ts,
+                "subject": "Your quote",
+            },
+            {
+                "activity_id": "T2",
+                "contact_id": "C3",
+                "deal_id": None,
+                "owner_email": "owner@example.com",
+                "kind": "call",
+                "occurred_at": "2026-11-24 08:59:59",
+                "subject": None,
+            },
+        ],
+        "invoices": [
+            {
+                "invoice_id": "I1",
+                "account_id": "A1",
+                "contact_id": "C1",
+                "amount": "99.90",
+                "currency": "EUR",
+                "issued_at": ts,
+                "due_at": "2027-01-31",
+                "paid_at": None,
+                "status": "open",
+                "updated_at": ts,
+            },
+        ],
+        "tickets": [
+            {
+                "ticket_id": "K1",
+                "account_id": "A2",
+                "contact_id": "C3",
+                "priority": "high",
+                "status": "open",
+                "subject": "Broken <b>export</b>",
+                "body": "It fails.\nSee <script>alert(1)</script>",
+                "opened_at": ts,
+                "updated_at": ts,
+            },
+        ],
+        "nps_responses": [
+            {
+                "response_id": "R1",
+                "contact_id": "C4",
+                "score": "9",
+                "comment": 'Great, "really"',
+                "responded_at": ts,
+            },
+            {"response_id": "R2", "contact_id": "C1", "score": "0", "comment": None, "responded_at": ts},
+        ],
+        "contracts": [
+            {
+                "contract_id": "K-1",
+                "account_id": "A3",
+                "start_at": "2026-01-01",
+                "end_at": "2027-12-31 00:00:00",
+                "auto_renew": "true",
+                "value": "12000",
+                "status": "active",
+            },
+        ],
+    }
+
+
+def write_csv(
+    folder: Path, name: str, rows: list[dict[str, str | None]], columns: list[str] | None = None
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = columns or list(OBJECTS[name].column_names)
+    path = folder / f"{name}.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    return path
+
+
+def write_world(folder: Path, data: dict[str, list[dict[str, str | None]]]) -> Path:
+    for name, rows in data.items():
+        write_csv(folder, name, rows)
+    return folder
+
+
+def raw_keys(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
+    key = OBJECTS[name].key
+    return {r[0] for r in con.execute(f"select {key} from raw.{name}").fetchall()}
+
+
+def quarantine(con: duckdb.DuckDBPyConnection, name: str | None = None) -> list[dict]:
+    sql = (
+        "select * from ops.quarantine"
+        + (" where object = ?" if name else "")
+        + " order by object, row_number"
+    )
+    cur = con.execute(sql, [name] if name else [])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+@pytest.fixture
+def con():
+    connection = duckdb.connect(":memory:")
+    yield connection
+    connection.close()
+
+
+def test_valid_world_loads_whole_with_typed_normalised_columns(tmp_path: Path, con) -> None:
+    folder = write_world(tmp_path / "sor", world())
+    report = load_folder(con, folder, AS_OF)
+
+    assert not report.has_problems, report.summary_lines()
+    for name, rows in world().items():
+        assert report.objects[name].status == "loaded"
+        assert report.objects[name].rows_loaded == len(rows)
+        expected = [c for c in OBJECTS[name].column_names] + ["_source_file", "_row_number", "_loaded_at"]
+        assert [d[0] for d in con.execute(f"select * from raw.{name} limit 0").description] == expected
+    assert con.execute("select tier from raw.accounts order by account_id").fetchall() == [
+        ("smb",),
+        ("enterprise",),
+        ("mid",),
+    ]
+    # Offsets are converted to naive UTC.
+    assert con.execute("select updated_at from raw.accounts where account_id = 'A1'").fetchone() == (
+        datetime(2026, 10, 2, 10, 0),
+    )
+    deal = con.execute(
+        "select stage, amount, currency, typeof(amount) from raw.deals where deal_id='D2'"
+    ).fetchone()
+    assert deal[0] == "won" and float(deal[1]) == 0 and deal[2] == "EUR" and deal[3] == "DECIMAL(18,2)"
+    assert con.execute("select do_not_contact from raw.contacts order by contact_id").fetchall() == [
+        (False,),
+        (True,),
+        (False,),
+        (True,),
+    ]
+    assert con.execute("select score from raw.nps_responses order by response_id").fetchall() == [(9,), (0,)]
+    meta = con.execute("select _source_file, _row_number, _loaded_at from raw.invoices").fetchone()
+    assert meta == (str(folder / "invoices.csv"), 1, AS_OF)
+    log = con.execute(
+        "select object, status, rows_read, rows_loaded from ops.load_log order by object"
+    ).fetchall()
+    assert ("accounts", "loaded", 3, 3) in log and len(log) == 8
+    assert report.summary_lines()[0] == "accounts: 3 loaded, none quarantined"
+
+
+def test_markup_and_multiline_free_text_are_kept_as_data(tmp_path: Path, con) -> None:
+    load_folder(con, write_world(tmp_path, world()), AS_OF)
+    subject, body = con.execute("select subject, body from raw.tickets").fetchone()
+    assert subject == "Broken <b>export</b>"
+    assert body == "It fails.\nSee <script>alert(1)</script>"
+
+
+BROKEN_CASES = [
+    # object, key (None = missing), row index, field, bad value, reason_code
+    ("nps_responses", None, 0, "response_id", "  ", "missing_key"),
+    ("contacts", "C2", 1, "do_not_contact", "yes", "unparseable"),
+    ("deals", "D2", 1, "amount", "1,200.00", "unparseable"),
+    ("deals", "D2", 1, "amount", "12.345", "unparseable"),
+    ("invoices", "I1", 0, "issued_at", "yesterday", "unparseable"),
+    ("accounts", "A3", 2, "name", None, "unparseable"),
+    ("invoices", "I1", 0, "issued_at", "2026-02-31 10:00:00", "impossible_date"),
+    ("activities", "T2", 1, "occurred_at", "2026-11-24 09:00:01", "future_timestamp"),
+    ("activities", "T2", 1, "occurred_at", "2026-11-24T10:30:00+01:00", "future_timestamp"),
+    ("accounts", "A3", 2, "tier", "gold", "out_of_domain"),
+    ("deals", "D2", 1, "currency", "EURO", "out_of_domain"),
+    ("invoices", "I1", 0, "amount", "-5.00", "negative_amount"),
+    ("nps_responses", "R1", 0, "score", "11", "score_out_of_range"),
+    ("nps_responses", "R2", 1, "score", "7.5", "score_out_of_range"),
+    ("contacts", "C4", 3, "email", "bob@", "invalid_email"),
+    ("accounts", "A3", 2, "owner_email", "owner at example.com", "invalid_email"),
+    ("contacts", "C4", 3, "timezone", "Mars/Olympus", "unknown_timezone"),
+    ("contacts", "C4", 3, "first_name", "Bob\r\nBcc: evil@example.com", "control_character"),
+    ("activities", "T1", 0, "subject", "Hello\x00", "control_character"),
+    ("activities", "T2", 1, "deal_id", "D999", "broken_reference"),
+    ("contacts", "C4", 3, "account_id", "A404", "broken_reference"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "index", "column", "value", "reason_code"),
+    BROKEN_CASES,
+    ids=[f"{c[5]}-{c[0]}.{c[3]}" for c in BROKEN_CASES],
+)
+def test_each_broken_row_kind_is_quarantined_and_never_loaded(
+    tmp_path: Path,
+    con,
+    name: str,
+    key: str | None,
+    index: int,
+    column: str,
+    value: str | None,
+    reason_code: str,
+) -> None:
+    data = world()
+    data[name][index][column] = value
+    folder = write_world(tmp_path, data)
+    report = load_folder(con, folder, AS_OF)
+
+    rows = [q for q in quarantine(con, name) if q["row_number"] == index + 1]
+    assert len(rows) == 1, quarantine(con)
+    q = rows[0]
+    assert q["reason_code"] == reason_code
+    assert q["record_key"] == key
+    assert q["source_file"] == str(folder / f"{name}.csv")
+    assert q["as_of"] == AS_OF and q["first_seen_at"] == AS_OF
+    assert column in q["reason"]
+    assert json.loads(q["raw_values"])[column] == (None if value in (None, "") else value)
+    original_key = world()[name][index][OBJECTS[name].key]
+    assert original_key not in raw_keys(con, name)
+    assert con.execute(f"select count(*) from raw.{name} where _row_number = ?", [index + 1]).fetchone() == (
+        0,
+    )
+    assert report.objects[name].quarantine_counts.get(reason_code, 0) >= 1
+    assert report.has_problems
+
+
+def test_reason_sentence_names_field_and_value(tmp_path: Path, con) -> None:
+    data = world()
+    data["accounts"][2]["tier"] = "gold"
+    report = load_folder(con, write_world(tmp_path, data), AS_OF)
+    q = quarantine(con, "accounts")[0]
+    assert q["reason"] == "tier 'gold' is not one of smb, mid, enterprise"
+    assert "accounts: 2 loaded, 1 quarantined (out_of_domain: 1 [A3])" in report.summary_lines()
+
+
+def test_just_inside_thresholds_are_good(tmp_path: Path, con) -> None:
+    data = world()
+    data["activities"][0]["occurred_at"] = "2026-11-24 09:00:00"  # exactly as_of + 1 day
+    data["nps_responses"][0]["score"] = "10"
+    data["nps_responses"][1]["score"] = "7.0"  # spreadsheet export of an integer
+    data["invoices"][0]["due_at"] = "2030-01-01 00:00:00"  # planned dates may lie in the future
+    data["invoices"][0]["amount"] = "0.00"
+    report = load_folder(con, write_world(tmp_path, data), AS_OF)
+    assert not report.has_problems, report.summary_lines()
+    assert con.execute("select score from raw.nps_responses order by response_id").fetchall() == [(10,), (7,)]
+
+
+def test_broken_account_cascades_to_contacts_deals_and_their_children(tmp_path: Path, con) -> None:
+    data = world()
+    data["accounts"][0]["tier"] = "platinum"  # A1: parent of C1, C2, D1, I1
+    report = load_folder(con, write_world(tmp_path, data), AS_OF)
+
+    assert raw_keys(con, "accounts") == {"A2", "A3"}
+    assert raw_keys(con, "contacts") == {"C3", "C4"}
+    assert raw_keys(con, "deals") == {"D2"}
+    assert raw_keys(con, "activities") == {"T2"}  # T1 hangs on C1 and D1
+    assert raw_keys(con, "invoices") == set()
+    assert raw_keys(con, "nps_responses") == {"R1"}  # R2 hangs on C1
+    codes = {(q["object"], q["record_key"]): q["reason_code"] for q in quarantine(con)}
+    assert codes == {
+        ("accounts", "A1"): "out_of_domain",
+        ("contacts", "C1"): "broken_reference",
+        ("contacts", "C2"): "broken_reference",
+        ("deals", "D1"): "broken_reference",
+        ("activities", "T1"): "broken_reference",
+        ("invoices", "I1"): "broken_reference",
+        ("nps_responses", "R2"): "broken_reference",
+    }
+    contact = next(q for q in quarantine(con, "contacts") if q["record_key"] == "C1")
+    assert contact["reason"] == "account_id 'A1' refers to a record in accounts that is itself quarantined"
+    assert report.objects["contacts"].quarantined_keys == {"broken_reference": ["C1", "C2"]}
+
+
+def test_conflicting_duplicates_quarantine_every_copy(tmp_path: Path, con) -> None:
+    data = world()
+    data["deals"].append({**data["deals"][1], "amount": "999"})
+    load_folder(con, write_world(tmp_path, data), AS_OF)
+    rows = quarantine(con, "deals")
+    assert [(q["record_key"], q["row_number"], q["reason_code"]) for q in rows] == [
+        ("D2", 2, "conflicting_duplicate"),
+        ("D2", 3, "conflicting_duplicate"),
+    ]
+    assert "rows 2, 3" in rows[0]["reason"]
+    assert raw_keys(con, "deals") == {"D1"}
+
+
+def test_exact_duplicates_collapse_with_a_warning(tmp_path: Path, con) -> None:
+    data = world()
+    data["contacts"].append(dict(data["contacts"][2]))
+    report = load_folder(con, write_world(tmp_path, data), AS_OF)
+    assert not report.has_problems
+    assert con.execute(
+        "select count(*), min(_row_number) from raw.contacts where contact_id='C3'"
+    ).fetchone() == (1, 3)
+    assert any("'C3' appears 2 times with identical content" in w for w in report.warnings)
+
+
+def test_missing_required_column_refuses_object_and_keeps_last_good_copy(tmp_path: Path, con) -> None:
+    folder = write_world(tmp_path, world())
+    load_folder(con, folder, AS_OF)
+    before = con.execute("select * from raw.contacts order by contact_id").fetchall()
+
+    data = world()
+    data["contacts"] = data["contacts"][:1]
+    columns = [c for c in OBJECTS["contacts"].column_names if c not in ("email", "timezone")]
+    write_csv(folder, "contacts", data["contacts"], columns)
+    data["deals"].append({**data["deals"][0], "deal_id": "D3", "contact_id": "C4"})
+    write_csv(folder, "deals", data["deals"])
+    report = load_folder(con, folder, AS_OF)
+
+    assert report.objects["contacts"].status == "refused"
+    message = report.refused["contacts"]
+    assert str(folder / "contacts.csv") in message and "email, timezone" in message
+    assert "kept as last loaded (4 rows)" in message
+    assert con.execute("select * from raw.contacts order by contact_id").fetchall() == before
+    # Children are checked against the kept copy: C4 still exists there.
+    assert raw_keys(con, "deals") == {"D1", "D2", "D3"}
+    assert report.has_problems
+    log = con.execute(
+        "select status, message from ops.load_log where object='contacts' order by status"
+    ).fetchall()
+    assert [s for s, _ in log] == ["loaded", "refused"]
+
+
+def test_missing_object_file_is_skipped_and_references_to_nothing_are_not_checked(
+    tmp_path: Path, con
+) -> None:
+    data = world()
+    del data["tickets"]
+    del data["accounts"]
+    folder = write_world(tmp_path, data)
+    report = load_folder(con, folder, AS_OF)
+    assert report.objects["tickets"].status == "skipped"
+    assert report.objects["accounts"].status == "skipped"
+    assert "no tickets.csv" in report.skipped["tickets"]
+    assert not con.execute(
+        "select count(*) from information_schema.tables where table_schema='raw' and table_name='tickets'"
+    ).fetchone()[0]
+    assert raw_keys(con, "contacts") == {"C1", "C2", "C3", "C4"}
+    assert any("contacts.account_id: references to accounts are not checked" in w for w in report.warnings)
+    assert not report.has_problems
+
+
+def test_skipped_object_keeps_its_raw_table_as_reference_target(tmp_path: Path, con) -> None:
+    folder = write_world(tmp_path, world())
+    load_folder(con, folder, AS_OF)
+    (folder / "accounts.csv").unlink()
+    data = world()
+    data["contacts"][0]["account_id"] = "A77"
+    write_csv(folder, "contacts", data["contacts"])
+    report = load_folder(con, folder, AS_OF)
+    assert report.objects["accounts"].status == "skipped"
+    assert raw_keys(con, "accounts") == {"A1", "A2", "A3"}
+    assert quarantine(con, "contacts")[0]["reason"] == (
+        "account_id 'A77' has no matching record in raw.accounts (last good copy)"
+    )
+
+
+def test_extra_column_is_reported_and_not_loaded(tmp_path: Path, con) -> None:
+    folder = write_world(tmp_path, world())
+    rows = [{**r, "favourite_colour": "blue"} for r in world()["accounts"]]
+    write_csv(folder, "accounts", rows, [*OBJECTS["accounts"].column_names, "favourite_colour"])
+    report = load_folder(con, folder, AS_OF)
+    assert any("favourite_colour" in w and "schema drift" in w for w in report.warnings)
+    assert "favourite_colour" not in [d[0] for d in con.execute("select * from raw.accounts").description]
+    assert report.objects["accounts"].rows_loaded == 3
+
+
+def _snapshot(con: duckdb.DuckDBPyConnection) -> dict[str, list]:
+    tables = {f"raw.{name}": f"select * from raw.{name} order by _row_number" for name in OBJECTS}
+    tables["ops.quarantine"] = "select * from ops.quarantine order by object, row_number"
+    return {t: con.execute(sql).fetchall() for t, sql in tables.items()}
+
+
+def test_rerun_on_same_folder_and_as_of_is_idempotent(tmp_path: Path, con) -> None:
+    data = world()
+    data["accounts"][0]["tier"] = "gold"
+    data["contacts"][3]["email"] = "nope"
+    folder = write_world(tmp_path, data)
+    load_folder(con, folder, AS_OF)
+    first = _snapshot(con)
+    load_folder(con, folder, AS_OF)
+    assert _snapshot(con) == first
+    assert len(first["ops.quarantine"]) > 0
+
+
+def test_fixed_row_leaves_quarantine_and_first_seen_survives(tmp_path: Path, con) -> None:
+    data = world()
+    data["contacts"][3]["email"] = "nope"
+    data["contacts"][2]["timezone"] = "Nowhere/City"
+    folder = write_world(tmp_path, data)
+    load_folder(con, folder, AS_OF)
+
+    later = datetime(2026, 11, 24, 9, 0)
+    data["contacts"][3]["email"] = "fixed@example.com"
+    write_csv(folder, "contacts", data["contacts"])
+    load_folder(con, folder, later)
+    rows = quarantine(con, "contacts")
+    assert [(q["record_key"], q["reason_code"], q["as_of"], q["first_seen_at"]) for q in rows] == [
+        ("C3", "unknown_timezone", later, AS_OF)
+    ]
+    assert "C4" in raw_keys(con, "contacts")
+
+
+def test_parquet_and_xlsx_load_the_same_rows_as_csv(tmp_path: Path) -> None:
+    data = world()
+    data["contacts"][3]["email"] = "bad@"
+    csv_folder = write_world(tmp_path / "csv", data)
+    pq_folder = tmp_path / "parquet"
+    xlsx_folder = tmp_path / "xlsx"
+    pq_folder.mkdir()
+    xlsx_folder.mkdir()
+    for name in data:
+        frame = pl.read_csv(csv_folder / f"{name}.csv", infer_schema=False)
+        frame.write_parquet(pq_folder / f"{name}.parquet")
+        frame.write_excel(xlsx_folder / f"{name}.xlsx")
+
+    def load(folder: Path) -> tuple[dict, list]:
+        with duckdb.connect(":memory:") as connection:
+            load_folder(connection, folder, AS_OF)
+            tables = {
+                name: connection.execute(
+                    f"select * exclude (_source_file) from raw.{name} order by _row_number"
+                ).fetchall()
+                for name in OBJECTS
+            }
+            q = connection.execute(
+                "select object, record_key, row_number, reason_code, reason from ops.quarantine order by all"
+            ).fetchall()
+            return tables, q
+
+    from_csv = load(csv_folder)
+    assert from_csv[1] == [
+        ("contacts", "C4", 4, "invalid_email", "email 'bad@' is not a valid email address"),
+        (
+            "nps_responses",
+            "R1",
+            1,
+            "broken_reference",
+            "contact_id 'C4' refers to a record in contacts that is itself quarantined",
+        ),
+    ]
+    assert load(pq_folder) == from_csv
+    assert load(xlsx_folder) == from_csv
+
+
+def test_typed_parquet_columns_are_read_as_contract_text(tmp_path: Path, con) -> None:
+    folder = write_world(tmp_path, world())
+    (folder / "contracts.csv").unlink()
+    pl.DataFrame(
+        {
+            "contract_id": ["K-1"],
+            "account_id": ["A3"],
+            "start_at": [datetime(2026, 1, 1)],
+            "end_at": [datetime(2027, 12, 31)],
+            "auto_renew": [True],
+            "value": [12000.5],
+            "status": ["ACTIVE"],
+        }
+    ).write_parquet(folder / "contracts.parquet")
+    report = load_folder(con, folder, AS_OF)
+    assert not report.has_problems, report.summary_lines()
+    row = con.execute("select start_at, auto_renew, value, status from raw.contracts").fetchone()
+    assert (
+        row[0] == datetime(2026, 1, 1) and row[1] is True and float(row[2]) == 12000.5 and row[3] == "active"
+    )
+
+
+def test_unreadable_file_refuses_object(tmp_path: Path, con) -> None:
+    folder = write_world(tmp_path, world())
+    (folder / "tickets.csv").write_bytes(b"ticket_id,account_id\n\xff\xfe broken\n")
+    report = load_folder(con, folder, AS_OF)
+    assert report.objects["tickets"].status == "refused"
+    assert "tickets.csv" in report.refused["tickets"]
+
+
+def test_objects_selection_and_unknown_object(tmp_path: Path, con) -> None:
+    folder = write_world(tmp_path, world())
+    report = load_folder(con, folder, AS_OF, objects=["contacts", "accounts"])
+    assert list(report.objects) == ["accounts", "contacts"]
+    with pytest.raises(ValueError, match="unknown object"):
+        load_folder(con, folder, AS_OF, objects=["leads"])
+
+
+def test_fingerprints_change_when_a_file_changes(tmp_path: Path) -> None:
+    folder = write_world(tmp_path, world())
+    before = folder_fingerprint(folder)
+    single = object_fingerprint(folder / "deals.csv")
+    assert folder_fingerprint(folder) == before
+    stat = (folder / "deals.csv").stat()
+    os.utime(folder / "deals.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert folder_fingerprint(folder) != before
+    assert object_fingerprint(folder / "deals.csv") != single
+
+
+def test_raw_ddl_matches_contract_order() -> None:
+    ddl = raw_ddl("nps_responses")
+    assert ddl.index("response_id VARCHAR") < ddl.index("score INTEGER") < ddl.index("_loaded_at TIMESTAMP")
