@@ -14,11 +14,23 @@ from rich.table import Table
 
 from actionlayer import config
 from actionlayer.db import connect
-from actionlayer.demo.world import ActionFact, advance_day, approver_decisions, generate_world, load_demo_config, write_sor
+from actionlayer.demo.world import (
+    ActionFact,
+    advance_day,
+    approver_decisions,
+    generate_world,
+    load_demo_config,
+    write_sor,
+)
 from actionlayer.review import read_review_rows, write_review_csv
 
 PASS_HOUR = 9
-FINAL_STATES = {"delivered": "delivered", "held_out": "held_out", "rejected": "not_acted", "expired": "not_acted"}
+FINAL_STATES = {
+    "delivered": "delivered",
+    "held_out": "held_out",
+    "rejected": "not_acted",
+    "expired": "not_acted",
+}
 MART_ASSETS = ("fct_actions", "mart_rule_performance", "mart_action_latency")
 
 
@@ -72,7 +84,11 @@ def _facts(as_of: datetime) -> list[ActionFact]:
 
 
 def run_demo(
-    console: Console, days: int | None = None, size: str = "default", seed: int | None = None, fresh: bool = True
+    console: Console,
+    days: int | None = None,
+    size: str = "default",
+    seed: int | None = None,
+    fresh: bool = True,
 ) -> None:
     """Generate the demo company and run the loop once per simulated day; print the outcome summary."""
     from orchestration.runner import run_job
@@ -121,7 +137,9 @@ def run_demo(
             advance_day(world, day, facts)
             delivered = sum(f.status == "delivered" for f in facts)
             progress.update(
-                task, advance=1, note=f"{day:%Y-%m-%d}: {delivered} delivered, {answered} review files answered"
+                task,
+                advance=1,
+                note=f"{day:%Y-%m-%d}: {delivered} delivered, {answered} review files answered",
             )
     print_summary(console)
 
@@ -172,10 +190,20 @@ def print_summary(console: Console) -> None:
         table.add_column(heading, justify="left" if heading == "rule" else "right")
     for rule_id, candidates, sent, held_out, approval, acted, held, p50, p90 in performance:
         table.add_row(
-            rule_id, str(candidates), str(sent), str(held_out), pct(approval), pct(acted), pct(held), hours(p50), hours(p90)
+            rule_id,
+            str(candidates),
+            str(sent),
+            str(held_out),
+            pct(approval),
+            pct(acted),
+            pct(held),
+            hours(p50),
+            hours(p90),
         )
     console.print(table)
     console.print(f"{events} ledger events; {quarantined} SoR rows in quarantine (see ops.quarantine).")
     console.print(f"Database: {config.db_path()}")
-    console.print("Next: `make dev` opens the Dagster UI on http://127.0.0.1:3000 with every asset, check and sensor;")
+    console.print(
+        "Next: `make dev` opens the Dagster UI on http://127.0.0.1:3000 with every asset, check and sensor;"
+    )
     console.print("      `.venv/bin/actionlayer status`, `.venv/bin/actionlayer ledger show <action_id>`.")
