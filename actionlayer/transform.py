@@ -74,7 +74,27 @@ def invoke(args: Sequence[str]) -> Any:
 
     project = str(dbt_project_dir())
     full = [*args, "--project-dir", project, "--profiles-dir", project]
-    return dbtRunner().invoke(full)
+    try:
+        return dbtRunner().invoke(full)
+    finally:
+        _release_database()
+
+
+def _release_database() -> None:
+    """Close the DuckDB handle dbt-duckdb caches for the life of the process.
+
+    Without this the file stays open after an in-process dbt run, so a read-only connection from this
+    process and any connection from another process (a sensor, the CLI) would be refused.
+    """
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # adapter not loaded: nothing is held
+        return
+    with DuckDBConnectionManager._LOCK:
+        environment = DuckDBConnectionManager._ENV
+        if environment is not None:
+            environment.close()
+            DuckDBConnectionManager._ENV = None
 
 
 def ensure_manifest(force: bool = False) -> Path:

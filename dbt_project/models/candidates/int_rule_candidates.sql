@@ -1,0 +1,21 @@
+-- Every rule's output in one relation, with the deterministic action id.
+-- Adding a rule = models/rules/rule_<name>.sql + rule_<name>.yml (meta + unit tests) + ONE line in this list.
+with unioned as (
+    {{ union_rules([
+        'rule_post_quote_followup',
+        'rule_overdue_invoice',
+        'rule_nps_detractor',
+        'rule_important_inquiry',
+        'rule_contract_renewal',
+        'rule_dormant_customer',
+    ]) }}
+),
+
+keyed as (
+    select
+        {{ action_id('rule_id', 'record_type', 'record_id', 'signal_key') }} as action_id,
+        *
+    from unioned
+)
+
+select * from keyed
