@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from actionlayer.config import dbt_project_dir, disable_telemetry
+from actionlayer.config import db_path, dbt_project_dir, disable_telemetry
 
 
 class TransformError(RuntimeError):
@@ -65,6 +65,8 @@ def _sources_newer_than(stamp: float) -> bool:
 def _dbt_env() -> None:
     disable_telemetry()
     os.environ.setdefault("DBT_PROFILES_DIR", str(dbt_project_dir()))
+    # the profile reads ACTIONLAYER_DB; pass the path Python resolved so ACTIONLAYER_DATA is honoured too
+    os.environ["ACTIONLAYER_DB"] = str(db_path())
 
 
 def invoke(args: Sequence[str]) -> Any:
@@ -107,15 +109,30 @@ def ensure_manifest(force: bool = False) -> Path:
     return target
 
 
-def vars_arg(as_of: datetime, extra: dict[str, Any] | None = None) -> str:
-    return json.dumps({"as_of": as_of.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})})
+def write_run_context(as_of: datetime) -> None:
+    """Record the pass's as-of time where the dbt macro `as_of()` reads it (ops.run_context)."""
+    from actionlayer.db import connect
+
+    with connect(wait_seconds=30) as con:
+        con.execute("create schema if not exists ops")
+        con.execute(
+            "create or replace table ops.run_context as select cast(? as timestamp) as as_of", [as_of]
+        )
 
 
 def run(
     command: str, as_of: datetime, select: Sequence[str] = (), extra_vars: dict[str, Any] | None = None
 ) -> TransformRun:
-    """Run a dbt command (build, run, test) for one as-of time and collect per-node results."""
-    args = [command, *select, "--vars", vars_arg(as_of, extra_vars), "--quiet"]
+    """Run a dbt command (build, run, test) for one as-of time and collect per-node results.
+
+    Unit tests are left to `make test`: they check rule logic on fixed rows, not this pass's data.
+    """
+    write_run_context(as_of)
+    args = [command, *select, "--quiet"]
+    if command == "build":
+        args += ["--exclude-resource-type", "unit_test"]
+    if extra_vars:
+        args += ["--vars", json.dumps(extra_vars)]
     outcome = invoke(args)
     results: list[NodeResult] = []
     execution = outcome.result

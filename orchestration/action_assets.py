@@ -1,8 +1,6 @@
 """Dagster assets for acting on candidates: the ledger's proposals, review decisions from the inbox,
 review tables for approvers, and dispatch through the action sinks."""
 
-from __future__ import annotations
-
 import shutil
 from datetime import datetime
 from pathlib import Path

@@ -1,7 +1,5 @@
 """The one Dagster resource: which SoR folder a run reads and which as-of time it acts at."""
 
-from __future__ import annotations
-
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,11 +26,16 @@ class ActionlayerSettings(dg.ConfigurableResource):
         return parse_as_of(created.replace(microsecond=0))
 
 
-def run_config_for(as_of: datetime | None = None, sor: Path | None = None) -> dict:
-    """Run config that pins a run's as-of time and SoR folder."""
+def run_config_for(
+    as_of: datetime | None = None, sor: Path | None = None, log_level: str | None = None
+) -> dict:
+    """Run config that pins a run's as-of time and SoR folder (and, for terminal runs, the log level)."""
     config: dict[str, str] = {}
     if as_of is not None:
         config["as_of"] = as_of.strftime("%Y-%m-%d %H:%M:%S")
     if sor is not None:
         config["sor_dir"] = str(sor)
-    return {"resources": {"actionlayer": {"config": config}}} if config else {}
+    run_config: dict = {"resources": {"actionlayer": {"config": config}}} if config else {}
+    if log_level:
+        run_config["loggers"] = {"console": {"config": {"log_level": log_level}}}
+    return run_config

@@ -52,7 +52,10 @@ def run_job(
     selection = [dg.AssetKey.from_user_string(name) for name in asset_names] if asset_names else None
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            run_config=run_config_for(as_of=as_of, sor=sor),
+            # the run's full event log is in the instance (and the UI); the terminal gets warnings only
+            run_config=run_config_for(
+                as_of=as_of, sor=sor, log_level=os.environ.get("ACTIONLAYER_LOG_LEVEL", "WARNING")
+            ),
             instance=instance,
             raise_on_error=False,
             asset_selection=selection,

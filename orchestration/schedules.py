@@ -1,7 +1,5 @@
 """The daily safety net: the loop runs once a day even if no signal arrived."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from orchestration.jobs import loop_job

@@ -1,8 +1,6 @@
 """Signals, not schedules: start work when the SoR folder changes, when review files arrive, and when
 a candidate build happened outside the loop job."""
 
-from __future__ import annotations
-
 import hashlib
 from datetime import UTC, datetime
 

@@ -1,8 +1,6 @@
 """Dagster assets for the System-of-Record file source: one raw table per canonical object, the
 quarantine, and per object an expectation check (Great Expectations) and a broken-rows check."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from actionlayer.contract import OBJECT_NAMES, raw_ddl
@@ -88,8 +86,12 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
         quarantined = con.execute(
             "select object, reason_code, count(*) from ops.quarantine group by all order by all"
         ).fetchall()
-    for line in report.summary_lines():
-        (context.log.warning if report.has_problems else context.log.info)(line)
+    lines = report.summary_lines()
+    for (_, result), line in zip(report.objects.items(), lines, strict=False):
+        troubled = result.rows_quarantined or result.status == "refused"
+        (context.log.warning if troubled else context.log.info)(line)
+    for line in lines[len(report.objects) :]:
+        context.log.warning(line)
 
     for name in OBJECT_NAMES:
         obj = report.objects.get(name)

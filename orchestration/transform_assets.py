@@ -1,8 +1,6 @@
 """dbt models as Dagster assets: the decision layers (staging → rules → action_candidates) and the
 outcome marts, run in-process through actionlayer.transform; dbt tests become asset checks."""
 
-from __future__ import annotations
-
 import json
 import os
 from collections.abc import Iterator, Mapping

@@ -90,9 +90,8 @@ def run_demo(
     seed: int | None = None,
     fresh: bool = True,
 ) -> None:
-    """Generate the demo company and run the loop once per simulated day; print the outcome summary."""
-    from orchestration.runner import run_job
-
+    """Generate the demo company, run the loop once per simulated day, let the outcome windows close,
+    then print the outcome summary."""
     demo_config = load_demo_config(size=size)
     if seed is not None:
         demo_config.seed = seed
@@ -103,7 +102,8 @@ def run_demo(
         _reset([config.db_path(), sor, config.outbox_dir(), config.review_dir()])
     console.print(
         f"Generating the demo company (seed {demo_config.seed}, size {size}); "
-        f"then {demo_config.days} simulated days from {demo_config.start:%Y-%m-%d}."
+        f"then {demo_config.days} simulated days of the loop from {demo_config.start:%Y-%m-%d} and "
+        f"{demo_config.observe_days} days for outcomes to arrive."
     )
     world = generate_world(demo_config)
     start: date = demo_config.start if isinstance(demo_config.start, date) else demo_config.start.date()
@@ -115,33 +115,55 @@ def run_demo(
         TextColumn("{task.fields[note]}"),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("simulating", total=demo_config.days, note="")
+        task = progress.add_task("acting", total=demo_config.days, note="")
         for offset in range(demo_config.days):
             day = start + timedelta(days=offset)
-            as_of = datetime(day.year, day.month, day.day, PASS_HOUR)
-            write_sor(world, sor, as_of, broken_rows=demo_config.broken_rows)
-            answered = _answer_reviews(world, day)
-            last_day = offset == demo_config.days - 1
-            outcome = run_job(
-                "actionlayer_loop",
-                as_of,
-                sor=sor,
-                asset_names=None if last_day else _assets_without_marts(),
-                tags={"actionlayer/trigger": "demo"},
-            )
-            if not outcome.success:
-                for failure in outcome.failures:
-                    console.print(f"[red]failed step[/red] {failure}")
-                raise RuntimeError(f"the loop failed on simulated day {day} (Dagster run {outcome.run_id})")
-            facts = _facts(as_of)
-            advance_day(world, day, facts)
-            delivered = sum(f.status == "delivered" for f in facts)
+            delivered, answered = _acting_day(world, demo_config, sor, day, marts=False)
             progress.update(
                 task,
                 advance=1,
                 note=f"{day:%Y-%m-%d}: {delivered} delivered, {answered} review files answered",
             )
+        observe = progress.add_task("observing", total=demo_config.observe_days, note="")
+        for offset in range(demo_config.days, demo_config.days + demo_config.observe_days):
+            # the company goes on without new actions, so the outcome windows of the last actions close
+            day = start + timedelta(days=offset)
+            advance_day(world, day, [])
+            progress.update(observe, advance=1, note=f"{day:%Y-%m-%d}")
+        final = progress.add_task("final pass and outcome marts", total=1, note="")
+        _acting_day(
+            world,
+            demo_config,
+            sor,
+            start + timedelta(days=demo_config.days + demo_config.observe_days),
+            marts=True,
+        )
+        progress.update(final, advance=1)
     print_summary(console)
+
+
+def _acting_day(world: Any, demo_config: Any, sor: Path, day: date, marts: bool) -> tuple[int, int]:
+    """One simulated day with a loop pass: the SoR as of 09:00, approvers answer, the loop runs."""
+    from orchestration.runner import run_job
+
+    as_of = datetime(day.year, day.month, day.day, PASS_HOUR)
+    write_sor(world, sor, as_of, broken_rows=demo_config.broken_rows)
+    answered = _answer_reviews(world, day)
+    outcome = run_job(
+        "actionlayer_loop",
+        as_of,
+        sor=sor,
+        asset_names=None if marts else _assets_without_marts(),
+        tags={"actionlayer/trigger": "demo"},
+    )
+    if not outcome.success:
+        raise RuntimeError(
+            f"the loop failed on simulated day {day} (Dagster run {outcome.run_id}): "
+            + "; ".join(outcome.failures)
+        )
+    facts = _facts(as_of)
+    advance_day(world, day, facts)
+    return sum(f.status == "delivered" for f in facts), answered
 
 
 def _assets_without_marts() -> list[str]:
@@ -200,7 +222,7 @@ def print_summary(console: Console) -> None:
             hours(p50),
             hours(p90),
         )
-    console.print(table)
+    console.print(table, width=max(console.width, 140))
     console.print(f"{events} ledger events; {quarantined} SoR rows in quarantine (see ops.quarantine).")
     console.print(f"Database: {config.db_path()}")
     console.print(

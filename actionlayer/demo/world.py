@@ -227,6 +227,8 @@ class DemoConfig:
     process: dict[str, Any]
     effects: dict[str, Effect]
     approvers: dict[str, Any]
+    # days the company keeps living after the last acting pass, so outcome windows can close
+    observe_days: int = 0
 
     @property
     def start_at(self) -> datetime:
@@ -251,6 +253,7 @@ def load_demo_config(path: Path | None = None, size: str = "default") -> DemoCon
         start=start,
         history_days=int(raw["history_days"]),
         days=int(raw["days"]),
+        observe_days=int(raw.get("observe_days", 0)),
         company_domain=raw["company_domain"],
         owners=tuple(dict(owner) for owner in raw["owners"]),
         manager=dict(raw["manager"]),

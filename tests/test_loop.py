@@ -1,0 +1,197 @@
+"""The whole loop from the command line on a small demo world: SoR folder with broken rows → quarantine,
+dbt rules → candidates → ledger → review files → SMTP (aiosmtpd) and file outbox → outcome marts;
+re-runs add nothing, `--strict` fails on broken rows, a missing required column refuses its object."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from loopback import RecordingHandler, SmtpServer
+
+from actionlayer.config import PROJECT_ROOT
+from actionlayer.demo.world import generate_world, load_demo_config, write_sor
+
+pytestmark = pytest.mark.slow
+
+RULES = {
+    "post_quote_followup",
+    "overdue_invoice",
+    "nps_detractor",
+    "important_inquiry",
+    "contract_renewal",
+    "dormant_customer",
+}
+DAY_ONE = datetime(2026, 9, 1, 9)
+DAY_TWO = datetime(2026, 9, 2, 9)
+BROKEN_ROWS = 6
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("actionlayer")), *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _query(db: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+@pytest.fixture
+def world_env(tmp_path):
+    data = tmp_path / "data"
+    smtp = SmtpServer(RecordingHandler())
+    env = {
+        **os.environ,
+        "ACTIONLAYER_DATA": str(data),
+        "ACTIONLAYER_DB": str(data / "actionlayer.duckdb"),
+        "DAGSTER_HOME": str(data / "dagster_home"),
+        "ACTIONLAYER_CONFIG": str(tmp_path / "no-settings.yml"),
+        "ACTIONLAYER_SMTP_HOST": "127.0.0.1",
+        "ACTIONLAYER_SMTP_PORT": str(smtp.port),
+        "ACTIONLAYER_SMTP_FROM": "actions@demo-company.example",
+        "COLUMNS": "200",
+    }
+    config = load_demo_config(size="small")
+    world = generate_world(config)
+    sor = tmp_path / "sor"
+    write_sor(world, sor, DAY_ONE, broken_rows=BROKEN_ROWS)
+    with smtp:
+        yield env, sor, data / "actionlayer.duckdb", data, smtp, world
+
+
+def test_whole_loop_from_the_cli(world_env):
+    env, sor, db, data, smtp, world = world_env
+
+    # pass one: broken rows are quarantined and named, good rows act, exit 0 with a warning
+    first = _cli(env, "run", "--sor", str(sor), "--as-of", DAY_ONE.isoformat())
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "quarantined" in first.stderr
+    quarantined = _query(
+        db, "select object, record_key, source_file, row_number, reason_code from ops.quarantine"
+    )
+    assert len(quarantined) >= BROKEN_ROWS
+    assert all(source and row_number for _, _, source, row_number, _ in quarantined)
+    broken_keys = {key for _, key, _, _, _ in quarantined if key}
+    for key in broken_keys:
+        assert key in first.stderr or "…" in first.stderr, f"broken key {key} not named in the run's output"
+    built_on = _query(db, "select record_id, contact_id, account_id from main.action_candidates")
+    assert not broken_keys & {value for row in built_on for value in row}, (
+        "a candidate was built on a broken record"
+    )
+
+    assert {r for (r,) in _query(db, "select distinct rule_id from main.action_candidates")} == RULES
+
+    # auto (level 4) email actions went out over SMTP; tasks and notifications went to the file outbox
+    delivered_email = _query(
+        db,
+        "select action_id, recipient from ops.action_ledger where event_type = 'delivered' and channel = 'email'",
+    )
+    assert delivered_email, "no email was delivered"
+    received = {message["X-Actionlayer-Action-Id"] for message in smtp.handler.messages}
+    assert received == {action_id for action_id, _ in delivered_email}
+    internal = _query(
+        db,
+        "select action_id, channel from ops.action_ledger where event_type = 'delivered' and channel <> 'email'",
+    )
+    assert internal
+    for action_id, channel in internal:
+        assert (data / "outbox" / channel / f"{action_id}.json").exists()
+    held_out = _query(db, "select count(*) from ops.action_state where event_type = 'held_out'")[0][0]
+    pending = _query(
+        db, "select action_id, owner_email from ops.action_state where event_type = 'pending_review'"
+    )
+    assert pending, "no level-3 action waits for review"
+    assert held_out + len(pending) > 0
+
+    # the marts are built and readable
+    rules_in_mart = {r for (r,) in _query(db, "select rule_id from main.mart_rule_performance")}
+    assert rules_in_mart == RULES
+    fct = _query(db, "select count(*), count(distinct action_id) from main.fct_actions")[0]
+    ledger_actions = _query(db, "select count(distinct action_id) from ops.action_ledger")[0][0]
+    assert fct == (ledger_actions, ledger_actions)
+    assert _query(db, "select count(*) from main.mart_action_latency")[0][0] > 0
+
+    # review tables: one CSV and one XLSX per approver with pending actions
+    exported = sorted((data / "review" / "outbox").glob("review_*.csv"))
+    owners = {owner for _, owner in pending}
+    assert len(exported) == len(owners)
+    assert len(list((data / "review" / "outbox").glob("review_*.xlsx"))) == len(owners)
+
+    # an approver fills one file: all approve, but one row says "maybe"
+    target = exported[0]
+    with target.open(encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["decision"] = "approve"
+    rows[0]["decision"] = "maybe"
+    filled = data / "filled.csv"
+    with filled.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    imported = _cli(env, "review", "import", str(filled), "--as-of", DAY_ONE.replace(hour=10).isoformat())
+    assert imported.returncode == 1
+    assert "filled.csv row 2" in imported.stderr and "maybe" in imported.stderr
+    approved_ids = {row["action_id"] for row in rows[1:]}
+    states = dict(_query(db, "select action_id, event_type from ops.action_state"))
+    assert states[rows[0]["action_id"]] == "pending_review", "the rejected row must not be applied"
+    assert all(states[a] == "approved" for a in approved_ids)
+
+    before_dispatch = len(smtp.handler.messages)
+    dispatched = _cli(env, "dispatch", "--as-of", DAY_ONE.replace(hour=11).isoformat())
+    assert dispatched.returncode == 0, dispatched.stdout + dispatched.stderr
+    states = dict(_query(db, "select action_id, event_type from ops.action_state"))
+    assert all(states[a] == "delivered" for a in approved_ids)
+    channels = dict(_query(db, "select action_id, channel from ops.action_state"))
+    assert len(smtp.handler.messages) - before_dispatch == sum(channels[a] == "email" for a in approved_ids)
+
+    one = next(iter(approved_ids))
+    shown = _cli(env, "ledger", "show", one)
+    assert shown.returncode == 0
+    for event in ("proposed", "pending_review", "approved", "sending", "delivered"):
+        assert event in shown.stdout
+    assert "approve" in shown.stdout
+
+    # re-running the same pass adds nothing and rewrites nothing; --strict fails on the broken rows
+    ledger_before = _query(db, "select * from ops.action_ledger order by seq")
+    quarantine_before = _query(db, "select * exclude (first_seen_at) from ops.quarantine order by all")
+    again = _cli(env, "run", "--sor", str(sor), "--as-of", DAY_ONE.isoformat(), "--strict")
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert _query(db, "select * from ops.action_ledger order by seq") == ledger_before
+    assert (
+        _query(db, "select * exclude (first_seen_at) from ops.quarantine order by all") == quarantine_before
+    )
+
+    status = _cli(env, "status")
+    assert "delivered" in status.stdout and "pending_review" in status.stdout
+
+    # day two: tickets lose a required column; that object is refused by name, the last good copy stays
+    write_sor(world, sor, DAY_TWO)
+    with (sor / "tickets.csv").open(newline="", encoding="utf-8") as handle:
+        tickets = list(csv.DictReader(handle))
+    with (sor / "tickets.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=[c for c in tickets[0] if c != "priority"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        writer.writerows(tickets)
+    tickets_before = _query(db, "select count(*) from raw.tickets")[0][0]
+    second = _cli(env, "run", "--sor", str(sor), "--as-of", DAY_TWO.isoformat())
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "tickets" in second.stderr and "priority" in second.stderr
+    assert _query(db, "select count(*) from raw.tickets")[0][0] == tickets_before
+    # everything earlier in the ledger is still there, unchanged
+    assert _query(db, "select * from ops.action_ledger order by seq")[: len(ledger_before)] == ledger_before
