@@ -28,8 +28,9 @@ ledger_app = typer.Typer(help="Inspect the append-only action ledger.")
 app.add_typer(review_app, name="review")
 app.add_typer(ledger_app, name="ledger")
 
-console = Console()
-err = Console(stderr=True)
+# piped or in CI, rich would wrap at 80 columns and squash the tables
+console = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 AS_OF_HELP = "Act as of this time (ISO 8601; naive = UTC). Defaults to now."
 

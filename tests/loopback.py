@@ -41,6 +41,10 @@ class RecordingHandler:
         self.received.append((list(envelope.rcpt_tos), parsed))
         return "250 2.0.0 queued"
 
+    @property
+    def messages(self) -> list[email.message.EmailMessage]:
+        return [message for _, message in self.received]
+
 
 class SmtpServer:
     def __init__(self, handler: RecordingHandler, port: int | None = None, **options: Any) -> None:

@@ -130,10 +130,12 @@ def test_whole_loop_from_the_cli(world_env):
     assert len(exported) == len(owners)
     assert len(list((data / "review" / "outbox").glob("review_*.xlsx"))) == len(owners)
 
-    # an approver fills one file: all approve, but one row says "maybe"
-    target = exported[0]
-    with target.open(encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    # the approvers' decisions come back in one file: all approve, but one row says "maybe"
+    rows = []
+    for path in exported:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    assert len(rows) >= 2
     for row in rows:
         row["decision"] = "approve"
     rows[0]["decision"] = "maybe"

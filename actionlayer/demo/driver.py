@@ -181,10 +181,14 @@ def print_summary(console: Console) -> None:
                       p.conversion_acted, p.conversion_held_out, l.p50_hours, l.p90_hours
             from main.mart_rule_performance p
             left join (
+                -- signals found on the first pass are a go-live backlog; latency is measured on new signals
                 select rule_id,
                        quantile_cont(latency_hours, 0.5) as p50_hours,
                        quantile_cont(latency_hours, 0.9) as p90_hours
-                from main.fct_actions where latency_hours is not null group by rule_id
+                from main.fct_actions
+                where latency_hours is not null
+                  and signal_at >= (select min(proposed_at) from main.fct_actions)
+                group by rule_id
             ) l using (rule_id)
             order by p.rule_id"""
         ).fetchall()
@@ -222,7 +226,13 @@ def print_summary(console: Console) -> None:
             hours(p50),
             hours(p90),
         )
-    console.print(table, width=max(console.width, 140))
+    console.print(table)
+    console.print(
+        "Latency: signal → first delivery, for signals that arose after the first pass (the backlog found"
+    )
+    console.print(
+        "on day one is in main.mart_action_latency). Conversion counts only closed outcome windows."
+    )
     console.print(f"{events} ledger events; {quarantined} SoR rows in quarantine (see ops.quarantine).")
     console.print(f"Database: {config.db_path()}")
     console.print(
