@@ -12,6 +12,7 @@ from connectors.files import folder_fingerprint
 from orchestration.action_assets import inbox_files
 from orchestration.jobs import act_on_candidates_job, loop_job, review_import_job
 from orchestration.resources import run_config_for
+from orchestration.sor_assets import last_loaded_fingerprint
 
 
 def _now() -> datetime:
@@ -21,29 +22,40 @@ def _now() -> datetime:
 
 def database_busy(context: dg.SensorEvaluationContext) -> bool:
     """True (with a log line) when another process holds the DuckDB file: the tick is skipped."""
+    return _read_database(context, lambda con: None) is _BUSY
+
+
+_BUSY = object()
+
+
+def _read_database(context: dg.SensorEvaluationContext, read):
+    """Run `read(con)` on a short read-only connection; `_BUSY` (with a log line) when the file is held."""
     path = config.db_path()
     if not path.exists():
-        return False
+        return None
     try:
-        with connect(path, read_only=True):
-            return False
+        with connect(path, read_only=True) as con:
+            return read(con)
     except DatabaseBusy as exc:
         context.log.info(f"database busy, trying again next tick: {exc}")
-        return True
+        return _BUSY
 
 
 @dg.sensor(job=loop_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def sor_folder_sensor(context: dg.SensorEvaluationContext):
-    """Runs the loop when the SoR contract folder's fingerprint changes."""
+    """Runs the loop when the SoR contract folder's fingerprint differs from the version last loaded."""
     folder = config.sor_dir()
     if not folder.is_dir():
         return dg.SkipReason(f"SoR folder {folder} does not exist yet")
     fingerprint = folder_fingerprint(folder)
     if fingerprint == context.cursor:
         return dg.SkipReason(f"SoR folder {folder} unchanged")
-    if database_busy(context):
+    loaded = _read_database(context, lambda con: last_loaded_fingerprint(con, folder))
+    if loaded is _BUSY:
         return dg.SkipReason("database busy; the change will be picked up next tick")
     context.update_cursor(fingerprint)
+    if loaded == fingerprint:
+        return dg.SkipReason(f"SoR folder {folder} is the version already loaded")
     return dg.RunRequest(
         run_key=f"sor-{fingerprint}",
         run_config=run_config_for(as_of=_now(), sor=folder),

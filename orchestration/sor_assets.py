@@ -5,7 +5,7 @@ import dagster as dg
 
 from actionlayer.contract import OBJECT_NAMES, raw_ddl
 from actionlayer.db import connect
-from connectors.files import load_folder
+from connectors.files import folder_fingerprint, load_folder
 from orchestration.resources import ActionlayerSettings
 
 QUARANTINE_KEY = dg.AssetKey(["ops", "quarantine"])
@@ -13,6 +13,33 @@ QUARANTINE_KEY = dg.AssetKey(["ops", "quarantine"])
 
 def raw_key(object_name: str) -> dg.AssetKey:
     return dg.AssetKey(["raw", object_name])
+
+
+SOR_LOADS_DDL = """
+create schema if not exists ops;
+create table if not exists ops.sor_loads (
+    folder varchar not null, fingerprint varchar, as_of timestamp not null, run_id varchar
+)
+"""
+
+
+def record_folder_load(con, folder, fingerprint, as_of, run_id) -> None:
+    """Remember which version of the folder was loaded, so the sensor does not start a run for it again."""
+    con.execute(SOR_LOADS_DDL)
+    con.execute("insert into ops.sor_loads values (?, ?, ?, ?)", [str(folder), fingerprint, as_of, run_id])
+
+
+def last_loaded_fingerprint(con, folder) -> str | None:
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'ops' and table_name = 'sor_loads'"
+    ).fetchall()[0][0]
+    if not exists:
+        return None
+    rows = con.execute(
+        "select fingerprint from ops.sor_loads where folder = ? order by as_of desc, rowid desc limit 1",
+        [str(folder)],
+    ).fetchall()
+    return rows[0][0] if rows else None
 
 
 def _ensure_every_raw_table(con) -> None:
@@ -75,9 +102,11 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
     as_of = actionlayer.resolved_as_of(context)
     folder = actionlayer.sor_path()
     context.log.info(f"loading SoR folder {folder} as of {as_of:%Y-%m-%d %H:%M:%S}")
+    fingerprint = folder_fingerprint(folder) if folder.is_dir() else None
     with connect(wait_seconds=30) as con:
         report = load_folder(con, folder, as_of)
         _ensure_every_raw_table(con)
+        record_folder_load(con, folder, fingerprint, as_of, context.run_id)
         batches = {
             name: con.execute(f"select * from raw.{name}").df()
             for name, obj in report.objects.items()

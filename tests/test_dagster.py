@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -179,6 +180,17 @@ def test_sor_folder_sensor_runs_on_change_only_and_skips_when_the_database_is_bu
         holder.wait()
     retried = sor_folder_sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor))
     assert isinstance(retried, dg.RunRequest)
+
+    # a folder version the database already loaded (e.g. by the CLI or the demo) starts no run
+    import duckdb
+
+    from connectors.files import folder_fingerprint
+    from orchestration.sor_assets import record_folder_load
+
+    with duckdb.connect(str(db)) as con:
+        record_folder_load(con, sor, folder_fingerprint(sor), datetime(2026, 9, 1), "cli")
+    loaded = sor_folder_sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor))
+    assert isinstance(loaded, dg.SkipReason) and "already loaded" in loaded.skip_message
 
 
 def test_review_inbox_sensor_requests_an_import_for_dropped_files(isolated_data):
