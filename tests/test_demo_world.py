@@ -244,7 +244,13 @@ def test_folder_follows_the_contract(day_one_folder: tuple[Path, datetime]) -> N
 
 def test_default_size_is_the_promised_company() -> None:
     config = load_demo_config()
-    assert (config.accounts, config.contacts, config.days, config.observe_days, config.history_days) == (600, 3000, 12, 14, 200)
+    assert (config.accounts, config.contacts, config.days, config.observe_days, config.history_days) == (
+        600,
+        3000,
+        12,
+        14,
+        200,
+    )
     assert len(config.owners) == 8 and config.manager["email"].endswith("@demo-company.example")
     effects = config.effects
     assert effects["nps_detractor"].baseline == effects["nps_detractor"].treated

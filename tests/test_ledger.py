@@ -27,7 +27,10 @@ def _meta(rule_id: str, level: int, **overrides):
         "holdout_share": 0.1,
         "review_expiry_days": 3,
         "recommended_action": "Send a follow-up",
-        "template": {"subject": "About [[ deal_name ]]", "body": "Hi [[ first_name ]], [[ deal_name ]] is waiting."},
+        "template": {
+            "subject": "About [[ deal_name ]]",
+            "body": "Hi [[ first_name ]], [[ deal_name ]] is waiting.",
+        },
         "outcome": {"kind": "deal_advanced", "window_days": 14},
     }
     meta.update(overrides)
@@ -111,7 +114,13 @@ def test_proposals_route_by_level_and_journey_and_rerun_adds_nothing(con):
     )
     report = propose(con, AS_OF, RULES)
     states = {row["action_id"]: row["event_type"] for row in ledger.states(con)}
-    assert states == {"a1": "pending_review", "a2": "approved", "a3": "held_out", "a4": "suppressed", "a5": "proposed"}
+    assert states == {
+        "a1": "pending_review",
+        "a2": "approved",
+        "a3": "held_out",
+        "a4": "suppressed",
+        "a5": "proposed",
+    }
     assert report.new_events == 9
     trail = ledger.trail(con, "a1")
     assert trail[0]["message_subject"] == "About Big deal"
@@ -157,7 +166,9 @@ def test_a_missing_template_variable_fails_the_action_with_the_reason_not_a_blan
 
 
 def test_ledger_events_are_idempotent_by_id_and_reject_unknown_types(con):
-    event = ledger.LedgerEvent(action_id="x", event_type="proposed", occurred_at=AS_OF, actor="t", rule_id="r")
+    event = ledger.LedgerEvent(
+        action_id="x", event_type="proposed", occurred_at=AS_OF, actor="t", rule_id="r"
+    )
     assert ledger.append(con, [event, event]) == 1
     assert ledger.append(con, [event]) == 0
     with pytest.raises(ValueError, match="unknown ledger event type"):
@@ -167,7 +178,10 @@ def test_ledger_events_are_idempotent_by_id_and_reject_unknown_types(con):
 def test_action_id_is_md5_of_rule_record_and_signal():
     import hashlib
 
-    assert ledger.action_id_for("r", "deal", "D1", "2026-09-01") == hashlib.md5(b"r|deal|D1|2026-09-01").hexdigest()
+    assert (
+        ledger.action_id_for("r", "deal", "D1", "2026-09-01")
+        == hashlib.md5(b"r|deal|D1|2026-09-01").hexdigest()
+    )
 
 
 def test_rule_meta_errors_name_the_model_and_key():
