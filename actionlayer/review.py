@@ -442,12 +442,8 @@ class AppliedDecision:
 
 
 @dataclass(frozen=True)
-class DuplicateDecision:
-    file: Path
-    row: int
-    action_id: str
-    decision: str
-    approver_email: str
+class DuplicateDecision(AppliedDecision):
+    """A decision the ledger already holds from the same approver: nothing is written again."""
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,11 @@ import pytest
 from loopback import RecordingHandler, SmtpServer
 
 from actionlayer.config import PROJECT_ROOT
-from actionlayer.demo.world import generate_world, load_demo_config, write_sor
+from actionlayer.demo.world import RULE_IDS, generate_world, load_demo_config, write_sor
 
 pytestmark = pytest.mark.slow
 
-RULES = {
-    "post_quote_followup",
-    "overdue_invoice",
-    "nps_detractor",
-    "important_inquiry",
-    "contract_renewal",
-    "dormant_customer",
-}
+RULES = set(RULE_IDS)
 DAY_ONE = datetime(2026, 9, 1, 9)
 DAY_TWO = datetime(2026, 9, 2, 9)
 BROKEN_ROWS = 6
