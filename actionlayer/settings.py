@@ -1,0 +1,126 @@
+"""Reads `actionlayer.yml` (path from ACTIONLAYER_CONFIG): the sources and which canonical object each
+one provides. Secrets are never in this file, only the names of the environment variables that hold them.
+
+    sources:
+      crm:
+        type: hubspot            # files | zoho | hubspot | postgres
+        token_env: HUBSPOT_TOKEN
+        objects: [accounts, contacts, deals, activities, tickets]
+      billing:
+        type: postgres
+        dsn_env: BILLING_DSN
+        objects:
+          invoices: {table: public.invoices, updated_column: updated_at}
+
+With no file, or no `sources:` section, the loop reads the contract folder (ACTIONLAYER_SOR) as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from actionlayer.config import settings_file
+from actionlayer.contract import OBJECT_NAMES
+
+# type → "module:Class" whose `from_config(name, config, environ)` builds the connector
+CONNECTOR_TYPES = {
+    "zoho": "connectors.zoho:ZohoConnector",
+    "hubspot": "connectors.hubspot:HubSpotConnector",
+    "postgres": "connectors.postgres:PostgresConnector",
+}
+SOURCE_TYPES = ("files", *CONNECTOR_TYPES)
+
+
+class SettingsError(ValueError):
+    """The settings file is unreadable or a key is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    name: str
+    type: str
+    objects: tuple[str, ...]
+    config: Mapping[str, Any]
+
+    def connector(self, environ: Mapping[str, str] | None = None) -> Any:
+        """Build this source's connector (not for `files`, which is read by connectors/files.py)."""
+        if self.type == "files":
+            raise SettingsError(
+                f"sources.{self.name}: a files source has no connector; it is read as a folder"
+            )
+        module_name, class_name = CONNECTOR_TYPES[self.type].split(":")
+        factory = getattr(importlib.import_module(module_name), class_name)
+        return factory.from_config(self.name, self.config, environ if environ is not None else os.environ)
+
+
+def read_settings(path: Path | None = None) -> dict[str, Any]:
+    """The whole settings file as a mapping ({} when there is none)."""
+    target = path or settings_file()
+    if not target.exists():
+        return {}
+    try:
+        loaded = yaml.safe_load(target.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"{target}: cannot read settings: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise SettingsError(f"{target}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return dict(loaded)
+
+
+def _objects_of(name: str, raw: Mapping[str, Any], target: Path) -> tuple[str, ...]:
+    objects = raw.get("objects")
+    if objects is None:
+        return tuple(OBJECT_NAMES) if raw.get("type") == "files" else ()
+    names = list(objects) if isinstance(objects, Mapping | list | tuple) else None
+    if names is None:
+        raise SettingsError(
+            f"{target}: sources.{name}.objects must be a list or a mapping of canonical objects"
+        )
+    unknown = [o for o in names if o not in OBJECT_NAMES]
+    if unknown:
+        raise SettingsError(
+            f"{target}: sources.{name}.objects names unknown objects {unknown}; canonical objects are {list(OBJECT_NAMES)}"
+        )
+    return tuple(names)
+
+
+def load_sources(path: Path | None = None) -> list[SourceSettings]:
+    """The configured sources, validated: known types, canonical objects, each object from one source."""
+    target = path or settings_file()
+    section = read_settings(target).get("sources")
+    if section is None:
+        return []
+    if not isinstance(section, Mapping) or not section:
+        raise SettingsError(f"{target}: sources must be a mapping of source name to its settings")
+    sources: list[SourceSettings] = []
+    provider: dict[str, str] = {}
+    for name, raw in section.items():
+        if not isinstance(raw, Mapping):
+            raise SettingsError(f"{target}: sources.{name} must be a mapping")
+        kind = raw.get("type")
+        if kind not in SOURCE_TYPES:
+            raise SettingsError(
+                f"{target}: sources.{name}.type is {kind!r}; expected one of {list(SOURCE_TYPES)}"
+            )
+        objects = _objects_of(str(name), raw, target)
+        if not objects:
+            raise SettingsError(
+                f"{target}: sources.{name}.objects is missing: name the canonical objects it provides"
+            )
+        for obj in objects:
+            if obj in provider:
+                raise SettingsError(
+                    f"{target}: sources.{name}.objects: {obj} is already provided by source {provider[obj]}"
+                )
+            provider[obj] = str(name)
+        sources.append(SourceSettings(name=str(name), type=str(kind), objects=objects, config=dict(raw)))
+    return sources
