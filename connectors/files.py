@@ -1,8 +1,10 @@
 """The file source: load a folder of canonical-contract files into `raw.*`, quarantining broken rows.
 
-One responsibility: turn `<object>.csv|parquet|xlsx` files (shared/SOR_CONTRACT.md) into typed good rows
-in `raw.<object>`, broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say in words
-what happened. The folder is a full snapshot, so every load replaces an object's raw table.
+One responsibility: turn contract text (shared/SOR_CONTRACT.md) into typed good rows in `raw.<object>`,
+broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say in words what happened.
+`load_folder` reads `<object>.csv|parquet|xlsx` files; `load_frames` takes the same text as in-memory
+frames (a connector sync's mirror), so every source is judged by this one validation. Each load is a
+full snapshot of the objects it covers, so it replaces those objects' raw tables.
 
 Decisions other parts rely on:
 - One quarantine row per broken source row, with its most basic problem: missing_key, then
@@ -32,7 +34,7 @@ import json
 import re
 import zoneinfo
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -144,9 +146,9 @@ class ObjectLoad:
 
 @dataclass
 class LoadReport:
-    """The outcome of `load_folder`: per-object results and warnings, in dependency order."""
+    """The outcome of `load_folder` / `load_frames`: per-object results and warnings, in dependency order."""
 
-    folder: Path
+    folder: Path | None  # None when the frames did not come from a folder (a connector sync)
     as_of: datetime
     objects: dict[str, ObjectLoad] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -191,6 +193,29 @@ class LoadReport:
                 lines.append(f"{name}: {result.status} — {result.message}")
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One object's records as contract text, wherever they came from (a file, a connector's mirror).
+
+    `data` holds only string columns named as the contract (empty string = null is the reader's job;
+    unknown columns are reported and not loaded). `source_label` becomes `ops.quarantine.source_file`
+    and `raw.<object>._source_file` (a file path, or e.g. `zoho:deals`); `row_numbers` are the 1-based
+    positions quarantine rows point at (default 1..n). `read_error` refuses the object with that reason.
+    """
+
+    data: pl.DataFrame
+    source_label: str
+    row_numbers: Sequence[int] | None = None
+    short_label: str = ""  # how warnings name the source (a file name); default source_label
+    fingerprint: str | None = None
+    read_error: str | None = None
+    notes: tuple[str, ...] = ()  # warnings that belong before this object's own (e.g. ignored files)
+
+    def __post_init__(self) -> None:
+        if not self.short_label:
+            object.__setattr__(self, "short_label", self.source_label)
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -637,29 +662,23 @@ def _parent_keys_from_raw(con: duckdb.DuckDBPyConnection, parent: SorObject) -> 
 def _load_one(
     con: duckdb.DuckDBPyConnection,
     obj: SorObject,
-    folder: Path,
+    frame: SourceFrame | None,
     as_of: datetime,
     parents: dict[str, _ParentKeys | None],
     report: LoadReport,
+    absent_message: Callable[[str], str],
 ) -> _ParentKeys | None:
     """Load one object; returns the keys its children may reference, or None to fall back to raw."""
-    path, ignored = _find_source(folder, obj.name)
-    if path is None:
+    if frame is None:
         kept = _raw_row_count(con, obj)
         what = f"{obj.raw_table} left as is ({kept} rows)" if kept is not None else f"no {obj.raw_table} yet"
-        result = ObjectLoad(
-            obj.name,
-            "skipped",
-            message=f"no {obj.name}.csv, .parquet or .xlsx in {folder}; {what}",
-        )
+        result = ObjectLoad(obj.name, "skipped", message=f"{absent_message(obj.name)}; {what}")
         report.objects[obj.name] = result
         _write_log(con, as_of, result)
         return None
-    if ignored:
-        report.warnings.append(
-            f"{obj.name}: read {path.name}; ignored {', '.join(p.name for p in ignored)} (one file per object)"
-        )
-    result = ObjectLoad(obj.name, "loaded", source_file=str(path), fingerprint=object_fingerprint(path))
+    report.warnings.extend(frame.notes)
+    label, short = frame.source_label, frame.short_label
+    result = ObjectLoad(obj.name, "loaded", source_file=label, fingerprint=frame.fingerprint)
     report.objects[obj.name] = result
 
     def refuse(reason: str) -> None:
@@ -670,14 +689,16 @@ def _load_one(
             else f"{obj.raw_table} does not exist yet"
         )
         result.status = "refused"
-        result.message = f"{path}: {reason}; nothing loaded, {what}"
+        result.message = f"{label}: {reason}; nothing loaded, {what}"
         _write_log(con, as_of, result)
 
-    try:
-        df = read_strings(path)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        refuse(f"cannot be read ({type(exc).__name__}: {exc})")
+    if frame.read_error is not None:
+        refuse(frame.read_error)
         return None
+    df = frame.data
+    if any(dtype != pl.String for dtype in df.schema.values()):
+        # An all-null column built in memory has no string type yet; render everything as contract text.
+        df = _as_strings(df)
     result.rows_read = df.height
 
     missing = [c for c in obj.required_columns if c not in df.columns]
@@ -687,31 +708,39 @@ def _load_one(
     extra = [c for c in df.columns if c not in obj.column_names]
     if extra:
         report.warnings.append(
-            f"{path.name}: column(s) {', '.join(extra)} are not in the contract; not loaded (schema drift)"
+            f"{short}: column(s) {', '.join(extra)} are not in the contract; not loaded (schema drift)"
         )
     absent_optional = [c for c in obj.column_names if c not in df.columns]
     if absent_optional:
         report.warnings.append(
-            f"{path.name}: optional column(s) {', '.join(absent_optional)} absent; loaded as null"
+            f"{short}: optional column(s) {', '.join(absent_optional)} absent; loaded as null"
         )
     file_columns = list(df.columns)
     df = df.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in absent_optional)
-    df = df.with_row_index(_ROW, offset=1).with_columns(pl.col(_ROW).cast(pl.Int64))
+    if frame.row_numbers is None:
+        df = df.with_row_index(_ROW, offset=1).with_columns(pl.col(_ROW).cast(pl.Int64))
+    else:
+        if len(frame.row_numbers) != df.height:
+            raise ValueError(
+                f"{label}: {len(frame.row_numbers)} row numbers for {df.height} rows; nothing loaded"
+            )
+        df = df.with_columns(pl.Series(_ROW, list(frame.row_numbers), dtype=pl.Int64))
     # A wholly empty line (a spreadsheet's blank row) is not a record.
     blank = pl.all_horizontal(pl.col(c).is_null() for c in file_columns) if file_columns else pl.lit(True)
     blank_rows = df.filter(blank).height
     if blank_rows:
         df = df.filter(blank.not_())
         result.rows_read -= blank_rows
-        report.warnings.append(f"{path.name}: skipped {blank_rows} empty row(s)")
+        report.warnings.append(f"{short}: skipped {blank_rows} empty row(s)")
 
     for col in obj.references:
         if parents.get(col.references or "") is None:
             report.warnings.append(
                 f"{obj.name}.{col.name}: references to {col.references} are not checked "
-                f"(no {col.references} file in this load and no raw.{col.references} table)"
+                f"(no {col.references}{' file' if report.folder else ''} in this load "
+                f"and no raw.{col.references} table)"
             )
-    validated = _validate(obj, df, as_of, parents, path.name)
+    validated = _validate(obj, df, as_of, parents, short)
     report.warnings.extend(validated.warnings)
 
     broken = validated.broken
@@ -731,7 +760,7 @@ def _load_one(
             {
                 "object": obj.name,
                 "record_key": record_key,
-                "source_file": str(path),
+                "source_file": label,
                 "row_number": row[_ROW],
                 "reason_code": code,
                 "reason": _describe(
@@ -764,19 +793,83 @@ def _load_one(
         },
     )
     good = validated.good.with_columns(
-        pl.lit(str(path)).alias("_source_file"), pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at")
+        pl.lit(label).alias("_source_file"), pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at")
     )
     result.rows_loaded = good.height
     result.rows_quarantined = quarantine.height
     result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
     result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
-    result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {path}"
+    result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
     _write_object(con, obj, good, quarantine, as_of, result)
     return _ParentKeys(
         good=good[obj.key],
         quarantined={k for k in broken["_key"].to_list() if k},
-        origin=f"{path.name} (this load)",
+        origin=f"{short} (this load)",
     )
+
+
+def load_frames(
+    con: duckdb.DuckDBPyConnection,
+    frames: Mapping[str, SourceFrame],
+    as_of: datetime,
+    objects: Sequence[str] | None = None,
+    *,
+    absent_message: Callable[[str], str] | None = None,
+    folder: Path | None = None,
+) -> LoadReport:
+    """Validate in-memory contract-text frames and load them into raw.*, quarantining broken rows.
+
+    The same validation, reason codes, cascade and writes as a folder load. `objects` (default: the
+    objects in `frames`) are processed in dependency order; a selected object without a frame is skipped
+    with `absent_message(object)` and keeps its raw table. Objects outside the selection are untouched;
+    their existing raw tables serve as reference targets.
+    """
+    as_of = parse_as_of(as_of)
+    selected = [n for n in OBJECT_NAMES if n in frames] if objects is None else list(objects)
+    unknown = [name for name in [*selected, *frames] if name not in OBJECTS]
+    if unknown:
+        raise ValueError(
+            f"unknown object(s) {', '.join(unknown)}; the contract has {', '.join(OBJECT_NAMES)}"
+        )
+    absent = absent_message or (lambda name: f"{name}: not provided in this load")
+
+    _run(con, _OPS_DDL)
+    report = LoadReport(folder=folder, as_of=as_of)
+    loaded_keys: dict[str, _ParentKeys | None] = {}
+    for name in OBJECT_NAMES:
+        if name not in selected:
+            continue
+        obj = OBJECTS[name]
+        parents: dict[str, _ParentKeys | None] = {}
+        for col in obj.references:
+            target = col.references or ""
+            if target not in parents:
+                known = loaded_keys.get(target)
+                parents[target] = known if known is not None else _parent_keys_from_raw(con, OBJECTS[target])
+        loaded_keys[name] = _load_one(con, obj, frames.get(name), as_of, parents, report, absent)
+    return report
+
+
+def _read_frame(folder: Path, name: str) -> SourceFrame | None:
+    """The frame for one object's file in `folder` (None when there is none); a read failure refuses."""
+    path, ignored = _find_source(folder, name)
+    if path is None:
+        return None
+    notes: tuple[str, ...] = ()
+    if ignored:
+        notes = (
+            f"{name}: read {path.name}; ignored {', '.join(p.name for p in ignored)} (one file per object)",
+        )
+    common = {"source_label": str(path), "short_label": path.name, "fingerprint": object_fingerprint(path)}
+    try:
+        return SourceFrame(data=read_strings(path), notes=notes, **common)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        return SourceFrame(
+            data=pl.DataFrame(),
+            notes=notes,
+            read_error=f"cannot be read ({type(exc).__name__}: {exc})",
+            **common,
+        )
 
 
 def load_folder(
@@ -800,19 +893,16 @@ def load_folder(
         raise ValueError(
             f"unknown object(s) {', '.join(unknown)}; the contract has {', '.join(OBJECT_NAMES)}"
         )
-
-    _run(con, _OPS_DDL)
-    report = LoadReport(folder=folder, as_of=as_of)
-    loaded_keys: dict[str, _ParentKeys | None] = {}
-    for name in OBJECT_NAMES:
-        if name not in selected:
-            continue
-        obj = OBJECTS[name]
-        parents: dict[str, _ParentKeys | None] = {}
-        for col in obj.references:
-            target = col.references or ""
-            if target not in parents:
-                known = loaded_keys.get(target)
-                parents[target] = known if known is not None else _parent_keys_from_raw(con, OBJECTS[target])
-        loaded_keys[name] = _load_one(con, obj, folder, as_of, parents, report)
-    return report
+    frames: dict[str, SourceFrame] = {}
+    for name in selected:
+        frame = _read_frame(folder, name)
+        if frame is not None:
+            frames[name] = frame
+    return load_frames(
+        con,
+        frames,
+        as_of,
+        selected,
+        absent_message=lambda name: f"no {name}.csv, .parquet or .xlsx in {folder}",
+        folder=folder,
+    )

@@ -52,9 +52,9 @@ def run_job(
     selection = [dg.AssetKey.from_user_string(name) for name in asset_names] if asset_names else None
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            # the run's full event log is in the instance (and the UI); the terminal gets warnings only
+            # the full event log is in the instance (and the UI); the CLI prints its own summary from the database
             run_config=run_config_for(
-                as_of=as_of, sor=sor, log_level=os.environ.get("ACTIONLAYER_LOG_LEVEL", "WARNING")
+                as_of=as_of, sor=sor, log_level=os.environ.get("ACTIONLAYER_LOG_LEVEL", "ERROR")
             ),
             instance=instance,
             raise_on_error=False,
