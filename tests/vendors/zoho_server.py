@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -603,8 +604,21 @@ class ZohoHarness:
                 raise KeyError(f"{object} {key!r} is not on the Zoho stand-in")
             self.server.delete_record(module, key)
 
+    def as_carried(self, object: str, record: Record) -> Record:  # noqa: A002
+        """The record as Zoho can hold it: a date field (Invoice_Date, Due_Date, …) keeps no time of day."""
+        module = module_for(self.mapping, object, record)
+        carried = dict(record)
+        for spec in module.columns:
+            text = carried.get(spec.column)
+            if spec.zoho_type == "date" and text and _TIMESTAMP_TEXT.match(text):
+                carried[spec.column] = text[:10]
+        return carried
+
     def close(self) -> None:
         self.server.stop()
+
+
+_TIMESTAMP_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]")
 
 
 def make_harness(tmp_path: Path, **config: Any) -> ZohoHarness:

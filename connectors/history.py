@@ -1,0 +1,207 @@
+"""Versioned history of every canonical object: `hist.<object>`, kept SCD2-style from `raw.<object>`.
+
+One responsibility: after a successful load, record what `raw.<object>` holds at the run's as-of time
+as versions with `_valid_from` / `_valid_to` (null = current), so any past moment can be reconstructed
+with `as_of_relation`. Any source (a file folder or a connector sync) calls it after loading.
+
+Rules:
+- A version's identity is its key and `_row_hash`, an MD5 of the contract columns only: a reload that
+  changes nothing but `_loaded_at`, `_source_file` or `_row_number` opens no new version.
+- New keys open a version at as-of; a changed row closes its current version at as-of and opens one;
+  a key gone from raw closes its version at as-of.
+- Repeating an as-of is idempotent: the versions that as-of opened are removed and the ones it closed
+  reopened before it is applied again, so the history ends in the latest load's state for that moment.
+- An as-of earlier than one already recorded for the object is not applied (history only moves
+  forward); the report says so and the history is left as it was.
+- Each object is written in its own transaction: the caller must not be inside one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+
+from actionlayer.config import parse_as_of
+from actionlayer.contract import LOAD_METADATA_COLUMNS, OBJECTS, SorObject, get_object
+from connectors.files import LoadReport
+
+HIST_SCHEMA = "hist"
+_BOOKKEEPING = (
+    ("_valid_from", "TIMESTAMP NOT NULL"),
+    ("_valid_to", "TIMESTAMP"),
+    ("_row_hash", "VARCHAR NOT NULL"),
+)
+
+
+@dataclass
+class ObjectHistory:
+    """What one history update did to one object."""
+
+    object: str
+    opened: int = 0
+    closed: int = 0
+    unchanged: int = 0
+    message: str = ""
+    applied: bool = True
+
+
+@dataclass
+class HistoryReport:
+    as_of: datetime
+    objects: dict[str, ObjectHistory] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{name}: {h.message}" for name, h in self.objects.items() if not h.applied]
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for name, h in self.objects.items():
+            if h.applied:
+                lines.append(
+                    f"hist.{name}: {h.opened} version(s) opened, {h.closed} closed, {h.unchanged} unchanged"
+                )
+            else:
+                lines.append(f"hist.{name}: not recorded — {h.message}")
+        return lines
+
+
+def hist_table(object_name: str) -> str:
+    return f"{HIST_SCHEMA}.{get_object(object_name).name}"
+
+
+def _hist_ddl(obj: SorObject) -> str:
+    lines = [f"    {c.name} {c.duckdb_type}" for c in obj.columns]
+    lines += [f"    {name} {sql_type}" for name, sql_type in (*LOAD_METADATA_COLUMNS, *_BOOKKEEPING)]
+    return f"create table if not exists {hist_table(obj.name)} (\n" + ",\n".join(lines) + "\n)"
+
+
+def _row_hash_sql(obj: SorObject) -> str:
+    fields = ", ".join(f"{c.name} := {c.name}" for c in obj.columns)
+    return f"md5(cast(to_json(struct_pack({fields})) as varchar))"
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
+    # DuckDB 2.0 refuses further work on a connection while a statement's result is unread.
+    return con.execute(sql, params or []).fetchall()
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
+
+
+def _raw_exists(con: duckdb.DuckDBPyConnection, obj: SorObject) -> bool:
+    return bool(
+        _run(
+            con,
+            "select count(*) from information_schema.tables where table_schema = 'raw' and table_name = ?",
+            [obj.name],
+        )[0][0]
+    )
+
+
+def _record_one(con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime) -> ObjectHistory:
+    result = ObjectHistory(obj.name)
+    table = hist_table(obj.name)
+    if not _raw_exists(con, obj):
+        result.applied = False
+        result.message = f"no raw.{obj.name} table to record; {table} left as it was"
+        return result
+    _run(con, _hist_ddl(obj))
+    latest = _run(con, f"select max(greatest(_valid_from, coalesce(_valid_to, _valid_from))) from {table}")[
+        0
+    ][0]
+    if latest is not None and latest > as_of:
+        result.applied = False
+        result.message = (
+            f"as-of {as_of:%Y-%m-%d %H:%M:%S} is before the latest recorded change ({latest:%Y-%m-%d %H:%M:%S}); "
+            f"history only moves forward, {table} left as it was"
+        )
+        return result
+    key = obj.key
+    columns = ", ".join([*obj.column_names, *(name for name, _ in LOAD_METADATA_COLUMNS)])
+    current = f"select {key} as k, _row_hash from {table} where _valid_to is null"
+    with _transaction(con):
+        _run(con, f"create or replace temp table _al_hist_before as {current}")
+        # Undo an earlier application of this same as-of, so repeating it converges on the latest load.
+        _run(con, f"delete from {table} where _valid_from = ?", [as_of])
+        _run(con, f"update {table} set _valid_to = null where _valid_to = ?", [as_of])
+        _run(
+            con,
+            f"create or replace temp table _al_hist_now as "
+            f"select {columns}, {_row_hash_sql(obj)} as _row_hash from raw.{obj.name}",
+        )
+        _run(
+            con,
+            f"""update {table} as h set _valid_to = ?
+            where h._valid_to is null and not exists (
+                select 1 from _al_hist_now as n where n.{key} = h.{key} and n._row_hash = h._row_hash)""",
+            [as_of],
+        )
+        _run(
+            con,
+            f"""insert into {table}
+            select {columns}, ?, null, n._row_hash from _al_hist_now as n
+            where not exists (
+                select 1 from {table} as h
+                where h._valid_to is null and h.{key} = n.{key} and h._row_hash = n._row_hash)""",
+            [as_of],
+        )
+        # Counted against the state before this call, so a repeated as-of reports no change.
+        before, after = "_al_hist_before", f"({current})"
+        result.opened = _run(con, f"select count(*) from (from {after} except from {before})")[0][0]
+        result.closed = _run(con, f"select count(*) from (from {before} except from {after})")[0][0]
+        result.unchanged = _run(con, f"select count(*) from (from {before} intersect from {after})")[0][0]
+        _run(con, "drop table _al_hist_now")
+        _run(con, "drop table _al_hist_before")
+    return result
+
+
+def record_history(con: duckdb.DuckDBPyConnection, objects: Sequence[str], as_of: datetime) -> HistoryReport:
+    """Record `raw.<object>` at `as_of` as versions in `hist.<object>` for each named object."""
+    as_of = parse_as_of(as_of)
+    _run(con, f"create schema if not exists {HIST_SCHEMA}")
+    report = HistoryReport(as_of=as_of)
+    for name in OBJECTS:
+        if name in objects:
+            report.objects[name] = _record_one(con, OBJECTS[name], as_of)
+    unknown = [name for name in objects if name not in OBJECTS]
+    if unknown:
+        raise ValueError(f"unknown object(s) {', '.join(unknown)}; the contract has {', '.join(OBJECTS)}")
+    return report
+
+
+def record_load_history(con: duckdb.DuckDBPyConnection, load_report: LoadReport) -> HistoryReport:
+    """Record history for every object a `LoadReport` (load_folder / load_frames) loaded, at its as-of.
+
+    The file source's asset calls this right after `load_folder`. Refused and skipped objects keep
+    their history as it was: their raw tables did not change.
+    """
+    loaded = [name for name, result in load_report.objects.items() if result.status == "loaded"]
+    return record_history(con, loaded, load_report.as_of)
+
+
+def as_of_relation(object_name: str, moment: datetime) -> str:
+    """SQL selecting `object_name` as raw held it at `moment`: the versions valid then, raw's columns.
+
+    Usable as a subquery: `select * from ({as_of_relation('deals', t)})`.
+    """
+    obj = get_object(object_name)
+    when = parse_as_of(moment)
+    literal = f"timestamp '{when:%Y-%m-%d %H:%M:%S.%f}'"
+    columns = ", ".join([*obj.column_names, *(name for name, _ in LOAD_METADATA_COLUMNS)])
+    return (
+        f"select {columns} from {hist_table(obj.name)} "
+        f"where _valid_from <= {literal} and (_valid_to is null or _valid_to > {literal})"
+    )
