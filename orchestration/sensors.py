@@ -8,11 +8,12 @@ import dagster as dg
 
 from actionlayer import config
 from actionlayer.db import DatabaseBusy, connect
+from actionlayer.settings import SourceSettings
 from connectors.files import folder_fingerprint
 from orchestration.action_assets import inbox_files
 from orchestration.jobs import act_on_candidates_job, loop_job, review_import_job
 from orchestration.resources import run_config_for
-from orchestration.sor_assets import last_loaded_fingerprint
+from orchestration.sor_assets import last_loaded_fingerprint, raw_key
 
 
 def _now() -> datetime:
@@ -100,3 +101,55 @@ def candidates_changed_sensor(context: dg.SensorEvaluationContext, asset_event: 
         run_config=run_config_for(as_of=_now()),
         tags={"actionlayer/trigger": "candidates_changed"},
     )
+
+
+def _stored_cursors(con, source: str) -> dict[str, str | None]:
+    """Cursors per object as the sync stored them (None while a full read is due); read-only."""
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'ops' and table_name = 'sync_cursors'"
+    ).fetchall()[0][0]
+    if not exists:
+        return {}
+    rows = con.execute(
+        "select object, case when full_sync_started_at is null then cursor end from ops.sync_cursors where source = ?",
+        [source],
+    ).fetchall()
+    return dict(rows)
+
+
+def source_sensor(source: SourceSettings) -> dg.SensorDefinition:
+    """A cheap probe of one connector source (Zoho If-Modified-Since, a HubSpot search since the cursor,
+    Postgres max(updated_at)); a run is requested only for the objects that changed."""
+
+    @dg.sensor(
+        name=f"{source.name}_changes_sensor",
+        job=loop_job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def probe(context: dg.SensorEvaluationContext):
+        stored = _read_database(context, lambda con: _stored_cursors(con, source.name))
+        if stored is _BUSY:
+            return dg.SkipReason("database busy; probing again next tick")
+        cursors = {name: (stored or {}).get(name) for name in source.objects}
+        connector = source.connector()
+        try:
+            changed = [name for name in connector.changed(cursors) if name in source.objects]
+        finally:
+            connector.close()
+        if not changed:
+            return dg.SkipReason(f"source {source.name}: nothing changed since the stored cursors")
+        context.log.info(f"source {source.name}: changed objects {changed}")
+        scope = dg.AssetSelection.assets(*[raw_key(name) for name in changed])
+        return dg.RunRequest(
+            run_config=run_config_for(as_of=_now()),
+            asset_selection=list(scope.downstream().resolve(context.repository_def.asset_graph))
+            if context.repository_def
+            else [raw_key(name) for name in changed],
+            tags={
+                "actionlayer/trigger": f"source_changed:{source.name}",
+                "actionlayer/objects": ",".join(changed),
+            },
+        )
+
+    return probe

@@ -1,11 +1,17 @@
-"""Dagster assets for the System-of-Record file source: one raw table per canonical object, the
-quarantine, and per object an expectation check (Great Expectations) and a broken-rows check."""
+"""Dagster assets for the Systems of Record: one raw table per canonical object, loaded by the source
+that provides it (the contract folder, or a connector synced through connectors/sync.py), with per object
+an expectation check (Great Expectations) and a broken-rows check; and the quarantine they share."""
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import dagster as dg
 
 from actionlayer.contract import OBJECT_NAMES, raw_ddl
 from actionlayer.db import connect
-from connectors.files import folder_fingerprint, load_folder
+from actionlayer.settings import SourceSettings
+from connectors.files import LoadReport, folder_fingerprint, load_folder
+from connectors.history import record_load_history
 from orchestration.resources import ActionlayerSettings
 
 QUARANTINE_KEY = dg.AssetKey(["ops", "quarantine"])
@@ -56,29 +62,23 @@ def _ensure_every_raw_table(con) -> None:
             con.execute(raw_ddl(name).replace("create or replace table", "create table if not exists"))
 
 
-@dg.multi_asset(
-    name="sor_files",
-    specs=[
+def _object_specs(objects: Sequence[str], origin: str) -> list[dg.AssetSpec]:
+    return [
         dg.AssetSpec(
             raw_key(name),
             group_name="sor",
-            description=f"Good `{name}` rows from the SoR contract folder (raw.{name}).",
+            description=f"Good `{name}` rows from {origin} (raw.{name}); history in hist.{name}.",
             kinds={"duckdb"},
             skippable=True,
         )
-        for name in OBJECT_NAMES
+        for name in objects
     ]
-    + [
-        dg.AssetSpec(
-            QUARANTINE_KEY,
-            group_name="sor",
-            description="Broken SoR rows with object, key, file, row number, reason and raw values.",
-            kinds={"duckdb"},
-        )
-    ],
-    check_specs=[
+
+
+def _check_specs(objects: Sequence[str]) -> list[dg.AssetCheckSpec]:
+    return [
         spec
-        for name in OBJECT_NAMES
+        for name in objects
         for spec in (
             dg.AssetCheckSpec(
                 "contract_expectations",
@@ -92,29 +92,10 @@ def _ensure_every_raw_table(con) -> None:
                 description="Warns when rows of this object were quarantined.",
             ),
         )
-    ],
-    pool="duckdb",
-)
-def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings):
-    """Load the contract folder, quarantine broken rows, and validate every loaded batch."""
-    from actionlayer.quality import validate_batch  # lazy: Great Expectations takes seconds to import
+    ]
 
-    as_of = actionlayer.resolved_as_of(context)
-    folder = actionlayer.sor_path()
-    context.log.info(f"loading SoR folder {folder} as of {as_of:%Y-%m-%d %H:%M:%S}")
-    fingerprint = folder_fingerprint(folder) if folder.is_dir() else None
-    with connect(wait_seconds=30) as con:
-        report = load_folder(con, folder, as_of)
-        _ensure_every_raw_table(con)
-        record_folder_load(con, folder, fingerprint, as_of, context.run_id)
-        batches = {
-            name: con.execute(f"select * from raw.{name}").df()
-            for name, obj in report.objects.items()
-            if obj.status == "loaded"
-        }
-        quarantined = con.execute(
-            "select object, reason_code, count(*) from ops.quarantine group by all order by all"
-        ).fetchall()
+
+def _log_load(context: dg.AssetExecutionContext, report: LoadReport) -> None:
     lines = report.summary_lines()
     for (_, result), line in zip(report.objects.items(), lines, strict=False):
         troubled = result.rows_quarantined or result.status == "refused"
@@ -122,9 +103,21 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
     for line in lines[len(report.objects) :]:
         context.log.warning(line)
 
-    for name in OBJECT_NAMES:
+
+def _object_results(
+    context: dg.AssetExecutionContext, report: LoadReport, objects: Sequence[str], as_of
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """A materialization and both checks per object this step owns, from one load report."""
+    from actionlayer.quality import validate_batch  # lazy: Great Expectations takes seconds to import
+
+    selected = context.selected_asset_keys
+    for name in objects:
+        if raw_key(name) not in selected:
+            continue
         obj = report.objects.get(name)
         if obj is not None and obj.status == "loaded":
+            with connect(wait_seconds=30) as con:
+                batch = con.execute(f"select * from raw.{name}").df()
             yield dg.MaterializeResult(
                 asset_key=raw_key(name),
                 metadata={
@@ -132,10 +125,10 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
                     "rows_loaded": obj.rows_loaded,
                     "rows_quarantined": obj.rows_quarantined,
                     "as_of": str(as_of),
-                    "source_file": str(obj.source_file or ""),
+                    "source": str(obj.source_file or ""),
                 },
             )
-            result = validate_batch(name, batches[name])
+            result = validate_batch(name, batch)
             yield dg.AssetCheckResult(
                 asset_key=raw_key(name),
                 check_name="contract_expectations",
@@ -147,15 +140,12 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
                 check_name="no_broken_rows",
                 passed=obj.rows_quarantined == 0,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "rows_quarantined": obj.rows_quarantined,
-                    "by_reason": dict(obj.quarantine_counts),
-                },
+                metadata={"rows_quarantined": obj.rows_quarantined, "by_reason": dict(obj.quarantine_counts)},
             )
         else:
             message = obj.message if obj is not None else "not loaded"
             status = obj.status if obj is not None else "skipped"
-            # a refused object keeps its last good copy; the blocking check stops the rules that read it
+            # a refused object keeps its last good copy; the check failing says so in the UI
             yield dg.AssetCheckResult(
                 asset_key=raw_key(name),
                 check_name="contract_expectations",
@@ -170,10 +160,104 @@ def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSetting
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"status": status, "message": message},
             )
-    yield dg.MaterializeResult(
-        asset_key=QUARANTINE_KEY,
-        metadata={
-            "rows": sum(count for _, _, count in quarantined),
-            "by_object_and_reason": {f"{o}.{r}": c for o, r, c in quarantined},
-        },
+
+
+def files_source_asset(
+    objects: Sequence[str] = OBJECT_NAMES, folder: str | None = None
+) -> dg.AssetsDefinition:
+    """The contract folder (ACTIONLAYER_SOR, or the source's `folder`) as the provider of `objects`."""
+
+    @dg.multi_asset(
+        name="sor_files",
+        specs=_object_specs(objects, "the SoR contract folder"),
+        check_specs=_check_specs(objects),
+        pool="duckdb",
     )
+    def sor_files(context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings):
+        """Load the contract folder, quarantine broken rows, record history, validate every loaded batch."""
+        as_of = actionlayer.resolved_as_of(context)
+        path = Path(folder) if folder and not actionlayer.sor_dir else actionlayer.sor_path()
+        context.log.info(f"loading SoR folder {path} as of {as_of:%Y-%m-%d %H:%M:%S}")
+        fingerprint = folder_fingerprint(path) if path.is_dir() else None
+        with connect(wait_seconds=30) as con:
+            report = load_folder(con, path, as_of, objects=list(objects))
+            _ensure_every_raw_table(con)
+            record_load_history(con, report)
+            record_folder_load(con, path, fingerprint, as_of, context.run_id)
+        _log_load(context, report)
+        yield from _object_results(context, report, objects, as_of)
+
+    return sor_files
+
+
+def connector_source_asset(source: SourceSettings) -> dg.AssetsDefinition:
+    """One connector source: an incremental, page-atomic sync of the objects it provides (subsettable,
+    so a sensor can scope a run to the objects that changed)."""
+
+    @dg.multi_asset(
+        name=f"sync_{source.name}",
+        specs=_object_specs(source.objects, f"source `{source.name}` ({source.type})"),
+        check_specs=_check_specs(source.objects),
+        can_subset=True,
+        pool="duckdb",
+    )
+    def sync_asset(context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings):
+        from connectors.sync import sync_source
+
+        as_of = actionlayer.resolved_as_of(context)
+        scope = [name for name in source.objects if raw_key(name) in context.selected_asset_keys]
+        context.log.info(f"syncing {source.name} ({source.type}): {', '.join(scope)} as of {as_of}")
+        connector = source.connector()
+        try:
+            report = sync_source(lambda: connect(wait_seconds=30), connector, as_of, objects=scope)
+        finally:
+            connector.close()
+        for line in report.summary_lines():
+            (context.log.warning if report.has_problems else context.log.info)(line)
+        with connect(wait_seconds=30) as con:
+            _ensure_every_raw_table(con)
+        if report.load is None:
+            raise dg.Failure(description=f"source {source.name}: nothing was loaded: {report.refused}")
+        yield from _object_results(context, report.load, scope, as_of)
+
+    return sync_asset
+
+
+@dg.asset(
+    key=QUARANTINE_KEY,
+    deps=[raw_key(name) for name in OBJECT_NAMES],
+    group_name="sor",
+    kinds={"duckdb"},
+    description="Broken SoR rows with object, key, source, row number, reason and raw values (ops.quarantine).",
+)
+def quarantine(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    with connect(wait_seconds=30) as con:
+        exists = con.execute(
+            "select count(*) from information_schema.tables where table_schema = 'ops' and table_name = 'quarantine'"
+        ).fetchall()[0][0]
+        rows = (
+            con.execute(
+                "select object, reason_code, count(*) from ops.quarantine group by all order by all"
+            ).fetchall()
+            if exists
+            else []
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "rows": sum(count for _, _, count in rows),
+            "by_object_and_reason": {f"{o}.{r}": c for o, r, c in rows},
+        }
+    )
+
+
+def source_assets(sources: Sequence[SourceSettings]) -> list[dg.AssetsDefinition]:
+    """The SoR assets for the configured sources; with none configured, the contract folder provides all."""
+    if not sources:
+        return [files_source_asset(), quarantine]
+    assets = []
+    for source in sources:
+        if source.type == "files":
+            assets.append(files_source_asset(source.objects, source.config.get("folder")))
+        else:
+            assets.append(connector_source_asset(source))
+    return [*assets, quarantine]
