@@ -47,3 +47,21 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
+    """Execute and read the whole result: DuckDB 2.0 refuses further work on a connection while a
+    statement's result is unread."""
+    return con.execute(sql, params or []).fetchall()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction: committed when the block ends, rolled back (and re-raised) on any error."""
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()

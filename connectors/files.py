@@ -54,6 +54,7 @@ from actionlayer.contract import (
     Kind,
     SorObject,
 )
+from actionlayer.db import run as _run
 
 SOURCE_EXTENSIONS: tuple[str, ...] = ("csv", "parquet", "xlsx")
 
@@ -547,11 +548,6 @@ def _describe(
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _run(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
-    # DuckDB 2.0 refuses further work on a connection while a statement's result is unread.
-    return con.execute(sql, params or []).fetchall()
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:

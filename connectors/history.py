@@ -18,8 +18,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,6 +26,8 @@ import duckdb
 
 from actionlayer.config import parse_as_of
 from actionlayer.contract import LOAD_METADATA_COLUMNS, OBJECTS, SorObject, get_object
+from actionlayer.db import run as _run
+from actionlayer.db import transaction as _transaction
 from connectors.files import LoadReport
 
 HIST_SCHEMA = "hist"
@@ -83,22 +84,6 @@ def _hist_ddl(obj: SorObject) -> str:
 def _row_hash_sql(obj: SorObject) -> str:
     fields = ", ".join(f"{c.name} := {c.name}" for c in obj.columns)
     return f"md5(cast(to_json(struct_pack({fields})) as varchar))"
-
-
-def _run(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
-    # DuckDB 2.0 refuses further work on a connection while a statement's result is unread.
-    return con.execute(sql, params or []).fetchall()
-
-
-@contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    con.begin()
-    try:
-        yield
-    except BaseException:
-        con.rollback()
-        raise
-    con.commit()
 
 
 def _raw_exists(con: duckdb.DuckDBPyConnection, obj: SorObject) -> bool:

@@ -35,8 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -48,6 +48,8 @@ import pyarrow as pa
 
 from actionlayer.config import parse_as_of
 from actionlayer.contract import OBJECT_NAMES, OBJECTS, SorObject
+from actionlayer.db import run as _run
+from actionlayer.db import transaction as _transaction
 from connectors.base import Connector, ConnectorError, Page, SyncPlan
 from connectors.files import LoadReport, SourceFrame, load_frames
 from connectors.history import HistoryReport, record_history
@@ -201,11 +203,6 @@ class SyncReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _run(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
-    # DuckDB 2.0 refuses further work on a connection while a statement's result is unread.
-    return con.execute(sql, params or []).fetchall()
-
-
 def mirror_table(source: str, object_name: str) -> str:
     """The mirror table of one source object: `src.<source>__<object>`."""
     return f"{MIRROR_SCHEMA}.{source}__{object_name}"
@@ -285,17 +282,6 @@ def _page_table(obj: SorObject, rows: Sequence[dict[str, Any]]) -> pa.Table:
     data = {name: pa.array([row[name] for row in rows], type=pa.string()) for name in columns}
     data["_position"] = pa.array(range(len(rows)), type=pa.int64())
     return pa.table(data)
-
-
-@contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    con.begin()
-    try:
-        yield
-    except BaseException:
-        con.rollback()
-        raise
-    con.commit()
 
 
 # --------------------------------------------------------------------------- state
