@@ -20,6 +20,9 @@ PostgresConnector at it. How the harness represents the contract:
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,9 +44,17 @@ SERVER_NOW_TEXT = "to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\
 
 
 def start_server(data_dir: Path) -> Any:
-    """A PostgreSQL 16 server of our own for `data_dir`; stop it with `.cleanup()`."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(data_dir, cleanup_mode="stop")
+    """A PostgreSQL 16 server of our own; stop it with `.cleanup()`.
+
+    As root, pgserver runs initdb as a `pgserver` user that must traverse every parent folder. pytest
+    resets its own temp root to mode 0700 whenever a session starts, so the cluster lives in a folder of
+    its own under the system temp dir instead (named after `data_dir`, removed at exit).
+    """
+    home = Path(tempfile.mkdtemp(prefix=f"actionlayer-pg-{data_dir.parent.name[:40]}-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    cluster = home / data_dir.name
+    cluster.mkdir()
+    return pgserver.get_server(cluster, cleanup_mode="stop")
 
 
 class PostgresHarness:
