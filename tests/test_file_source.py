@@ -14,6 +14,7 @@ import pytest
 
 from actionlayer.contract import OBJECTS, raw_ddl
 from connectors.files import folder_fingerprint, load_folder, object_fingerprint
+from tests.sync_support import quarantine_rows as quarantine
 
 AS_OF = datetime(2026, 11, 23, 9, 0, 0)
 
@@ -169,17 +170,6 @@ def write_world(folder: Path, data: dict[str, list[dict[str, str | None]]]) -> P
 def raw_keys(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
     key = OBJECTS[name].key
     return {r[0] for r in con.execute(f"select {key} from raw.{name}").fetchall()}
-
-
-def quarantine(con: duckdb.DuckDBPyConnection, name: str | None = None) -> list[dict]:
-    sql = (
-        "select * from ops.quarantine"
-        + (" where object = ?" if name else "")
-        + " order by object, row_number"
-    )
-    cur = con.execute(sql, [name] if name else [])
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 @pytest.fixture
