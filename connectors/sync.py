@@ -310,8 +310,16 @@ def _read_state(con: duckdb.DuckDBPyConnection, source: str, object_name: str) -
 
 
 def stored_cursors(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str | None]:
-    """The cursor per object for `Connector.changed()`; None while a full read is due or unfinished."""
-    _run(con, _SYNC_DDL)
+    """The cursor per object for `Connector.changed()`; None while a full read is due or unfinished.
+
+    Only reads (a sensor calls it on a read-only connection): no cursor table yet means no cursors.
+    """
+    exists = _run(
+        con,
+        "select count(*) from information_schema.tables where table_schema = 'ops' and table_name = 'sync_cursors'",
+    )[0][0]
+    if not exists:
+        return {}
     rows = _run(
         con,
         f"select object, case when full_sync_started_at is null then cursor end from {CURSOR_TABLE} "

@@ -10,6 +10,7 @@ from actionlayer import config
 from actionlayer.db import DatabaseBusy, connect
 from actionlayer.settings import SourceSettings
 from connectors.files import folder_fingerprint
+from connectors.sync import stored_cursors
 from orchestration.action_assets import inbox_files
 from orchestration.jobs import act_on_candidates_job, loop_job, review_import_job
 from orchestration.resources import run_config_for
@@ -103,20 +104,6 @@ def candidates_changed_sensor(context: dg.SensorEvaluationContext, asset_event: 
     )
 
 
-def _stored_cursors(con, source: str) -> dict[str, str | None]:
-    """Cursors per object as the sync stored them (None while a full read is due); read-only."""
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'ops' and table_name = 'sync_cursors'"
-    ).fetchall()[0][0]
-    if not exists:
-        return {}
-    rows = con.execute(
-        "select object, case when full_sync_started_at is null then cursor end from ops.sync_cursors where source = ?",
-        [source],
-    ).fetchall()
-    return dict(rows)
-
-
 def source_sensor(source: SourceSettings) -> dg.SensorDefinition:
     """A cheap probe of one connector source (Zoho If-Modified-Since, a HubSpot search since the cursor,
     Postgres max(updated_at)); a run is requested only for the objects that changed."""
@@ -128,7 +115,7 @@ def source_sensor(source: SourceSettings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def probe(context: dg.SensorEvaluationContext):
-        stored = _read_database(context, lambda con: _stored_cursors(con, source.name))
+        stored = _read_database(context, lambda con: stored_cursors(con, source.name))
         if stored is _BUSY:
             return dg.SkipReason("database busy; probing again next tick")
         cursors = {name: (stored or {}).get(name) for name in source.objects}
