@@ -42,12 +42,16 @@ class SendResult:
 
     `retryable` says whether the same message may be tried again later (a transient failure);
     `external_id` is what the channel calls the delivery (Message-ID, file path, task id).
+    `uncertain` says the request may have reached the channel and been acted on before the failure
+    (a read timeout, a connection reset after sending): the dispatcher then records `unknown` for a
+    person to check instead of `failed`, and never re-sends it on its own.
     """
 
     ok: bool
     detail: str
     retryable: bool = False
     external_id: str | None = None
+    uncertain: bool = False
 
 
 @runtime_checkable

@@ -209,15 +209,18 @@ class _Pass:
             )
         )
 
-    def mark_unknown(self, row: dict[str, Any], sink_name: str) -> None:
-        attempt = row.get("attempt") or 1
+    def mark_unknown(
+        self, row: dict[str, Any], sink_name: str, attempt: int | None = None, reason: str | None = None
+    ) -> None:
+        attempt = attempt or row.get("attempt") or 1
         event = ledger.next_event(
             row,
             "unknown",
             self.as_of,
             ACTOR,
             attempt=attempt,
-            result=(
+            result=reason
+            or (
                 f"dispatch was interrupted after recording attempt {attempt} as sending through {sink_name}; "
                 "whether the message went out is unknown, so it is not sent again automatically"
             ),
@@ -284,6 +287,13 @@ class _Pass:
             _commit(self.con, delivered)
             self.report.delivered += 1
             self.report._count(channel, "delivered")
+        elif result.uncertain and not sink.idempotent:
+            self.mark_unknown(
+                row,
+                sink_name,
+                attempt,
+                f"{result.detail}; the channel may have acted on it, so it is not sent again automatically",
+            )
         else:
             extra = {"external_id": result.external_id} if result.external_id else {}
             self.fail(row, attempt, result.detail, result.retryable, sink=sink_name, **extra)

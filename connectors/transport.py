@@ -121,8 +121,15 @@ class HttpTransport:
         burst: int = 1,
         headers: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        retry_statuses: Iterable[int] = RETRY_STATUSES,
+        retry_transport_errors: tuple[type[Exception], ...] = (httpx.TransportError,),
     ) -> None:
+        """`retry_statuses` and `retry_transport_errors` say what is worth trying again. A caller whose
+        request must not run twice (a non-idempotent send) narrows them, e.g. to 429 and
+        `httpx.ConnectError`, where the server provably did not act on the request."""
         self.source = source
+        self.retry_statuses = frozenset(retry_statuses)
+        self.retry_transport_errors = retry_transport_errors
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.limiter = RateLimiter(rate_per_second, burst, sleep) if rate_per_second else None
@@ -171,7 +178,7 @@ class HttpTransport:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry.max_attempts),
             wait=self._wait,
-            retry=tenacity.retry_if_exception_type((TransientHTTPError, httpx.TransportError)),
+            retry=tenacity.retry_if_exception_type((TransientHTTPError, *self.retry_transport_errors)),
             sleep=self.sleep,
             before_sleep=self._log_retry,
             reraise=True,
@@ -206,7 +213,7 @@ class HttpTransport:
             return response
         url = redact_url(response.request.url)
         body = response.text[:500]
-        if response.status_code in RETRY_STATUSES:
+        if response.status_code in self.retry_statuses:
             raise TransientHTTPError(
                 f"{self.source}: {method} {url} answered {response.status_code}: {body}",
                 response.status_code,
