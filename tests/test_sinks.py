@@ -5,14 +5,14 @@ from __future__ import annotations
 import email
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email import policy
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
 from aiosmtpd.smtp import AuthResult
+from dispatch_support import AS_OF, event_types, ledger_rows, seed, state_of
 from loopback import SENDER, RecordingHandler, SmtpServer, free_port
 
 from action_sinks.base import OutboundMessage, SendResult, SinkConfigError
@@ -22,9 +22,6 @@ from action_sinks.registry import ChannelSinks, build_sinks
 from action_sinks.smtp import SmtpSink
 from action_sinks.templates import TemplateError, render_message
 from actionlayer import ledger
-
-AS_OF = datetime(2026, 11, 23, 9, 0)
-
 
 # ---------------------------------------------------------------- fixtures
 
@@ -41,63 +38,6 @@ def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def smtp_server() -> Iterator[SmtpServer]:
     with SmtpServer(RecordingHandler()) as server:
         yield server
-
-
-def seed(
-    con: duckdb.DuckDBPyConnection,
-    action_id: str,
-    *,
-    level: int = 4,
-    channel: str = "email",
-    recipient: str | None = "ada@customer.example",
-    subject: str | None = "Following up on the Atlas quote",
-    body: str | None = "Hi Ada,\n\nDid the quote work for you?\n",
-    approve: bool = True,
-) -> None:
-    """proposed (→ pending_review for levels 2-3) → approved, as the engine and reviewers write them."""
-    proposed_at = AS_OF - timedelta(days=1)
-    proposed = ledger.LedgerEvent(
-        action_id=action_id,
-        event_type="proposed",
-        occurred_at=proposed_at,
-        actor="engine",
-        rule_id="post_quote_followup",
-        rule_version=1,
-        maturity_level=level,
-        record_type="deal",
-        record_id=f"deal-{action_id}",
-        contact_id="contact-1",
-        account_id="account-1",
-        owner_email="owner@seller.example",
-        signal_at=proposed_at - timedelta(days=3),
-        holdout=False,
-        reason=json.dumps({"days_since_quote": 3}),
-        recommended_action="Send a follow-up email about the quote",
-        channel=channel,
-        recipient=recipient,
-        message_subject=subject,
-        message_body=body,
-    )
-    ledger.append(con, [proposed])
-    state = ledger.states(con, action_ids=[action_id])[0]
-    if level in (2, 3):
-        ledger.append(con, [ledger.next_event(state, "pending_review", proposed_at, "engine")])
-        state = ledger.states(con, action_ids=[action_id])[0]
-    if approve:
-        actor = "owner@seller.example" if level in (2, 3) else "auto:post_quote_followup"
-        ledger.append(con, [ledger.next_event(state, "approved", proposed_at, actor)])
-
-
-def event_types(con: duckdb.DuckDBPyConnection, action_id: str) -> list[str]:
-    return [row["event_type"] for row in ledger.trail(con, action_id)]
-
-
-def ledger_rows(con: duckdb.DuckDBPyConnection) -> list[tuple]:
-    return con.execute("select * from ops.action_ledger order by seq").fetchall()
-
-
-def state_of(con: duckdb.DuckDBPyConnection, action_id: str) -> dict[str, Any]:
-    return ledger.states(con, action_ids=[action_id])[0]
 
 
 # ---------------------------------------------------------------- SMTP through dispatch
