@@ -10,6 +10,14 @@ per-second limit on search answered with 429 RATE_LIMITS.
 Switches: `fail_next` (429 with Retry-After, or 5xx), `delay_next` (timeouts), `empty_last_page`,
 `add_property` / `remove_property` / `set_raw` (schema drift), `after_requests` (e.g. archive a record
 between pages). Every request is recorded with its time.
+
+For the crm_task sink also: POST /crm/v3/objects/tasks (properties checked against the task properties
+and the custom ones added with `define_property`: 400 VALIDATION_ERROR with PROPERTY_DOESNT_EXIST,
+REQUIRED_FIELD for hs_timestamp, INVALID_OPTION for status/priority; `associations` with HubSpot-defined
+type ids to contacts 204, companies 192, deals 216, tickets 230, each target checked when this stand-in
+holds records of its type) -> 201 with the task. `search_lag` seconds: a created task is not found by
+search until that long after its creation (HubSpot's search index trails writes); `creations` counts
+created tasks per value of `external_id_property`.
 """
 
 from __future__ import annotations
@@ -42,6 +50,29 @@ from connectors.hubspot import (
 BASE_MS = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
 DATE_PROPERTIES = frozenset({"createdate", "hs_lastmodifieddate", "lastmodifieddate"})
 TOKEN_ENV = "HUBSPOT_TEST_TOKEN"
+# Objects the stand-in can create, with their built-in writable properties (custom ones: define_property)
+CREATABLE = {
+    "tasks": frozenset(
+        {
+            "hs_task_subject",
+            "hs_task_body",
+            "hs_timestamp",
+            "hs_task_status",
+            "hs_task_priority",
+            "hs_task_type",
+            "hubspot_owner_id",
+        }
+    ),
+}
+REQUIRED = {"tasks": ("hs_timestamp",)}
+OPTIONS = {
+    "tasks": {
+        "hs_task_status": frozenset({"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}),
+        "hs_task_priority": frozenset({"NONE", "LOW", "MEDIUM", "HIGH"}),
+    }
+}
+# HubSpot-defined association type ids from a task to the records it hangs off
+ASSOCIATION_TYPES = {"tasks": {204: "contacts", 192: "companies", 216: "deals", 230: "tickets"}}
 
 
 def iso_ms(ms: int) -> str:
@@ -93,6 +124,7 @@ class HubSpotServer:
     owners: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[LoggedRequest] = field(default_factory=list)
     empty_last_page: bool = False
+    search_lag: float = 0.0  # seconds a created record stays invisible to search (index lag)
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -104,6 +136,12 @@ class HubSpotServer:
         self._search_window: list[float] = []
         self.removed: dict[str, set[str]] = {}
         self.extra: dict[str, dict[str, Any]] = {}
+        # crm_task sink support: created records, custom properties and the search index lag
+        self.external_id_property = "actionlayer_action_id"
+        self.creations: dict[str, int] = {}  # external id value -> tasks created with it
+        self.custom_properties: dict[str, set[str]] = {}
+        self._indexed_at: dict[tuple[str, str], float] = {}  # (type, id) -> monotonic time searchable
+        self._next_id = 9_100_000_000
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -227,6 +265,11 @@ class HubSpotServer:
         with self.lock:
             self.records[object_type][record_id].properties[name] = value
 
+    def define_property(self, object_type: str, name: str) -> None:
+        """A custom property created in the portal (Settings > Properties), writable from then on."""
+        with self.lock:
+            self.custom_properties.setdefault(object_type, set()).add(name)
+
     def search_times(self) -> list[float]:
         return [r.at for r in self.requests if r.path.endswith("/search")]
 
@@ -291,6 +334,13 @@ class HubSpotServer:
                 and parts[5:] == ["batch", "read"]
             ):
                 return self._batch_associations(parts[3], parts[4], request.body or {})
+            if (
+                request.method == "POST"
+                and parts[:3] == ["crm", "v3", "objects"]
+                and len(parts) == 4
+                and parts[3] in CREATABLE
+            ):
+                return self._create(parts[3], request.body or {})
         except _BadRequest as exc:
             return 400, {}, _error(str(exc), "VALIDATION_ERROR")
         return 404, {}, _error(f"No route for {request.method} {request.path}", "OBJECT_NOT_FOUND")
@@ -356,10 +406,12 @@ class HubSpotServer:
             raise _BadRequest(f"Search results are limited to {self.search_cap}; cannot page past them")
         groups = body.get("filterGroups") or []
         with self.lock:
+            now = time.monotonic()
             rows = [
                 r
                 for r in self.records.get(object_type, {}).values()
                 if r.archived_ms is None
+                and self._indexed_at.get((object_type, r.id), 0.0) <= now
                 and (not groups or any(self._matches(object_type, r, g) for g in groups))
             ]
             rows.sort(key=lambda r: r.seq)
@@ -376,6 +428,96 @@ class HubSpotServer:
         if end < min(len(rows), self.search_cap):
             answer["paging"] = {"next": {"after": str(end)}}
         return 200, {}, answer
+
+    def _create(self, object_type: str, body: Mapping[str, Any]) -> tuple[int, dict[str, str], Any]:
+        """Create one record (tasks), checked the way HubSpot checks it; 201 with the new record."""
+        properties = body.get("properties")
+        if not isinstance(properties, dict):
+            return 400, {}, _error("Invalid input JSON: properties must be an object", "VALIDATION_ERROR")
+        allowed = CREATABLE[object_type] | self.custom_properties.get(object_type, set())
+        problems = [
+            {
+                "isValid": False,
+                "message": f'Property "{name}" does not exist',
+                "error": "PROPERTY_DOESNT_EXIST",
+                "name": name,
+            }
+            for name in properties
+            if name not in allowed
+        ]
+        for name in REQUIRED.get(object_type, ()):
+            if properties.get(name) in (None, ""):
+                problems.append(
+                    {
+                        "isValid": False,
+                        "message": f"{name} is required",
+                        "error": "REQUIRED_FIELD",
+                        "name": name,
+                    }
+                )
+        for name, options in OPTIONS.get(object_type, {}).items():
+            value = properties.get(name)
+            if value not in (None, "") and value not in options:
+                problems.append(
+                    {
+                        "isValid": False,
+                        "message": f"{value} was not one of the allowed options: {sorted(options)}",
+                        "error": "INVALID_OPTION",
+                        "name": name,
+                    }
+                )
+        if problems:
+            return (
+                400,
+                {},
+                _error(
+                    f"Property values were not valid: {json.dumps(problems)}",
+                    "VALIDATION_ERROR",
+                    errors=[
+                        {
+                            "message": p["message"],
+                            "code": p["error"],
+                            "context": {"propertyName": [p["name"]]},
+                        }
+                        for p in problems
+                    ],
+                ),
+            )
+        links: dict[str, list[str]] = {}
+        with self.lock:
+            for association in body.get("associations") or []:
+                to_id = str((association.get("to") or {}).get("id") or "")
+                for kind in association.get("types") or []:
+                    to_type = ASSOCIATION_TYPES.get(object_type, {}).get(kind.get("associationTypeId"))
+                    if kind.get("associationCategory") != "HUBSPOT_DEFINED" or to_type is None:
+                        return (
+                            400,
+                            {},
+                            _error(
+                                f"association type {kind} is not valid from {object_type}", "VALIDATION_ERROR"
+                            ),
+                        )
+                    # targets are checked only for object types this stand-in holds
+                    if to_type in self.records and to_id not in self.records[to_type]:
+                        return (
+                            400,
+                            {},
+                            _error(
+                                f"One or more associations are invalid: no {to_type} record with id {to_id}",
+                                "VALIDATION_ERROR",
+                                subCategory="INVALID_ASSOCIATION",
+                            ),
+                        )
+                    links.setdefault(to_type, []).append(to_id)
+            self._next_id += 1
+            record_id = str(self._next_id)
+            record = self.put(object_type, record_id, properties, links)
+            self._indexed_at[(object_type, record_id)] = time.monotonic() + self.search_lag
+            external = properties.get(self.external_id_property)
+            if external is not None:
+                self.creations[str(external)] = self.creations.get(str(external), 0) + 1
+            shaped = self._shape(object_type, record, None, [])
+        return 201, {}, shaped
 
     def _batch_associations(
         self, from_type: str, to_type: str, body: Mapping[str, Any]

@@ -7,6 +7,14 @@ GET /crm/v8/<M> (fields, page/per_page, page_token, sort_by/sort_order, If-Modif
 204 for an empty module) and GET /crm/v8/<M>/deleted (type, page/per_page, If-Modified-Since).
 Errors use Zoho's body shape {"code", "details", "message", "status": "error"}.
 
+For the crm_task sink also: POST /crm/v8/<M> (Insert Records: {"data": [...]} -> 201, 202 when some
+records fail, 400 when all fail; per record SUCCESS with details.id, or MANDATORY_NOT_FOUND,
+INVALID_DATA for a lookup to a record that does not exist, DUPLICATE_DATA with
+details.duplicate_record.id for a field marked unique) and GET /crm/v8/<M>/search?criteria=(F:equals:V)
+(204 when nothing matches; `equals` matches as "contains", as Zoho documents for v8; INVALID_QUERY for a
+field the module does not have). Switches: `fail_next_write` / `delay_next_write` act on writes only,
+`unique_fields`, `after_insert`; `creations` counts successful inserts per external id value.
+
 The server keeps its own clock (`clock`): every change is stamped with it and then moves it on by one
 second, and the HTTP Date header shows it, so tests about modification times are exact and repeatable.
 """
@@ -77,6 +85,15 @@ class ZohoServer:
         self.phantom_more = False  # the real last page says more_records: true; the next one is empty
         self.after_list: Callable[[str, int], None] | None = None  # (module, n-th list call) after a page
         self.list_calls: dict[str, int] = {}
+        # crm_task sink support (writes and search); none of it changes the read behaviour above
+        self.external_id_field = "Actionlayer_Action_Id"
+        self.creations: dict[str, int] = {}  # external id value -> records created with it
+        self.unique_fields: dict[str, set[str]] = {}  # module -> fields marked "do not allow duplicates"
+        self.mandatory_fields: dict[str, tuple[str, ...]] = {"Tasks": ("Subject",)}
+        self.after_insert: Callable[[str, dict[str, Any]], None] | None = None  # (module, stored record)
+        self._write_failures: list[tuple[int, float | None]] = []
+        self._write_delays: list[float] = []
+        self._record_ids = itertools.count(5725767000000100001)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(
@@ -189,6 +206,17 @@ class ZohoServer:
         with self.lock:
             self._delays.extend([seconds] * n)
 
+    def fail_next_write(self, n: int, status: int = 429, retry_after: float | None = 1) -> None:
+        """Like `fail_next`, for the next `n` POST requests only (reads are answered normally)."""
+        with self.lock:
+            self._write_failures.extend([(status, retry_after)] * n)
+
+    def delay_next_write(self, n: int, seconds: float) -> None:
+        """The next `n` POST requests are held this long, then carried out (a client that timed out
+        meanwhile never hears that its record was created)."""
+        with self.lock:
+            self._write_delays.extend([seconds] * n)
+
     def api_requests(self, path_prefix: str = "/crm/v8/") -> list[LoggedRequest]:
         return [r for r in self.requests if r.path.startswith(path_prefix)]
 
@@ -208,6 +236,9 @@ class ZohoServer:
         with self.lock:
             failure = self._failures.pop(0) if self._failures else None
             delay = self._delays.pop(0) if self._delays else 0.0
+            if method == "POST":
+                failure = failure or (self._write_failures.pop(0) if self._write_failures else None)
+                delay = delay or (self._write_delays.pop(0) if self._write_delays else 0.0)
         if delay:
             time.sleep(delay)
         if failure:
@@ -222,6 +253,9 @@ class ZohoServer:
             valid = scheme == "Zoho-oauthtoken" and token in self.tokens
         if not valid:
             return 401, _error("INVALID_TOKEN", "invalid oauth token"), {}
+        write_parts = path[len("/crm/v8/") :].strip("/").split("/")
+        if method == "POST" and len(write_parts) == 1 and write_parts[0] not in ("settings", "coql"):
+            return self._insert(write_parts[0], body)
         if method != "GET":
             return (
                 405,
@@ -235,6 +269,8 @@ class ZohoServer:
             return self._list(parts[0], query, headers)
         if len(parts) == 2 and parts[1] == "deleted":
             return self._deleted(parts[0], query, headers)
+        if len(parts) == 2 and parts[1] == "search":
+            return self._search(parts[0], query)
         return (
             404,
             _error("INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one"),
@@ -382,6 +418,166 @@ class ZohoServer:
             more = page * per_page < len(entries)
             info = {"per_page": per_page, "count": len(chunk), "page": page, "more_records": more}
             return 200, {"data": chunk, "info": info}, {}
+
+    # -- writes and search (crm_task sink) ----------------------------------------------------------
+
+    def _insert(self, module: str, body: bytes):
+        """Insert Records: every record is checked and stored on its own, as Zoho does."""
+        with self.lock:
+            if module not in self.schema:
+                return (
+                    400,
+                    _error("INVALID_MODULE", "the module name given seems to be invalid", {"module": module}),
+                    {},
+                )
+        try:
+            document = json.loads(body.decode("utf-8")) if body else None
+        except ValueError:
+            document = None
+        records = document.get("data") if isinstance(document, dict) else None
+        if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+            return 400, _error("INVALID_DATA", "the input data is not a list of records"), {}
+        if len(records) > 100:
+            return 400, _error("LIMIT_EXCEEDED", "at most 100 records per request"), {}
+        results = [self._insert_one(module, index, record) for index, record in enumerate(records)]
+        ok = sum(1 for result in results if result["status"] == "success")
+        status = 201 if ok == len(results) else 400 if ok == 0 else 202
+        stored = [self.records[module][r["details"]["id"]] for r in results if r["status"] == "success"]
+        if self.after_insert:
+            for record in stored:
+                self.after_insert(module, record)
+        return status, {"data": results}, {}
+
+    def _insert_one(self, module: str, index: int, raw: dict[str, Any]) -> dict[str, Any]:
+        def failed(code: str, message: str, api_name: str, **details: Any) -> dict[str, Any]:
+            where = {"api_name": api_name, "json_path": f"$.data[{index}].{api_name}", **details}
+            return {"code": code, "details": where, "message": message, "status": "error"}
+
+        with self.lock:
+            fields = self.schema[module]
+            for name in self.mandatory_fields.get(module, ()):
+                if raw.get(name) in (None, ""):
+                    return failed("MANDATORY_NOT_FOUND", "required field not found", name)
+            for name, modules in (("What_Id", raw.get("$se_module")), ("Who_Id", "Contacts")):
+                value = raw.get(name)
+                if value is None:
+                    continue
+                if not isinstance(value, dict) or not value.get("id"):
+                    return failed("INVALID_DATA", "invalid data", name, expected_data_type="lookup")
+                if name == "What_Id" and not modules:
+                    return failed("MANDATORY_NOT_FOUND", "required field not found", "$se_module")
+                # lookups are checked only against modules this stand-in holds
+                if modules in self.records and str(value["id"]) not in self.records[modules]:
+                    return failed(
+                        "INVALID_DATA", "the related id given seems to be invalid", name, id=str(value["id"])
+                    )
+            for name in sorted(self.unique_fields.get(module, set())):
+                value = raw.get(name)
+                if value in (None, ""):
+                    continue
+                twin = next((r for r in self.records[module].values() if r.get(name) == value), None)
+                if twin is not None:
+                    return failed(
+                        "DUPLICATE_DATA",
+                        "duplicate data",
+                        name,
+                        duplicate_record={"id": twin["id"], "module": {"api_name": module}},
+                    )
+            # Zoho ignores keys that are not fields of the module; `$se_module` is kept with What_Id
+            stored = {k: v for k, v in raw.items() if k in fields or k == "$se_module"}
+            stored["id"] = str(next(self._record_ids))
+            stored = self.put(module, stored)
+            external = stored.get(self.external_id_field)
+            if external is not None:
+                self.creations[str(external)] = self.creations.get(str(external), 0) + 1
+            user = {"name": "API User", "id": "5725767000000411001"}
+            details = {
+                "Modified_Time": stored["Modified_Time"],
+                "Modified_By": user,
+                "Created_Time": stored["Created_Time"],
+                "id": stored["id"],
+                "Created_By": user,
+            }
+            return {"code": "SUCCESS", "details": details, "message": "record added", "status": "success"}
+
+    def _search(self, module: str, query: Mapping[str, str]):
+        with self.lock:
+            if module not in self.schema:
+                return (
+                    400,
+                    _error("INVALID_MODULE", "the module name given seems to be invalid", {"module": module}),
+                    {},
+                )
+            criteria = query.get("criteria")
+            if not criteria:
+                return (
+                    400,
+                    _error(
+                        "REQUIRED_PARAM_MISSING",
+                        "One of the expected parameter is missing",
+                        {"param": "criteria"},
+                    ),
+                    {},
+                )
+            conditions = _parse_criteria(criteria)
+            if conditions is None:
+                return (
+                    400,
+                    _error("INVALID_QUERY", "invalid query formed", {"reason": "invalid criteria"}),
+                    {},
+                )
+            for name, _, _ in conditions:
+                if name != "id" and name not in self.schema[module]:
+                    return (
+                        400,
+                        _error(
+                            "INVALID_QUERY",
+                            "invalid query formed",
+                            {"reason": "the field is not available for search", "api_name": name},
+                        ),
+                        {},
+                    )
+
+            def matches(record: Mapping[str, Any]) -> bool:
+                for name, operator, wanted in conditions:
+                    value = record.get(name)
+                    if isinstance(value, dict):
+                        value = value.get("id")
+                    text, wanted_text = str(value or "").lower(), wanted.lower()
+                    # v8: `equals` behaves like "contains"; callers must check the exact value themselves
+                    ok = wanted_text in text if operator == "equals" else text.startswith(wanted_text)
+                    if not ok:
+                        return False
+                return True
+
+            found = [dict(r) for r in self.records[module].values() if matches(r)]
+            if not found:
+                return 204, None, {}
+            per_page = min(int(query.get("per_page", 200)), 200)
+            page = int(query.get("page", 1))
+            chunk = found[(page - 1) * per_page : page * per_page]
+            requested = [n for n in (query.get("fields") or "").split(",") if n]
+            if requested:
+                chunk = [{k: v for k, v in r.items() if k == "id" or k in requested} for r in chunk]
+            info = {
+                "per_page": per_page,
+                "count": len(chunk),
+                "page": page,
+                "more_records": page * per_page < len(found),
+            }
+            return 200, {"data": chunk, "info": info}, {}
+
+
+_CONDITION = re.compile(r"^\(?\(([A-Za-z0-9_$]+):(equals|starts_with):((?:\\.|[^\\()])*)\)\)?$")
+
+
+def _parse_criteria(text: str) -> list[tuple[str, str, str]] | None:
+    """One condition `(Field:equals:value)` (optionally in double parentheses); backslash escapes."""
+    match = _CONDITION.match(text.strip())
+    if not match:
+        return None
+    value = re.sub(r"\\(.)", r"\1", match.group(3))
+    return [(match.group(1), match.group(2), value)]
 
 
 def _handler_for(server: ZohoServer) -> type[BaseHTTPRequestHandler]:
