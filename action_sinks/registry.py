@@ -9,7 +9,13 @@ With nothing configured every channel (email, task, notify and any other) goes t
       task:   {sink: file}
       notify: {sink: file, root: /var/actionlayer/notify}
 
-`ACTIONLAYER_SMTP_HOST` (with `_PORT`, `_FROM`, and optional `_USERNAME`, `_STARTTLS`) routes email to
+      slack:  {sink: slack, token_env: SLACK_BOT_TOKEN}
+      line:   {sink: line, token_env: LINE_CHANNEL_ACCESS_TOKEN}
+      crm:    {sink: crm_task, vendor: hubspot, token_env: HUBSPOT_TOKEN}
+      hook:   {sink: webhook, url: https://example.com/hooks/actions, secret_env: ACTIONLAYER_WEBHOOK_SECRET}
+
+Each HTTP channel's keys are documented in its module (action_sinks/slack.py, line.py, crm_task.py,
+webhook.py). `ACTIONLAYER_SMTP_HOST` (with `_PORT`, `_FROM`, and optional `_USERNAME`, `_STARTTLS`) routes email to
 SMTP and overrides the file's values for email; a username's password is read from
 `ACTIONLAYER_SMTP_PASSWORD` unless the file names another `password_env`.
 """
@@ -28,7 +34,7 @@ from action_sinks.file import FileOutbox
 from action_sinks.smtp import SmtpSink
 from actionlayer import config
 
-SINK_NAMES = ("file", "smtp")
+SINK_NAMES = ("file", "smtp", "slack", "line", "crm_task", "webhook")
 ENV_HOST = "ACTIONLAYER_SMTP_HOST"
 ENV_PORT = "ACTIONLAYER_SMTP_PORT"
 ENV_FROM = "ACTIONLAYER_SMTP_FROM"
@@ -62,6 +68,13 @@ class ChannelSinks(Mapping[str, Sink]):
     def __len__(self) -> int:
         return len(self.routes)
 
+    def close(self) -> None:
+        """Release the sinks' connections (HTTP clients); safe to call more than once."""
+        for sink in {id(s): s for s in [*self.routes.values(), self.default]}.values():
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+
     def describe(self) -> list[str]:
         """One line per configured channel, without secrets (for `actionlayer status`-style output)."""
         lines = [f"{channel}: {_describe(sink)}" for channel, sink in sorted(self.routes.items())]
@@ -69,6 +82,9 @@ class ChannelSinks(Mapping[str, Sink]):
 
 
 def _describe(sink: Sink) -> str:
+    describe = getattr(sink, "describe", None)
+    if callable(describe):
+        return str(describe())
     if isinstance(sink, SmtpSink):
         return f"smtp {sink.host}:{sink.port} from {sink.sender}"
     if isinstance(sink, FileOutbox):
@@ -222,6 +238,24 @@ def _sink_for(entry: Mapping[str, Any], where: str, environ: Mapping[str, str], 
         return _smtp_sink(entry, where, environ)
     if sink_name == "file":
         return _file_sink(entry, where, root)
+    # HTTP channels: each module validates its own keys (errors name them) and reads secrets from the
+    # environment variables the entry names
+    if sink_name == "slack":
+        from action_sinks.slack import SlackSink
+
+        return SlackSink.from_settings(entry, where, environ)
+    if sink_name == "line":
+        from action_sinks.line import LineSink
+
+        return LineSink.from_settings(entry, where, environ)
+    if sink_name == "crm_task":
+        from action_sinks.crm_task import crm_task_sink
+
+        return crm_task_sink(entry, where, environ)
+    if sink_name == "webhook":
+        from action_sinks.webhook import WebhookSink
+
+        return WebhookSink.from_settings(entry, where, environ)
     raise SinkConfigError(
         f"{where}.sink: unknown sink {sink_name!r}; expected one of {', '.join(SINK_NAMES)}"
     )

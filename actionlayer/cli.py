@@ -58,14 +58,18 @@ def run(
         False, "--strict", help="Exit non-zero when any row was quarantined or object refused."
     ),
 ) -> None:
-    """One pass of the loop over a contract folder, through the Dagster assets."""
-    from actionlayer.reports import load_summary_lines, pass_summary_lines
+    """One pass of the loop, through the Dagster assets: load the SoR (the contract folder, or the sources
+    in actionlayer.yml), build candidates, propose, dispatch, refresh the marts."""
+    from actionlayer.reports import load_summary_lines, pass_summary_lines, quality_gate_lines
 
+    sources = _sources()
+    reads_folder = not sources or any(source.type == "files" for source in sources)
     folder = sor or config.sor_dir()
-    if not folder.is_dir():
+    if reads_folder and not folder.is_dir():
         _fail(f"SoR folder {folder} does not exist")
     when = _as_of(as_of)
-    with console.status(f"running the loop on {folder} as of {when:%Y-%m-%d %H:%M:%S} …"):
+    where = str(folder) if not sources else ", ".join(f"{s.name} ({s.type})" for s in sources)
+    with console.status(f"running the loop on {where} as of {when:%Y-%m-%d %H:%M:%S} …"):
         from orchestration.runner import run_job
 
         outcome = run_job("actionlayer_loop", when, sor=folder)
@@ -75,6 +79,10 @@ def run(
             load_lines, problems = load_summary_lines(con, when)
             for line in load_lines:
                 (err.print if problems else console.print)(line)
+            gate_lines = quality_gate_lines(con)
+            for line in gate_lines:
+                err.print(f"[yellow]{line}[/yellow]")
+            problems = problems or bool(gate_lines)
             for line in pass_summary_lines(con, when):
                 console.print(line)
     except DatabaseBusy as exc:
@@ -88,6 +96,67 @@ def run(
         err.print("[yellow]warning:[/yellow] some SoR rows were quarantined or objects refused (see above)")
         if strict:
             raise typer.Exit(3)
+
+
+def _sources() -> list:
+    from actionlayer.settings import SettingsError, load_sources
+
+    try:
+        return load_sources()
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+        raise AssertionError("unreachable") from exc
+
+
+@app.command()
+def sync(
+    source: str = typer.Argument(..., help="A source named in actionlayer.yml (not a files source)."),
+    objects: list[str] = typer.Option(None, "--object", help="Only this object (repeatable)."),
+    full: bool = typer.Option(False, "--full", help="Read everything (also finds hard deletes)."),
+    as_of: str = typer.Option(None, "--as-of", help=AS_OF_HELP),
+) -> None:
+    """Sync one configured source into DuckDB now (mirror, raw tables, quarantine, history), without
+    building candidates; `actionlayer run` then acts on it."""
+    from connectors.base import ConnectorError
+    from connectors.sync import sync_source
+
+    by_name = {s.name: s for s in _sources()}
+    if source not in by_name:
+        _fail(
+            f"no source {source!r} in {config.settings_file()}; configured: {', '.join(by_name) or 'none'}", 2
+        )
+    settings = by_name[source]
+    if settings.type == "files":
+        _fail(f"source {source!r} is a files source: `actionlayer run` reads its folder", 2)
+    when = _as_of(as_of)
+    try:
+        connector = settings.connector()
+    except (ConnectorError, ValueError) as exc:
+        _fail(f"source {source}: {exc}", 2)
+
+    def progress(event) -> None:
+        status.update(f"syncing {event} …")
+
+    try:
+        with console.status(f"syncing {source} as of {when:%Y-%m-%d %H:%M:%S} …") as status:
+            report = sync_source(
+                lambda: connect(wait_seconds=30),
+                connector,
+                when,
+                objects=objects or None,
+                progress=progress,
+                full=full,
+            )
+    except (ConnectorError, ValueError) as exc:
+        _fail(f"source {source}: {exc}; every page committed before the error is kept, the next sync resumes")
+    except DatabaseBusy as exc:
+        _fail(str(exc))
+    finally:
+        connector.close()
+    for line in report.summary_lines():
+        (err.print if report.has_problems else console.print)(line)
+    if report.refused:
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -124,12 +193,15 @@ def review_export(
     as_of: str = typer.Option(None, "--as-of", help=AS_OF_HELP),
 ) -> None:
     """Write one XLSX and one CSV per approver with the actions waiting for their decision."""
-    from actionlayer.review import export_reviews
+    from actionlayer.review import ReviewConfigError, export_reviews
 
     when = _as_of(as_of)
-    with connect(wait_seconds=10) as con:
-        ledger.ensure_schema(con)
-        report = export_reviews(con, out or config.review_outbox_dir(), when)
+    try:
+        with connect(wait_seconds=10) as con:
+            ledger.ensure_schema(con)
+            report = export_reviews(con, out or config.review_outbox_dir(), when)
+    except ReviewConfigError as exc:
+        _fail(str(exc), 2)
     for line in report.summary_lines():
         console.print(line)
 
@@ -140,12 +212,15 @@ def review_import(
     as_of: str = typer.Option(None, "--as-of", help=AS_OF_HELP),
 ) -> None:
     """Apply approvers' decisions; bad rows and files are refused with file, row and value."""
-    from actionlayer.review import import_reviews
+    from actionlayer.review import ReviewConfigError, import_reviews
 
     when = _as_of(as_of)
-    with connect(wait_seconds=10) as con:
-        ledger.ensure_schema(con)
-        report = import_reviews(con, files, when)
+    try:
+        with connect(wait_seconds=10) as con:
+            ledger.ensure_schema(con)
+            report = import_reviews(con, files, when)
+    except ReviewConfigError as exc:
+        _fail(str(exc), 2)
     for line in report.summary_lines():
         (err.print if report.has_errors else console.print)(line)
     if report.has_errors:

@@ -246,6 +246,22 @@ def propose(con: duckdb.DuckDBPyConnection, as_of: datetime, rules: Mapping[str,
     return report
 
 
+def _review_deadline(state: Mapping[str, Any], expiry_days: int) -> datetime:
+    """The deadline the review request carries (a four-eyes first approval keeps it, so a half-approved
+    action cannot outlive its review), else `expiry_days` after the latest pending_review event."""
+    try:
+        details = json.loads(state.get("details") or "{}")
+    except (TypeError, ValueError):
+        details = {}
+    stored = details.get("review_expires_at") if isinstance(details, dict) else None
+    if stored:
+        try:
+            return datetime.fromisoformat(str(stored))
+        except ValueError:
+            pass
+    return state["occurred_at"] + timedelta(days=expiry_days)
+
+
 def _expire_reviews(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
@@ -256,7 +272,7 @@ def _expire_reviews(
     for state in ledger.states(con, ["pending_review"]):
         rule = rules.get(state["rule_id"])
         expiry_days = rule.review_expiry_days if rule else 7
-        deadline = state["occurred_at"] + timedelta(days=expiry_days)
+        deadline = _review_deadline(state, expiry_days)
         if as_of >= deadline:
             events.append(
                 ledger.next_event(

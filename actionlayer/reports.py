@@ -93,3 +93,23 @@ def status_lines(con: duckdb.DuckDBPyConnection) -> tuple[list[str], bool]:
     else:
         lines.append("nothing stuck, failed or unknown")
     return lines, bool(attention)
+
+
+def blocked_rules(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """Rules the quality gate skipped in the latest candidate build: (rule_id, blocked objects, reason)."""
+    if not _table_exists(con, "main", "int_rule_gate"):
+        return []
+    return [
+        (rule_id, objects or "", reason or "")
+        for rule_id, objects, reason in con.execute(
+            "select rule_id, blocked_objects, blocked_reason from main.int_rule_gate where blocked order by rule_id"
+        ).fetchall()
+    ]
+
+
+def quality_gate_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """One sentence per rule the quality gate skipped, saying which object blocked it and why."""
+    return [
+        f"rule {rule_id} skipped by the quality gate: no candidates built from {objects} — {reason}"
+        for rule_id, objects, reason in blocked_rules(con)
+    ]

@@ -1,13 +1,24 @@
 """Review tables: export pending actions to their approvers, and record their decisions in the ledger.
 
-Export writes, per approver, one XLSX and one CSV listing the actions in ledger state `pending_review` that
-the person may decide. Import reads such files back (CSV or XLSX, possibly edited by hand) and appends one
-`approved` or `rejected` event per valid decision. Nothing here changes or deletes a ledger row.
+Export writes, per approver, one XLSX and one CSV listing the actions in ledger state `pending_review`
+that the person may decide (per the approval policy in `actionlayer.yml`, see `review_policy.py`), plus
+a signed manifest (`signing.py`): in a very hidden, protected sheet of the XLSX and in a sidecar
+`<name>.manifest.json` next to the CSV. The XLSX also has a decision dropdown, worksheet protection
+that leaves only `subject`, `message`, `decision` and `comment` editable, a summary sheet and a read-only
+`needs_checking` sheet with the approver's actions whose send ended `unknown`.
+
+Import reads such files back (CSV or XLSX, possibly edited) and appends `approved`/`rejected` events,
+or for four-eyes rules a `pending_review` event recording the first approval. A file whose manifest is
+missing, forged or expired is refused whole; inside a verified file each row is checked on its own
+(issued to this approver, protected fields unchanged, no formula in a fill-in cell, approver allowed by
+the policy, review not expired, no earlier conflicting decision) and valid rows are applied.
+Nothing here changes or deletes a ledger row.
 
 Formula injection: every exported text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage
 return gets a leading apostrophe, in the XLSX and in the CSV alike, so a spreadsheet shows it as text
-and never evaluates it. The XLSX is additionally written with `write_string`, so no cell is ever a formula.
-The apostrophe stays visible in the cell; only the free-text columns can start with these characters.
+and never evaluates it; the XLSX is additionally written with `write_string`, so no cell is a formula.
+On import, a fill-in cell that starts with one of these characters is refused (the exported, apostrophe-
+prefixed form is accepted and read back without the apostrophe).
 """
 
 from __future__ import annotations
@@ -15,21 +26,61 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import fastexcel
 import xlsxwriter
-import yaml
 
 from actionlayer import ledger
-from actionlayer.config import settings_file
+from actionlayer.review_policy import ApprovalPolicy, ReviewConfigError, load_policy, norm_email
+from actionlayer.signing import (
+    IssuedAction,
+    Manifest,
+    ManifestError,
+    ReviewSecretError,
+    message_digest,
+    normalise_text,
+    review_secret,
+)
+
+__all__ = [
+    "DECISIONS",
+    "EDITABLE_COLUMNS",
+    "FILL_IN_COLUMNS",
+    "INSTRUCTIONS_SHEET",
+    "MANIFEST_SHEET",
+    "NEEDS_CHECKING_COLUMNS",
+    "NEEDS_CHECKING_SHEET",
+    "PROTECTED_COLUMNS",
+    "REVIEW_COLUMNS",
+    "REVIEW_SHEET",
+    "SUMMARY_SHEET",
+    "AppliedDecision",
+    "DuplicateDecision",
+    "ExportReport",
+    "ImportReport",
+    "RejectedFile",
+    "RejectedRow",
+    "ReviewConfigError",
+    "ReviewFileError",
+    "ReviewSecretError",
+    "approver_slug",
+    "export_reviews",
+    "import_reviews",
+    "manifest_path_for",
+    "neutralise",
+    "read_manifest",
+    "read_review_rows",
+    "write_review_csv",
+]
 
 REVIEW_COLUMNS: tuple[str, ...] = (
     "action_id",
@@ -44,22 +95,61 @@ REVIEW_COLUMNS: tuple[str, ...] = (
     "message",
     "reason",
     "proposed_at",
+    "expires_at",
+    "approvals",
     "decision",
     "approver_email",
     "comment",
 )
-# The columns an approver fills in; the others are context and ignored on import.
-FILL_IN_COLUMNS: tuple[str, ...] = ("decision", "approver_email", "comment")
-REQUIRED_IMPORT_COLUMNS: tuple[str, ...] = ("action_id", "decision", "approver_email")
+# Cells the approver is expected to fill in (highlighted) and every cell left unlocked in the XLSX.
+FILL_IN_COLUMNS: tuple[str, ...] = ("decision", "comment")
+EDITABLE_COLUMNS: tuple[str, ...] = ("subject", "message", "decision", "comment")
+# Context that decides what happens to whom: changed on the way back → the row is refused. `reason`,
+# `proposed_at`, `expires_at` and `approvals` are shown only and ignored (a spreadsheet may reformat them).
+PROTECTED_COLUMNS: tuple[str, ...] = (
+    "rule_id",
+    "record_type",
+    "record_id",
+    "contact_id",
+    "owner_email",
+    "recommended_action",
+    "recipient",
+)
+# approver_email is not required: the signed manifest says whom the file was issued to
+REQUIRED_IMPORT_COLUMNS: tuple[str, ...] = ("action_id", "decision")
 DECISIONS: tuple[str, ...] = ("approve", "reject")
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".csv", ".xlsx")
+MANIFEST_SUFFIX = ".manifest.json"
 
 REVIEW_SHEET = "review"
+SUMMARY_SHEET = "summary"
+NEEDS_CHECKING_SHEET = "needs_checking"
 INSTRUCTIONS_SHEET = "instructions"
+MANIFEST_SHEET = "manifest"
+
+NEEDS_CHECKING_COLUMNS: tuple[str, ...] = (
+    "action_id",
+    "rule_id",
+    "record_type",
+    "record_id",
+    "channel",
+    "recipient",
+    "subject",
+    "attempt",
+    "marked_unknown_at",
+    "result",
+    "next_action",
+)
+
+# proposals.py expires a review after this many days when the rule is unknown; used when an old
+# pending_review event does not carry its own `review_expires_at`
+DEFAULT_REVIEW_EXPIRY_DAYS = 7
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # Excel's hard limit for one cell; longer text would be cut by the writer without saying so.
 _XLSX_CELL_LIMIT = 32_767
+# the manifest JSON is split over cells below that limit
+_MANIFEST_CHUNK = 30_000
 _COLUMN_WIDTHS = {
     "action_id": 34,
     "rule_id": 22,
@@ -73,18 +163,21 @@ _COLUMN_WIDTHS = {
     "message": 60,
     "reason": 40,
     "proposed_at": 19,
+    "expires_at": 19,
+    "approvals": 30,
     "decision": 12,
     "approver_email": 28,
     "comment": 40,
+    "channel": 10,
+    "attempt": 8,
+    "marked_unknown_at": 19,
+    "result": 60,
+    "next_action": 40,
 }
 
 
 class ReviewFileError(ValueError):
     """A review file that cannot be used at all; the message names the file and what is wrong."""
-
-
-class ReviewConfigError(ValueError):
-    """`actionlayer.yml` has an `approvers` section that cannot be understood."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,50 +189,21 @@ def neutralise(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
 
 
+def _unneutralise(value: str) -> str:
+    # undo exactly what `neutralise` added, nothing else ("'Tis" keeps its apostrophe)
+    return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA_PREFIXES) else value
+
+
 def approver_slug(email: str) -> str:
     """A file-name-safe form of an email address (`Bob.Smith@Example.com` → `bob-smith-example-com`)."""
     slug = re.sub(r"[^a-z0-9]+", "-", email.strip().lower()).strip("-")
     return slug or "unknown"
 
 
-def _norm_email(value: Any) -> str:
-    return str(value).strip().lower() if value is not None else ""
-
-
-def configured_approvers(path: Path | None = None) -> dict[str, frozenset[str]]:
-    """Extra approvers per rule from the `approvers:` section of `actionlayer.yml` (missing file → none)."""
-    target = path if path is not None else settings_file()
-    if not target.is_file():
-        return {}
-    try:
-        settings = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ReviewConfigError(f"{target}: cannot read settings: {exc}") from exc
-    if not isinstance(settings, Mapping):
-        raise ReviewConfigError(
-            f"{target}: expected a mapping at the top level, got {type(settings).__name__}"
-        )
-    section = settings.get("approvers") or {}
-    if not isinstance(section, Mapping):
-        raise ReviewConfigError(
-            f"{target}: 'approvers' must map rule ids to lists of emails, got {type(section).__name__}"
-        )
-    result: dict[str, frozenset[str]] = {}
-    for rule_id, emails in section.items():
-        if isinstance(emails, str):
-            emails = [emails]
-        if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
-            raise ReviewConfigError(f"{target}: approvers.{rule_id} must be a list of email addresses")
-        result[str(rule_id)] = frozenset(_norm_email(e) for e in emails if e.strip())
-    return result
-
-
-def _approvers_of(state: Mapping[str, Any], extra: Mapping[str, frozenset[str]]) -> set[str]:
-    people = set(extra.get(str(state.get("rule_id")), frozenset()))
-    owner = _norm_email(state.get("owner_email"))
-    if owner:
-        people.add(owner)
-    return people
+def manifest_path_for(path: Path) -> Path:
+    """Where a review CSV's signed manifest lives: `review_x.csv` → `review_x.manifest.json` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + MANIFEST_SUFFIX)
 
 
 def _text(value: Any) -> str:
@@ -148,6 +212,112 @@ def _text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
+
+
+def _details(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value.strip():
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass
+class _History:
+    """What the ledger says about one action's review: current message, first approval, decision, expiry."""
+
+    proposal_subject: str | None = None
+    proposal_body: str | None = None
+    subject: str | None = None
+    body: str | None = None
+    requested_at: datetime | None = None
+    expires_at: datetime | None = None
+    first_approval: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+
+    @property
+    def digest(self) -> str:
+        return message_digest(self.subject, self.body)
+
+    @property
+    def message_changed(self) -> bool:
+        """True when an approver's edit replaced the proposal's message."""
+        return self.digest != message_digest(self.proposal_subject, self.proposal_body)
+
+    def review_expires_at(self) -> datetime:
+        if self.expires_at is not None:
+            return self.expires_at
+        start = self.requested_at or datetime.min
+        return start + timedelta(days=DEFAULT_REVIEW_EXPIRY_DAYS)
+
+
+def _histories(con: duckdb.DuckDBPyConnection, action_ids: Sequence[str]) -> dict[str, _History]:
+    """One pass over the review-related events of the given actions, oldest first."""
+    found: dict[str, _History] = {action_id: _History() for action_id in action_ids}
+    if not action_ids:
+        return found
+    placeholders = ", ".join("?" for _ in action_ids)
+    cursor = con.execute(
+        f"""
+        select action_id, event_type, occurred_at, actor, approver_email, message_subject, message_body, details
+        from {ledger.LEDGER_TABLE}
+        where action_id in ({placeholders})
+          and event_type in ('proposed', 'pending_review', 'approved', 'rejected')
+        order by seq
+        """,
+        list(action_ids),
+    )
+    for action_id, event_type, occurred_at, actor, approver, subject, body, raw_details in cursor.fetchall():
+        history = found[action_id]
+        details = _details(raw_details)
+        has_message = subject is not None or body is not None
+        if event_type == "proposed":
+            history.proposal_subject, history.proposal_body = subject, body
+            history.subject, history.body = subject, body
+            continue
+        if event_type == "pending_review":
+            first = details.get("first_approval")
+            if isinstance(first, dict):
+                history.first_approval = first
+            else:
+                # a fresh review request (e.g. after a lifted suppression) starts the review again
+                history.first_approval = None
+                history.requested_at = occurred_at
+            expires = _as_datetime(details.get("review_expires_at"))
+            if expires is not None:
+                history.expires_at = expires
+        elif history.decision is None:
+            # the first recorded decision is the one that counts
+            approvers = {norm_email(approver)}
+            first = details.get("first_approval")
+            if isinstance(first, dict):
+                approvers.add(norm_email(first.get("approver")))
+            history.decision = {
+                "event_type": event_type,
+                "approver": norm_email(approver) or actor,
+                "approvers": approvers,
+                "at": occurred_at,
+                "file": details.get("review_file"),
+                "row": details.get("row"),
+            }
+        if has_message:
+            history.subject, history.body = subject, body
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,9 +331,13 @@ class ExportReport:
     as_of: datetime
     out_dir: Path
     files: list[Path] = field(default_factory=list)
+    manifests: list[Path] = field(default_factory=list)
     rows_per_approver: dict[str, int] = field(default_factory=dict)
+    needs_checking_per_approver: dict[str, int] = field(default_factory=dict)
     actions: int = 0
     unrouted: list[str] = field(default_factory=list)
+    unrouted_unknown: list[str] = field(default_factory=list)
+    past_expiry: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         lines = [
@@ -171,17 +345,40 @@ class ExportReport:
             f"{len(self.rows_per_approver)} approver(s), {len(self.files)} file(s) in {self.out_dir}"
         ]
         for approver, count in sorted(self.rows_per_approver.items()):
-            lines.append(f"  {approver}: {count} action(s)")
+            checking = self.needs_checking_per_approver.get(approver, 0)
+            extra = f", {checking} send(s) to check" if checking else ""
+            lines.append(f"  {approver}: {count} action(s){extra}")
         if self.unrouted:
             lines.append(
                 f"  {len(self.unrouted)} action(s) pending review have no owner and no configured approver, "
                 f"so nobody can decide them: {', '.join(self.unrouted[:10])}"
                 + (" ..." if len(self.unrouted) > 10 else "")
             )
+        if self.unrouted_unknown:
+            lines.append(
+                f"  {len(self.unrouted_unknown)} action(s) with an unknown send outcome have nobody to check "
+                f"them: {', '.join(self.unrouted_unknown[:10])}"
+                + (" ..." if len(self.unrouted_unknown) > 10 else "")
+            )
+        if self.past_expiry:
+            lines.append(
+                f"  {len(self.past_expiry)} action(s) are past their review expiry and were not exported "
+                "(the next pass records them as expired)"
+            )
         return lines
 
 
-def _review_row(state: Mapping[str, Any], approver: str) -> dict[str, str]:
+def _review_row(
+    state: Mapping[str, Any], history: _History, approver: str, policy: ApprovalPolicy
+) -> dict[str, str]:
+    approvals = ""
+    if policy.four_eyes(state.get("rule_id")):
+        first = history.first_approval
+        approvals = (
+            f"four eyes: approved first by {first.get('approver')} at {first.get('at')}; needs your approval too"
+            if first
+            else "four eyes: needs two approvers"
+        )
     return {
         "action_id": _text(state.get("action_id")),
         "rule_id": _text(state.get("rule_id")),
@@ -190,15 +387,39 @@ def _review_row(state: Mapping[str, Any], approver: str) -> dict[str, str]:
         "contact_id": _text(state.get("contact_id")),
         "owner_email": _text(state.get("owner_email")),
         "recommended_action": _text(state.get("recommended_action")),
-        "recipient": _text(state.get("recipient") or state.get("proposed_recipient")),
-        # the latest event may restate the message; the proposal's is the fallback
-        "subject": _text(state.get("message_subject") or state.get("proposed_subject")),
-        "message": _text(state.get("message_body") or state.get("proposed_body")),
+        "recipient": _protected_value(state, "recipient"),
+        # the message as it stands: the proposal's, or a first approver's edit of it
+        "subject": _text(history.subject),
+        "message": _text(history.body),
         "reason": _text(state.get("reason")),
         "proposed_at": _text(state.get("proposed_at")),
+        "expires_at": _text(history.review_expires_at()),
+        "approvals": approvals,
         "decision": "",
         "approver_email": approver,
         "comment": "",
+    }
+
+
+def _protected_value(state: Mapping[str, Any], name: str) -> str:
+    if name == "recipient":
+        return _text(state.get("recipient") or state.get("proposed_recipient"))
+    return _text(state.get(name))
+
+
+def _needs_checking_row(state: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "action_id": _text(state.get("action_id")),
+        "rule_id": _text(state.get("rule_id")),
+        "record_type": _text(state.get("record_type")),
+        "record_id": _text(state.get("record_id")),
+        "channel": _text(state.get("channel")),
+        "recipient": _protected_value(state, "recipient"),
+        "subject": _text(state.get("message_subject") or state.get("proposed_subject")),
+        "attempt": _text(state.get("attempt")),
+        "marked_unknown_at": _text(state.get("occurred_at")),
+        "result": _text(state.get("result")),
+        "next_action": _text(state.get("next_action")),
     }
 
 
@@ -222,38 +443,122 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
             writer.writerow([neutralise(_text(row.get(name))) for name in columns])
 
 
-def write_review_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write review rows as a CSV in the export's format (REVIEW_COLUMNS first, then any extra keys)."""
+def _write_manifest(path: Path, manifest: Manifest) -> None:
+    _replace_atomically(path, lambda tmp: tmp.write_text(manifest.to_json() + "\n", encoding="utf-8"))
+
+
+def write_review_csv(
+    path: Path, rows: Iterable[Mapping[str, Any]], manifest_from: Path | None = None
+) -> None:
+    """Write review rows as a CSV in the export's format (REVIEW_COLUMNS first, then any extra keys).
+
+    `manifest_from` names the exported review file (CSV or XLSX) the rows came from; its signed manifest
+    is written beside `path` as `<name>.manifest.json`, which an import of the CSV needs.
+    """
     materialised = list(rows)
     extra = [k for row in materialised for k in row if k not in REVIEW_COLUMNS]
     columns = [*REVIEW_COLUMNS, *dict.fromkeys(extra)]
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the manifest first: an inbox watcher that sees the CSV must find its manifest already there
+    if manifest_from is not None:
+        _write_manifest(manifest_path_for(path), read_manifest(manifest_from))
     _replace_atomically(path, lambda tmp: _write_csv(tmp, materialised, columns))
 
 
-def _write_xlsx(path: Path, rows: Sequence[Mapping[str, str]], approver: str, as_of: datetime) -> None:
+@dataclass
+class _Issue:
+    """Everything one approver's files hold."""
+
+    approver: str
+    rows: list[dict[str, str]] = field(default_factory=list)
+    needs_checking: list[dict[str, str]] = field(default_factory=list)
+    four_eyes_rules: set[str] = field(default_factory=set)
+
+
+def _file_expiry(rows: Sequence[Mapping[str, str]], as_of: datetime) -> datetime:
+    # the file is useful until its last action's review expires; each row still expires on its own date
+    expiries = [datetime.fromisoformat(row["expires_at"]) for row in rows if row.get("expires_at")]
+    return max(expiries) if expiries else as_of + timedelta(days=DEFAULT_REVIEW_EXPIRY_DAYS)
+
+
+def _manifest_for(issue: _Issue, as_of: datetime, key: bytes) -> Manifest:
+    actions = {
+        row["action_id"]: IssuedAction(
+            action_id=row["action_id"],
+            message_sha256=message_digest(row["subject"], row["message"]),
+            review_expires_at=datetime.fromisoformat(row["expires_at"]),
+        )
+        for row in issue.rows
+    }
+    return Manifest(
+        approver=issue.approver,
+        issued_at=as_of,
+        expires_at=_file_expiry(issue.rows, as_of),
+        actions=actions,
+    ).signed(key)
+
+
+def _summary_by_rule(rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    per_rule: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = per_rule.setdefault(
+            row["rule_id"],
+            {"rule_id": row["rule_id"], "actions": 0, "second": 0, "proposed": [], "expires": []},
+        )
+        entry["actions"] += 1
+        entry["second"] += int(row["approvals"].startswith("four eyes: approved first"))
+        if row["proposed_at"]:
+            entry["proposed"].append(row["proposed_at"])
+        entry["expires"].append(row["expires_at"])
+    return [per_rule[rule_id] for rule_id in sorted(per_rule)]
+
+
+def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest) -> None:
     workbook = xlsxwriter.Workbook(str(path), {"strings_to_formulas": False, "strings_to_numbers": False})
     try:
+        # a stable creation date: the same export as of the same time writes the same workbook
+        workbook.set_properties({"created": as_of, "title": f"Review table for {issue.approver}"})
         header = workbook.add_format({"bold": True, "bg_color": "#DDE4EE", "border": 1})
         fill_header = workbook.add_format({"bold": True, "bg_color": "#FFF2CC", "border": 1})
-        wrap = workbook.add_format({"text_wrap": True, "valign": "top"})
-        top = workbook.add_format({"valign": "top"})
-        fill = workbook.add_format({"valign": "top", "bg_color": "#FFFBEA"})
+        edit_header = workbook.add_format({"bold": True, "bg_color": "#E2EFDA", "border": 1})
+        locked_top = workbook.add_format({"valign": "top"})
+        locked_wrap = workbook.add_format({"text_wrap": True, "valign": "top"})
+        # unlocked: the only cells a person can change while the sheet is protected
+        fill = workbook.add_format({"valign": "top", "bg_color": "#FFFBEA", "locked": False})
+        edit = workbook.add_format(
+            {"valign": "top", "text_wrap": True, "bg_color": "#F3F9EF", "locked": False}
+        )
+        bold = workbook.add_format({"bold": True})
+        # protection guards against slips, not attackers (it has no password); the import checks the rest
+        protection = {"autofilter": True, "format_columns": True, "format_rows": True}
 
         sheet = workbook.add_worksheet(REVIEW_SHEET)
         for col, name in enumerate(REVIEW_COLUMNS):
-            sheet.write_string(0, col, name, fill_header if name in FILL_IN_COLUMNS else header)
-            cell_format = wrap if name in {"message", "reason"} else top
-            sheet.set_column(
-                col, col, _COLUMN_WIDTHS.get(name, 16), fill if name in FILL_IN_COLUMNS else cell_format
+            head = (
+                fill_header
+                if name in FILL_IN_COLUMNS
+                else edit_header
+                if name in EDITABLE_COLUMNS
+                else header
             )
-        for row_index, row in enumerate(rows, start=1):
+            sheet.write_string(0, col, name, head)
+            sheet.set_column(
+                col,
+                col,
+                _COLUMN_WIDTHS.get(name, 16),
+                locked_wrap if name in {"message", "reason"} else locked_top,
+            )
+        for row_index, row in enumerate(issue.rows, start=1):
             for col, name in enumerate(REVIEW_COLUMNS):
                 value = neutralise(row[name])[:_XLSX_CELL_LIMIT]
+                cell_format = fill if name in FILL_IN_COLUMNS else edit if name in EDITABLE_COLUMNS else None
                 if value:
-                    sheet.write_string(row_index, col, value)
+                    sheet.write_string(row_index, col, value, cell_format)
+                elif cell_format is not None:
+                    sheet.write_blank(row_index, col, None, cell_format)
         sheet.freeze_panes(1, 0)
-        last_row = max(len(rows), 1)
+        last_row = max(len(issue.rows), 1)
         sheet.autofilter(0, 0, last_row, len(REVIEW_COLUMNS) - 1)
         decision_col = REVIEW_COLUMNS.index("decision")
         sheet.data_validation(
@@ -271,47 +576,146 @@ def _write_xlsx(path: Path, rows: Sequence[Mapping[str, str]], approver: str, as
                 "error_message": "Choose approve or reject (or leave the cell empty).",
             },
         )
+        sheet.protect("", protection)
+
+        summary = workbook.add_worksheet(SUMMARY_SHEET)
+        summary.set_column(0, 0, 30)
+        summary.set_column(1, 6, 22)
+        summary.write_string(0, 0, f"Review summary for {issue.approver}", bold)
+        facts = [
+            ("exported at (UTC)", _text(as_of)),
+            ("file expires at (UTC)", _text(manifest.expires_at)),
+            ("actions to decide", str(len(issue.rows))),
+            ("sends to check (needs_checking sheet)", str(len(issue.needs_checking))),
+        ]
+        for index, (label, value) in enumerate(facts, start=2):
+            summary.write_string(index, 0, label)
+            summary.write_string(index, 1, value)
+        table_row = len(facts) + 3
+        columns = (
+            "rule_id",
+            "actions",
+            "four_eyes",
+            "waiting for your approval as second",
+            "oldest proposed_at",
+            "earliest expiry",
+            "latest expiry",
+        )
+        for col, name in enumerate(columns):
+            summary.write_string(table_row, col, name, header)
+        for offset, entry in enumerate(_summary_by_rule(issue.rows), start=1):
+            values = (
+                entry["rule_id"],
+                str(entry["actions"]),
+                "yes" if entry["rule_id"] in issue.four_eyes_rules else "no",
+                str(entry["second"]),
+                min(entry["proposed"], default=""),
+                min(entry["expires"], default=""),
+                max(entry["expires"], default=""),
+            )
+            for col, value in enumerate(values):
+                summary.write_string(table_row + offset, col, neutralise(value))
+        summary.protect("", protection)
+
+        checking = workbook.add_worksheet(NEEDS_CHECKING_SHEET)
+        checking.write_string(
+            0,
+            0,
+            "Sends interrupted on a channel that cannot safely repeat them: check with the recipient whether "
+            "the message arrived. These rows are read-only and are not imported.",
+            bold,
+        )
+        for col, name in enumerate(NEEDS_CHECKING_COLUMNS):
+            checking.write_string(2, col, name, header)
+            checking.set_column(col, col, _COLUMN_WIDTHS.get(name, 16), locked_top)
+        for row_index, row in enumerate(issue.needs_checking, start=3):
+            for col, name in enumerate(NEEDS_CHECKING_COLUMNS):
+                value = neutralise(row[name])[:_XLSX_CELL_LIMIT]
+                if value:
+                    checking.write_string(row_index, col, value)
+        checking.protect("", protection)
 
         notes = workbook.add_worksheet(INSTRUCTIONS_SHEET)
         notes.set_column(0, 0, 110)
-        bold = workbook.add_format({"bold": True})
-        notes.write_string(0, 0, f"Review table for {approver}, exported {as_of:%Y-%m-%d %H:%M} UTC", bold)
+        notes.write_string(
+            0, 0, f"Review table for {issue.approver}, exported {as_of:%Y-%m-%d %H:%M} UTC", bold
+        )
         lines = [
             "1. On the 'review' sheet, set 'decision' to approve or reject for each action you decide.",
             "2. Leave 'decision' empty for actions you do not want to decide yet; they stay pending.",
-            "3. 'approver_email' is pre-filled with your address; it must be the action's owner or a",
-            "   configured approver for its rule, otherwise the row is refused.",
+            "3. You may edit 'subject' and 'message' before approving; your edited text is what gets sent.",
             "4. 'comment' is optional and is stored with your decision.",
-            "5. Do not change action_id or the header row. Other columns are context and are ignored.",
-            "6. Save as .xlsx or .csv and hand the file back. Re-sending the same file changes nothing.",
+            "5. Every other cell is locked: the import refuses a row whose action, record, recipient or",
+            "   approver was changed, a row not issued to you, and any decided row past its 'expires_at'.",
+            f"6. This file expires {manifest.expires_at:%Y-%m-%d %H:%M} UTC; after that it is refused whole.",
+            "7. Rules marked 'four eyes' need two different approvers; your approval may be the first of two.",
+            "8. Hand the workbook back as .xlsx; a .csv only together with its .manifest.json file.",
+            "   Re-sending the same file changes nothing.",
             "",
-            "Text starting with = + - or @ is shown with a leading apostrophe so it never runs as a formula.",
+            "Text starting with = + - or @ is shown with a leading apostrophe so it never runs as a formula;",
+            "a filled-in cell that starts with one of these characters is refused on import.",
         ]
         for index, line in enumerate(lines, start=2):
             if line:
                 notes.write_string(index, 0, line)
+        notes.protect("", protection)
+
+        # very hidden: not offered by Excel's "Unhide"; the signature makes it tamper-evident anyway
+        hidden = workbook.add_worksheet(MANIFEST_SHEET)
+        text = manifest.to_json()
+        for index, start in enumerate(range(0, len(text), _MANIFEST_CHUNK)):
+            hidden.write_string(index, 0, text[start : start + _MANIFEST_CHUNK])
+        hidden.protect("", {})
+        hidden.very_hidden()
     finally:
         workbook.close()
 
 
 def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetime) -> ExportReport:
-    """Write one XLSX and one CSV per approver with every action currently pending their review."""
-    extra = configured_approvers()
+    """Write one XLSX and one CSV (+ signed manifest) per approver with the actions pending their review.
+
+    Raises `ReviewSecretError` (nothing written) when the signing key's environment variable is unset,
+    and `ReviewConfigError` when the approval policy in `actionlayer.yml` is invalid.
+    """
+    policy = load_policy()
+    key = review_secret(policy.secret_env)
     pending = ledger.states(con, event_types=["pending_review"])
     pending.sort(key=lambda s: (s.get("proposed_at") or datetime.min, str(s.get("action_id"))))
+    unknown = ledger.states(con, event_types=["unknown"])
+    histories = _histories(con, [str(s["action_id"]) for s in pending])
 
-    per_approver: dict[str, list[dict[str, str]]] = {}
+    issues: dict[str, _Issue] = {}
     report = ExportReport(as_of=as_of, out_dir=out_dir, actions=len(pending))
     for state in pending:
-        people = _approvers_of(state, extra)
+        action_id = str(state["action_id"])
+        history = histories[action_id]
+        if as_of >= history.review_expires_at():
+            # a decision on it would be refused; the next proposals pass records `expired`
+            report.past_expiry.append(action_id)
+            continue
+        people = policy.approvers_for(state.get("rule_id"), state.get("owner_email"))
         if not people:
-            report.unrouted.append(str(state["action_id"]))
+            report.unrouted.append(action_id)
+        first = history.first_approval
         for person in sorted(people):
-            per_approver.setdefault(person, []).append(_review_row(state, person))
+            if first and norm_email(first.get("approver")) == person:
+                continue  # four eyes: the first approver has done their part
+            issue = issues.setdefault(person, _Issue(approver=person))
+            issue.rows.append(_review_row(state, history, person, policy))
+            if policy.four_eyes(state.get("rule_id")):
+                issue.four_eyes_rules.add(str(state.get("rule_id")))
+    for state in unknown:
+        people = policy.approvers_for(state.get("rule_id"), state.get("owner_email"))
+        if not people:
+            report.unrouted_unknown.append(str(state["action_id"]))
+        for person in sorted(people):
+            issues.setdefault(person, _Issue(approver=person)).needs_checking.append(
+                _needs_checking_row(state)
+            )
 
     # two addresses can share a slug (a.b@x vs a-b@x); a hash suffix keeps their files apart
     slugs: dict[str, list[str]] = {}
-    for person in per_approver:
+    for person in issues:
         slugs.setdefault(approver_slug(person), []).append(person)
     file_stem: dict[str, str] = {}
     for slug, people in slugs.items():
@@ -320,16 +724,22 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
             file_stem[person] = f"review_{slug}{suffix}_{as_of:%Y%m%dT%H%M}"
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for person in sorted(per_approver):
-        rows = per_approver[person]
+    for person in sorted(issues):
+        issue = issues[person]
+        manifest = _manifest_for(issue, as_of, key)
         xlsx_path = out_dir / f"{file_stem[person]}.xlsx"
         csv_path = out_dir / f"{file_stem[person]}.csv"
+        sidecar = manifest_path_for(csv_path)
         _replace_atomically(
-            xlsx_path, lambda tmp, rows=rows, person=person: _write_xlsx(tmp, rows, person, as_of)
+            xlsx_path, lambda tmp, issue=issue, manifest=manifest: _write_xlsx(tmp, issue, as_of, manifest)
         )
-        _replace_atomically(csv_path, lambda tmp, rows=rows: _write_csv(tmp, rows, REVIEW_COLUMNS))
+        _write_manifest(sidecar, manifest)
+        _replace_atomically(csv_path, lambda tmp, rows=issue.rows: _write_csv(tmp, rows, REVIEW_COLUMNS))
         report.files.extend([xlsx_path, csv_path])
-        report.rows_per_approver[person] = len(rows)
+        report.manifests.append(sidecar)
+        report.rows_per_approver[person] = len(issue.rows)
+        if issue.needs_checking:
+            report.needs_checking_per_approver[person] = len(issue.needs_checking)
     return report
 
 
@@ -388,7 +798,14 @@ def _csv_records(path: Path) -> list[list[str]]:
         raise ReviewFileError(f"{path.name}: malformed CSV: {exc}") from exc
 
 
-def _xlsx_records(path: Path) -> list[list[str]]:
+def _sheet_cells(reader: Any, sheet: str | int) -> list[list[str]]:
+    # header_row=None with skip_rows=0 keeps leading and inner blank rows, so row numbers match the sheet
+    frame = reader.load_sheet(sheet, header_row=None, skip_rows=0, dtypes="string").to_polars()
+    return [["" if cell is None else str(cell) for cell in row] for row in frame.iter_rows()]
+
+
+def _xlsx_records(path: Path) -> tuple[list[list[str]], str | None]:
+    """The review sheet's cells and the manifest sheet's text (None when the workbook has none)."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -398,17 +815,17 @@ def _xlsx_records(path: Path) -> list[list[str]]:
     try:
         reader = fastexcel.read_excel(path)
         # a person's own workbook may name the sheet differently; then its first sheet holds the table
-        sheet_name = REVIEW_SHEET if REVIEW_SHEET in reader.sheet_names else 0
-        # header_row=None with skip_rows=0 keeps leading and inner blank rows, so row numbers match the sheet
-        sheet = reader.load_sheet(sheet_name, header_row=None, skip_rows=0, dtypes="string")
-        frame = sheet.to_polars()
+        records = _sheet_cells(reader, REVIEW_SHEET if REVIEW_SHEET in reader.sheet_names else 0)
+        manifest = None
+        if MANIFEST_SHEET in reader.sheet_names:
+            manifest = "".join(cell for row in _sheet_cells(reader, MANIFEST_SHEET) for cell in row[:1])
     except Exception as exc:  # fastexcel/calamine raise their own types for every kind of corrupt file
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReviewFileError(f"{path.name}: not a readable XLSX workbook ({first_line})") from exc
-    return [["" if cell is None else str(cell) for cell in row] for row in frame.iter_rows()]
+    return records, manifest
 
 
-def _read_table(path: Path) -> tuple[list[str], list[_SheetRow]]:
+def _check_path(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ReviewFileError(
@@ -417,15 +834,60 @@ def _read_table(path: Path) -> tuple[list[str], list[_SheetRow]]:
         )
     if not path.is_file():
         raise ReviewFileError(f"{path.name}: no such file ({path})")
-    records = _csv_records(path) if suffix == ".csv" else _xlsx_records(path)
-    return _table_from_records(path, records)
+    return suffix
+
+
+def _read_table(path: Path) -> tuple[list[str], list[_SheetRow], str | None]:
+    """Header, data rows and the embedded manifest text (XLSX only; a CSV's manifest is its sidecar)."""
+    if _check_path(path) == ".csv":
+        records, manifest = _csv_records(path), None
+    else:
+        records, manifest = _xlsx_records(path)
+    header, rows = _table_from_records(path, records)
+    return header, rows, manifest
 
 
 def read_review_rows(path: Path) -> list[dict[str, str]]:
     """The data rows of a review file (CSV or XLSX) as header → text; raises `ReviewFileError` if unusable."""
-    header, rows = _read_table(path)
+    header, rows, _ = _read_table(Path(path))
     names = [name for name in dict.fromkeys(header) if name]
     return [{name: row.values.get(name, "") for name in names} for row in rows if any(row.values.values())]
+
+
+def _parse_manifest(path: Path, text: str, where: str) -> Manifest:
+    try:
+        return Manifest.from_json(text)
+    except ManifestError as exc:
+        raise ReviewFileError(f"{path.name}: manifest ({where}) {exc}") from exc
+
+
+def _manifest_of(path: Path, embedded: str | None) -> Manifest:
+    if path.suffix.lower() == ".xlsx":
+        if not embedded:
+            raise ReviewFileError(
+                f"{path.name}: no signed manifest (the workbook has no {MANIFEST_SHEET!r} sheet); only review "
+                "workbooks exported by Actionlayer can be imported: hand back the exported file"
+            )
+        return _parse_manifest(path, embedded, f"sheet {MANIFEST_SHEET!r}")
+    sidecar = manifest_path_for(path)
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ReviewFileError(
+            f"{path.name}: no signed manifest: {sidecar.name} is missing next to it; a review CSV is only "
+            "imported together with the manifest exported with it"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReviewFileError(f"{path.name}: cannot read manifest {sidecar.name}: {exc}") from exc
+    return _parse_manifest(path, text, sidecar.name)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The (unverified) manifest of a review file: the XLSX's hidden sheet or the CSV's sidecar."""
+    path = Path(path)
+    _check_path(path)
+    embedded = _xlsx_records(path)[1] if path.suffix.lower() == ".xlsx" else None
+    return _manifest_of(path, embedded)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -434,11 +896,14 @@ def read_review_rows(path: Path) -> list[dict[str, str]]:
 
 @dataclass(frozen=True)
 class AppliedDecision:
+    """A decision written to the ledger; `decision` is approved, rejected or first_approval (four eyes)."""
+
     file: Path
     row: int
     action_id: str
     decision: str
     approver_email: str
+    message_edited: bool = False
 
 
 @dataclass(frozen=True)
@@ -478,39 +943,21 @@ class ImportReport:
         return bool(self.rejected_rows or self.rejected_files)
 
     def summary_lines(self) -> list[str]:
-        approved = sum(1 for a in self.applied if a.decision == "approved")
+        counts = {
+            kind: sum(1 for a in self.applied if a.decision == kind) for kind in ("approved", "rejected")
+        }
+        first = sum(1 for a in self.applied if a.decision == "first_approval")
+        edited = sum(1 for a in self.applied if a.message_edited)
         lines = [
             f"review import as of {self.as_of:%Y-%m-%d %H:%M}: {len(self.files)} file(s) read, "
-            f"{len(self.applied)} decision(s) applied ({approved} approved, {len(self.applied) - approved} "
-            f"rejected), {len(self.duplicates)} already recorded, {self.undecided} undecided, "
+            f"{len(self.applied)} decision(s) applied ({counts['approved']} approved, {counts['rejected']} "
+            f"rejected, {first} first of two approvals), {edited} with an edited message, "
+            f"{len(self.duplicates)} already recorded, {self.undecided} undecided, "
             f"{len(self.rejected_rows)} row(s) refused, {len(self.rejected_files)} file(s) refused"
         ]
         lines.extend(f"  {f.message}" for f in self.rejected_files)
         lines.extend(f"  {r.message}" for r in self.rejected_rows)
         return lines
-
-
-def _decision_events(con: duckdb.DuckDBPyConnection, action_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    if not action_ids:
-        return {}
-    placeholders = ", ".join("?" for _ in action_ids)
-    cursor = con.execute(
-        f"""
-        select action_id, event_type, approver_email, actor, occurred_at
-        from {ledger.LEDGER_TABLE}
-        where event_type in ('approved', 'rejected') and action_id in ({placeholders})
-        order by seq
-        """,
-        list(action_ids),
-    )
-    found: dict[str, dict[str, Any]] = {}
-    for action_id, event_type, approver, actor, occurred_at in cursor.fetchall():
-        # the first decision recorded is the one that counts
-        found.setdefault(
-            action_id,
-            {"event_type": event_type, "approver": _norm_email(approver), "actor": actor, "at": occurred_at},
-        )
-    return found
 
 
 def _next_action(decision_event: str, maturity_level: Any) -> str:
@@ -519,143 +966,362 @@ def _next_action(decision_event: str, maturity_level: Any) -> str:
     return "dispatch" if (maturity_level or 0) >= 3 else "owner acts by hand"
 
 
-def _import_file(
-    con: duckdb.DuckDBPyConnection,
-    path: Path,
-    as_of: datetime,
-    extra: Mapping[str, frozenset[str]],
-    report: ImportReport,
-) -> None:
-    _, rows = _read_table(path)
-    name = path.name
-    action_ids = sorted({r.values.get("action_id", "") for r in rows} - {""})
-    state_by_id = {s["action_id"]: s for s in ledger.states(con, action_ids=action_ids)}
-    decided = _decision_events(con, action_ids)
+class _Refuse(Exception):
+    """One row refused: the field and value at fault and why (internal control flow of `_FileImport`)."""
 
-    events: list[ledger.LedgerEvent] = []
-    applied: list[AppliedDecision] = []
-    in_this_file: dict[str, tuple[str, str, int]] = {}
+    def __init__(self, field_name: str, value: str, why: str) -> None:
+        super().__init__(why)
+        self.field_name, self.value, self.why = field_name, value, why
 
-    def refuse(row: int, field_name: str, value: str, why: str) -> None:
-        message = f"{name} row {row}: {field_name} {value!r} {why}; row ignored"
-        report.rejected_rows.append(RejectedRow(path, row, field_name, value, message))
 
-    for row in rows:
+def _message_in_row(values: Mapping[str, str], history: _History) -> tuple[str | None, str | None]:
+    """The row's subject and body as the approver left them (a missing column keeps the current text)."""
+    subject = _unneutralise(values["subject"]) if "subject" in values else history.subject
+    body = _unneutralise(values["message"]) if "message" in values else history.body
+    return subject, body
+
+
+def _matches_issued(values: Mapping[str, str], history: _History, issued_digest: str) -> bool:
+    # the row may carry the text with or without our protective apostrophe; either form is "as issued"
+    subjects = (
+        {values["subject"], _unneutralise(values["subject"])} if "subject" in values else {history.subject}
+    )
+    bodies = {values["message"], _unneutralise(values["message"])} if "message" in values else {history.body}
+    return any(message_digest(s, b) == issued_digest for s in subjects for b in bodies)
+
+
+@dataclass
+class _FileImport:
+    """The checks and events of one verified review file."""
+
+    con: duckdb.DuckDBPyConnection
+    path: Path
+    as_of: datetime
+    policy: ApprovalPolicy
+    manifest: Manifest
+    report: ImportReport
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    histories: dict[str, _History] = field(default_factory=dict)
+    events: list[ledger.LedgerEvent] = field(default_factory=list)
+    applied: list[AppliedDecision] = field(default_factory=list)
+    in_this_file: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def approver(self) -> str:
+        return norm_email(self.manifest.approver)
+
+    def load(self, rows: Sequence[_SheetRow]) -> None:
+        action_ids = sorted({r.values.get("action_id", "") for r in rows} & set(self.manifest.actions))
+        self.states = {s["action_id"]: s for s in ledger.states(self.con, action_ids=action_ids)}
+        self.histories = _histories(self.con, action_ids)
+
+    def refuse(self, row: int, refusal: _Refuse) -> None:
+        message = (
+            f"{self.path.name} row {row}: {refusal.field_name} {refusal.value!r} {refusal.why}; row ignored"
+        )
+        self.report.rejected_rows.append(
+            RejectedRow(self.path, row, refusal.field_name, refusal.value, message)
+        )
+
+    def row(self, row: _SheetRow) -> None:
         values = row.values
-        action_id = values.get("action_id", "")
+        if not any(values.values()):
+            return  # a blank line, not an action left undecided
         raw_decision = values.get("decision", "")
-        if not action_id and not raw_decision and not values.get("approver_email", ""):
-            continue  # a blank line, not an action left undecided
+        if not raw_decision.strip():
+            self.report.undecided += 1
+            return
+        try:
+            self._decide(row.number, values, raw_decision)
+        except _Refuse as refusal:
+            self.refuse(row.number, refusal)
+
+    def _decide(self, number: int, values: Mapping[str, str], raw_decision: str) -> None:
+        # formulas first: nothing from a cell that would run in a spreadsheet is taken at face value
+        for name in (*EDITABLE_COLUMNS, "approver_email"):
+            if values.get(name, "").startswith(_FORMULA_PREFIXES):
+                raise _Refuse(
+                    name,
+                    values[name],
+                    "starts with a formula character (= + - @); spreadsheet formulas are refused in review "
+                    "files, write plain text (nothing of this row was applied)",
+                )
         decision = raw_decision.strip().lower()
-        if not decision:
-            report.undecided += 1
-            continue
         if decision not in DECISIONS:
-            refuse(
-                row.number, "decision", raw_decision, "is not approve or reject (leave empty to decide later)"
-            )
-            continue
+            raise _Refuse("decision", raw_decision, "is not approve or reject (leave empty to decide later)")
+        action_id = values.get("action_id", "")
         if not action_id:
-            refuse(row.number, "action_id", action_id, "is empty")
-            continue
-        state = state_by_id.get(action_id)
-        if state is None:
-            refuse(row.number, "action_id", action_id, "is not a known action")
-            continue
+            raise _Refuse("action_id", action_id, "is empty")
+        issued = self.manifest.actions.get(action_id)
+        if issued is None:
+            raise _Refuse(
+                "action_id",
+                action_id,
+                f"was not issued to {self.approver} in this file (its signed manifest lists "
+                f"{len(self.manifest.actions)} action(s))",
+            )
         raw_approver = values.get("approver_email", "")
-        approver = _norm_email(raw_approver)
-        if not approver:
-            refuse(row.number, "approver_email", raw_approver, "is empty; fill in who decides")
-            continue
-        allowed = _approvers_of(state, extra)
-        if approver not in allowed:
-            refuse(
-                row.number,
+        if raw_approver and norm_email(raw_approver) != self.approver:
+            raise _Refuse(
                 "approver_email",
                 raw_approver,
-                f"may not decide action {action_id} (rule {state.get('rule_id')}; allowed: "
-                f"{', '.join(sorted(allowed)) or 'nobody'})",
+                f"differs from the approver this file was issued to ({self.approver})",
             )
-            continue
+        state = self.states.get(action_id)
+        if state is None:
+            raise _Refuse("action_id", action_id, "is not in the ledger")
+        for name in PROTECTED_COLUMNS:
+            if name in values and normalise_text(_unneutralise(values[name])) != normalise_text(
+                _protected_value(state, name)
+            ):
+                raise _Refuse(
+                    name,
+                    values[name],
+                    f"differs from the issued value {_protected_value(state, name)!r} for action {action_id}; "
+                    "this column is protected and cannot be changed",
+                )
+        rule_id = state.get("rule_id")
+        allowed = self.policy.approvers_for(rule_id, state.get("owner_email"))
+        if self.approver not in allowed:
+            raise _Refuse(
+                "approver_email",
+                raw_approver or self.approver,
+                f"may not decide action {action_id} (rule {rule_id}; allowed: {', '.join(sorted(allowed)) or 'nobody'})",
+            )
         event_type = "approved" if decision == "approve" else "rejected"
+        history = self.histories[action_id]
 
-        earlier_here = in_this_file.get(action_id)
+        earlier_here = self.in_this_file.get(action_id)
         if earlier_here is not None:
-            if earlier_here[:2] == (event_type, approver):
-                report.duplicates.append(DuplicateDecision(path, row.number, action_id, event_type, approver))
-            else:
-                refuse(
-                    row.number,
-                    "decision",
-                    raw_decision,
-                    f"conflicts with row {earlier_here[2]} of this file for action {action_id} "
-                    f"({earlier_here[0]} by {earlier_here[1]})",
+            if earlier_here[0] == event_type:
+                self.report.duplicates.append(
+                    DuplicateDecision(self.path, number, action_id, event_type, self.approver)
                 )
-            continue
-        earlier = decided.get(action_id)
-        if earlier is not None:
-            if (earlier["event_type"], earlier["approver"]) == (event_type, approver):
-                report.duplicates.append(DuplicateDecision(path, row.number, action_id, event_type, approver))
-            else:
-                who = earlier["approver"] or earlier["actor"]
-                refuse(
-                    row.number,
-                    "decision",
-                    raw_decision,
-                    f"cannot apply: action {action_id} was already {earlier['event_type']} by {who} "
-                    f"at {_text(earlier['at'])}; current state {state.get('event_type')}",
+                return
+            raise _Refuse(
+                "decision",
+                raw_decision,
+                f"conflicts with row {earlier_here[1]} of this file for action {action_id} ({earlier_here[0]})",
+            )
+        recorded = history.decision
+        if recorded is not None:
+            if recorded["event_type"] == event_type and self.approver in recorded["approvers"]:
+                self.report.duplicates.append(
+                    DuplicateDecision(self.path, number, action_id, event_type, self.approver)
                 )
-            continue
+                return
+            source = f" from {recorded['file']} row {recorded['row']}" if recorded.get("file") else ""
+            raise _Refuse(
+                "decision",
+                raw_decision,
+                f"conflicts with the decision already recorded for action {action_id}: {recorded['event_type']} "
+                f"by {recorded['approver']}{source} at {_text(recorded['at'])}; the first recorded decision "
+                f"stands (current state {state.get('event_type')})",
+            )
+        expires = history.review_expires_at()
+        if state.get("event_type") == "expired" or self.as_of >= expires:
+            raise _Refuse(
+                "expires_at",
+                _text(expires),
+                f"has passed: the review of action {action_id} expired, so its decision is refused "
+                f"(current state {state.get('event_type')})",
+            )
         if state.get("event_type") != "pending_review":
-            refuse(
-                row.number,
+            raise _Refuse(
                 "action_id",
                 action_id,
                 f"is no longer waiting for review (current state {state.get('event_type')})",
             )
-            continue
-
         comment = values.get("comment", "").strip() or None
-        events.append(
+        if event_type == "rejected":
+            # a "no" needs no second opinion and no message; a stale or edited message does not matter
+            self._record(number, state, "rejected", comment, {}, edited=False)
+            return
+
+        four_eyes = self.policy.four_eyes(rule_id)
+        first = history.first_approval
+        if (
+            four_eyes
+            and first
+            and norm_email(first.get("approver")) == self.approver
+            and _matches_issued(values, history, str(first.get("message_sha256", "")))
+        ):
+            # this approver's first approval of this very text is already recorded (a re-sent file)
+            self.report.duplicates.append(
+                DuplicateDecision(self.path, number, action_id, "first_approval", self.approver)
+            )
+            return
+        if issued.message_sha256 != history.digest:
+            changed_by = first or {}
+            raise _Refuse(
+                "message",
+                normalise_text(values.get("message", ""))[:60],
+                f"is not the current message of action {action_id}: "
+                f"{changed_by.get('approver', 'another approver')} changed it (from "
+                f"{changed_by.get('file', 'another file')}) after this file was issued; decide it "
+                "in the next review table",
+            )
+        edited = not _matches_issued(values, history, issued.message_sha256)
+        subject, body = _message_in_row(values, history) if edited else (history.subject, history.body)
+        if edited and not normalise_text(body):
+            raise _Refuse(
+                "message", values.get("message", ""), "is empty; write the message or leave it as issued"
+            )
+        carry = {}
+        if edited or history.message_changed:
+            # the dispatcher must send the approved text, not the proposal's
+            carry = {"message_subject": normalise_text(subject), "message_body": normalise_text(body)}
+
+        if not four_eyes:
+            self._record(number, state, "approved", comment, carry, edited=edited)
+            return
+        if edited or first is None:
+            # four eyes: this approval is the first of two (an edit restarts the count: the earlier
+            # approver did not see the new text)
+            self._first_approval(number, state, history, comment, carry, edited)
+            return
+        if norm_email(first.get("approver")) == self.approver:
+            self.report.duplicates.append(
+                DuplicateDecision(self.path, number, action_id, "first_approval", self.approver)
+            )
+            return
+        self._record(number, state, "approved", comment, carry, edited=False, first_approval=first)
+
+    def _record(
+        self,
+        number: int,
+        state: dict[str, Any],
+        event_type: str,
+        comment: str | None,
+        carry: Mapping[str, str],
+        edited: bool,
+        first_approval: Mapping[str, Any] | None = None,
+    ) -> None:
+        details: dict[str, Any] = {"review_file": self.path.name, "row": number}
+        if edited:
+            details["message_edited_by"] = self.approver
+        if first_approval:
+            details["first_approval"] = dict(first_approval)
+        self.events.append(
             ledger.next_event(
                 state,
                 event_type,
-                as_of,
-                actor=approver,
-                approver_email=approver,
+                self.as_of,
+                actor=self.approver,
+                approver_email=self.approver,
                 result=comment,
                 next_action=_next_action(event_type, state.get("maturity_level")),
-                details={"review_file": name, "row": row.number},
+                details=details,
+                **carry,
             )
         )
-        applied.append(AppliedDecision(path, row.number, action_id, event_type, approver))
-        in_this_file[action_id] = (event_type, approver, row.number)
+        self._applied(number, state["action_id"], event_type, edited)
+
+    def _first_approval(
+        self,
+        number: int,
+        state: dict[str, Any],
+        history: _History,
+        comment: str | None,
+        carry: Mapping[str, str],
+        edited: bool,
+    ) -> None:
+        action_id = state["action_id"]
+        digest = message_digest(
+            carry.get("message_subject", history.subject), carry.get("message_body", history.body)
+        )
+        first = {
+            "approver": self.approver,
+            "file": self.path.name,
+            "row": number,
+            "at": _text(self.as_of),
+            "message_sha256": digest,
+            "comment": comment,
+        }
+        self.events.append(
+            ledger.next_event(
+                state,
+                "pending_review",
+                self.as_of,
+                actor=self.approver,
+                approver_email=self.approver,
+                result=comment,
+                next_action=f"a second approver (not {self.approver}) approves or rejects in the review table",
+                # pending_review's default id is one per day; a first approval gets its own, stable per
+                # approver and message, so it neither collides with the review request nor repeats
+                event_id=ledger.event_id_for(
+                    action_id, "pending_review", f"first_approval|{self.approver}|{digest}"
+                ),
+                details={
+                    "first_approval": first,
+                    # carried so the review's deadline stays the one set when it was requested
+                    "review_expires_at": _text(history.review_expires_at()),
+                    **({"message_edited_by": self.approver} if edited else {}),
+                },
+                **carry,
+            )
+        )
+        self._applied(number, action_id, "first_approval", edited)
+
+    def _applied(self, number: int, action_id: str, decision: str, edited: bool) -> None:
+        self.applied.append(AppliedDecision(self.path, number, action_id, decision, self.approver, edited))
+        self.in_this_file[action_id] = ("rejected" if decision == "rejected" else "approved", number)
+
+
+def _import_file(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    as_of: datetime,
+    policy: ApprovalPolicy,
+    key: bytes,
+    report: ImportReport,
+) -> None:
+    _, rows, embedded = _read_table(path)
+    manifest = _manifest_of(path, embedded)
+    if not manifest.verify(key):
+        raise ReviewFileError(
+            f"{path.name}: manifest signature does not match its content (forged or altered manifest, or "
+            f"signed with another {policy.secret_env}); field signature"
+        )
+    if as_of >= manifest.expires_at:
+        raise ReviewFileError(
+            f"{path.name}: file expired at {_text(manifest.expires_at)} (issued to {manifest.approver} at "
+            f"{_text(manifest.issued_at)}); field expires_at; ask for a fresh review table"
+        )
+    work = _FileImport(con=con, path=path, as_of=as_of, policy=policy, manifest=manifest, report=report)
+    work.load(rows)
+    for row in rows:
+        work.row(row)
 
     # one transaction per file: either every valid decision of the file is recorded or none is
     con.begin()
     try:
-        ledger.append(con, events)
+        ledger.append(con, work.events)
         con.commit()
     except Exception:
         con.rollback()
         raise
-    report.applied.extend(applied)
+    report.applied.extend(work.applied)
     report.files.append(path)
 
 
 def import_reviews(con: duckdb.DuckDBPyConnection, files: Sequence[Path], as_of: datetime) -> ImportReport:
-    """Turn the decisions in review files into `approved`/`rejected` ledger events.
+    """Turn the decisions in review files into ledger events (`approved`, `rejected`, or a four-eyes
+    first approval recorded as `pending_review`).
 
-    A file that cannot be used (unsupported type, unreadable, empty, required columns missing) is refused
-    whole. Inside a usable file, bad rows are refused one by one and the valid rows are applied. Importing
-    the same file again records nothing new.
+    Raises `ReviewSecretError` before reading any file when the signing key is not set, and
+    `ReviewConfigError` when the approval policy is invalid. A file that cannot be used (unsupported type,
+    unreadable, empty, required columns missing, manifest missing, forged or expired) is refused whole.
+    Inside a usable file, bad rows are refused one by one and the valid rows are applied. Importing the
+    same file again records nothing new.
     """
-    extra = configured_approvers()
+    policy = load_policy()
+    key = review_secret(policy.secret_env)
     report = ImportReport(as_of=as_of)
     for path in files:
         path = Path(path)
         try:
-            _import_file(con, path, as_of, extra, report)
+            _import_file(con, path, as_of, policy, key, report)
         except ReviewFileError as exc:
             report.rejected_files.append(RejectedFile(path, f"{exc}; nothing from this file was applied"))
     return report

@@ -124,3 +124,71 @@ def load_sources(path: Path | None = None) -> list[SourceSettings]:
             provider[obj] = str(name)
         sources.append(SourceSettings(name=str(name), type=str(kind), objects=objects, config=dict(raw)))
     return sources
+
+
+DEFAULT_MAX_BROKEN_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    """The blocking quality gate: an object whose share of broken rows in one load exceeds its limit is
+    refused (its last good copy stays) and the rules that read it are skipped until a load passes.
+
+        quality:
+          max_broken_share: 0.25      # default for every object (0 < share <= 1)
+          objects:
+            invoices: {max_broken_share: 0.05}
+    """
+
+    max_broken_share: float = DEFAULT_MAX_BROKEN_SHARE
+    per_object: Mapping[str, float] | None = None
+
+    def limit_for(self, object_name: str) -> float:
+        return (self.per_object or {}).get(object_name, self.max_broken_share)
+
+
+def _share(value: Any, key: str, target: Path) -> float:
+    if isinstance(value, bool):
+        raise SettingsError(f"{target}: {key} must be a share between 0 and 1, got {value!r}")
+    try:
+        share = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{target}: {key} must be a share between 0 and 1, got {value!r}") from exc
+    if not 0 < share <= 1:
+        raise SettingsError(f"{target}: {key} must be a share above 0 and at most 1, got {value!r}")
+    return share
+
+
+def load_quality_policy(path: Path | None = None) -> QualityPolicy:
+    """The `quality:` section of the settings file (defaults when there is none); errors name the key."""
+    target = path or settings_file()
+    raw = read_settings(target).get("quality")
+    if raw is None:
+        return QualityPolicy()
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"{target}: key 'quality' must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - {"max_broken_share", "objects"})
+    if unknown:
+        raise SettingsError(
+            f"{target}: unknown key(s) quality.{', quality.'.join(unknown)}; expected max_broken_share, objects"
+        )
+    default = _share(
+        raw.get("max_broken_share", DEFAULT_MAX_BROKEN_SHARE), "quality.max_broken_share", target
+    )
+    objects = raw.get("objects") or {}
+    if not isinstance(objects, Mapping):
+        raise SettingsError(f"{target}: key 'quality.objects' must be a mapping of object → settings")
+    per_object: dict[str, float] = {}
+    for name, entry in objects.items():
+        where = f"quality.objects.{name}"
+        if name not in OBJECT_NAMES:
+            raise SettingsError(
+                f"{target}: {where}: unknown object; the contract has {', '.join(OBJECT_NAMES)}"
+            )
+        if not isinstance(entry, Mapping) or set(entry) - {"max_broken_share"}:
+            raise SettingsError(
+                f"{target}: {where} must be a mapping with max_broken_share only, got {entry!r}"
+            )
+        if "max_broken_share" in entry:
+            per_object[str(name)] = _share(entry["max_broken_share"], f"{where}.max_broken_share", target)
+    return QualityPolicy(default, per_object)

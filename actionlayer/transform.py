@@ -110,11 +110,14 @@ def ensure_manifest(force: bool = False) -> Path:
 
 
 def write_run_context(as_of: datetime) -> None:
-    """Record the pass's as-of time where the dbt macro `as_of()` reads it (ops.run_context)."""
+    """Record the pass's as-of time where the dbt macro `as_of()` reads it (ops.run_context), and make
+    sure the operational tables the project reads exist."""
     from actionlayer.db import connect
+    from connectors.files import ensure_ops_tables
 
     with connect(wait_seconds=30) as con:
-        con.execute("create schema if not exists ops")
+        # the quality gate's sources must exist even before the first load
+        ensure_ops_tables(con)
         con.execute(
             "create or replace table ops.run_context as select cast(? as timestamp) as as_of", [as_of]
         )

@@ -55,6 +55,8 @@ from actionlayer.contract import (
     SorObject,
 )
 from actionlayer.db import run as _run
+from actionlayer.settings import QualityPolicy, load_quality_policy
+from connectors.drift import DRIFT_DDL, DriftEvent, record_drift
 
 SOURCE_EXTENSIONS: tuple[str, ...] = ("csv", "parquet", "xlsx")
 
@@ -103,7 +105,19 @@ create table if not exists ops.load_log (
     status           varchar   not null,
     message          varchar   not null
 );
+-- added after the first release; existing databases gain them here
+alter table ops.load_log add column if not exists source varchar;
+alter table ops.load_log add column if not exists gate varchar;
+alter table ops.load_log add column if not exists quarantine_counts varchar;
 """
+_LOG_COLUMNS = (
+    "as_of, object, source_file, fingerprint, rows_read, rows_loaded, rows_quarantined, status, message, "
+    "source, gate, quarantine_counts"
+)
+# Why a load was refused (ops.load_log.gate); every refusal blocks the rules that read the object.
+GATE_UNREADABLE = "unreadable"
+GATE_MISSING_COLUMN = "missing_required_column"
+GATE_TOO_MANY_BROKEN = "too_many_broken_rows"
 
 # A future event may be up to one day ahead of as-of: clocks and time zones of source systems drift.
 FUTURE_TOLERANCE = timedelta(days=1)
@@ -143,6 +157,9 @@ class ObjectLoad:
     # Keys of quarantined rows per reason_code; a row without a key shows as "(row N)".
     quarantined_keys: dict[str, list[str]] = field(default_factory=dict)
     message: str = ""
+    # for a refused load: which blocking check refused it (GATE_*)
+    gate: str | None = None
+    drift: list[DriftEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +168,7 @@ class LoadReport:
 
     folder: Path | None  # None when the frames did not come from a folder (a connector sync)
     as_of: datetime
+    source: str = "files"
     objects: dict[str, ObjectLoad] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -550,6 +568,12 @@ def _describe(
 # --------------------------------------------------------------------------- writing
 
 
+def ensure_ops_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the operational tables the loads write and the dbt project reads (quarantine, load log,
+    drift events) when they do not exist yet, so a build before any load finds them empty."""
+    _run(con, _OPS_DDL + DRIFT_DDL)
+
+
 def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     found = _run(
         con,
@@ -565,10 +589,10 @@ def _raw_row_count(con: duckdb.DuckDBPyConnection, obj: SorObject) -> int | None
     return int(_run(con, f"select count(*) from {obj.raw_table}")[0][0])
 
 
-def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLoad) -> None:
+def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLoad, source: str) -> None:
     _run(
         con,
-        f"insert into {LOAD_LOG_TABLE} values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"insert into {LOAD_LOG_TABLE} ({_LOG_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             as_of,
             result.object,
@@ -579,6 +603,9 @@ def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLo
             result.rows_quarantined,
             result.status,
             result.message,
+            source,
+            result.gate,
+            json.dumps(result.quarantine_counts, sort_keys=True) if result.quarantine_counts else None,
         ],
     )
 
@@ -590,8 +617,13 @@ def _write_object(
     quarantine: pl.DataFrame,
     as_of: datetime,
     result: ObjectLoad,
+    source: str,
+    *,
+    replace_raw: bool = True,
 ) -> None:
-    """Replace raw.<object> and the object's quarantine rows and log the load, all in one transaction."""
+    """Replace raw.<object> and the object's quarantine rows and log the load, all in one transaction.
+    With `replace_raw=False` (a load the gate refused) raw.<object> keeps its last good copy while the
+    quarantine shows what is broken now, so people can fix it upstream."""
     casts = ", ".join(f"cast({c.name} as {c.duckdb_type}) as {c.name}" for c in obj.columns)
     meta = ", ".join(name for name, _ in LOAD_METADATA_COLUMNS)
     con.register("_al_incoming_good", good.to_arrow())
@@ -599,11 +631,13 @@ def _write_object(
     try:
         con.begin()
         try:
-            _run(con, obj.raw_ddl())
-            _run(
-                con,
-                f"insert into {obj.raw_table} select {casts}, {meta} from _al_incoming_good order by _row_number",
-            )
+            if replace_raw:
+                _run(con, obj.raw_ddl())
+                _run(
+                    con,
+                    f"insert into {obj.raw_table} select {casts}, {meta} "
+                    "from _al_incoming_good order by _row_number",
+                )
             # first_seen_at survives for rows (object, key, reason) that were already quarantined.
             _run(
                 con,
@@ -626,7 +660,7 @@ def _write_object(
             _run(con, f"delete from {QUARANTINE_TABLE} where object = ?", [obj.name])
             _run(con, f"insert into {QUARANTINE_TABLE} select * from _al_quarantine_next order by row_number")
             _run(con, "drop table _al_quarantine_next")
-            _write_log(con, as_of, result)
+            _write_log(con, as_of, result, source)
             con.commit()
         except Exception:
             con.rollback()
@@ -655,6 +689,47 @@ def _parent_keys_from_raw(con: duckdb.DuckDBPyConnection, parent: SorObject) -> 
     return _ParentKeys(good=series, quarantined=quarantined, origin=f"{parent.raw_table} (last good copy)")
 
 
+def _type_changes(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    broken: pl.DataFrame,
+    source: str,
+    short: str,
+    as_of: datetime,
+) -> list[DriftEvent]:
+    """`type_changed` drift: records whose column parsed in the last good copy now fail to parse.
+
+    A value that never parsed is a dirty row; a value that parsed last time and no longer does for the
+    same record is what a source changing a field's type looks like (e.g. a number field turned text).
+    """
+    if not broken.height or not _table_exists(con, "raw", obj.name):
+        return []
+    unparseable = broken.filter((pl.col(_CODE) == "unparseable") & pl.col("_key").is_not_null())
+    events = []
+    for column in sorted(set(unparseable[_COLUMN].to_list())):
+        if column not in obj.column_names:
+            continue
+        rows = unparseable.filter(pl.col(_COLUMN) == column)
+        keys = [k for k in rows["_key"].to_list() if k]
+        if not keys:
+            continue
+        parsed_before = _run(
+            con,
+            f"select count(*) from {obj.raw_table} where {obj.key} in (select unnest(?)) and {column} is not null",
+            [keys],
+        )[0][0]
+        if not parsed_before:
+            continue
+        example = rows.row(0, named=True)
+        kind = next(c.kind for c in obj.columns if c.name == column)
+        detail = (
+            f"{short}: {parsed_before} record(s) whose {column} parsed as {kind} before now carry values that "
+            f"do not (e.g. {_show(example.get(column))} for key {example['_key']}); those rows are quarantined"
+        )
+        events.append(record_drift(con, source, obj.name, column, "type_changed", detail, as_of))
+    return events
+
+
 def _load_one(
     con: duckdb.DuckDBPyConnection,
     obj: SorObject,
@@ -663,6 +738,7 @@ def _load_one(
     parents: dict[str, _ParentKeys | None],
     report: LoadReport,
     absent_message: Callable[[str], str],
+    max_broken_share: Callable[[str], float],
 ) -> _ParentKeys | None:
     """Load one object; returns the keys its children may reference, or None to fall back to raw."""
     if frame is None:
@@ -670,14 +746,14 @@ def _load_one(
         what = f"{obj.raw_table} left as is ({kept} rows)" if kept is not None else f"no {obj.raw_table} yet"
         result = ObjectLoad(obj.name, "skipped", message=f"{absent_message(obj.name)}; {what}")
         report.objects[obj.name] = result
-        _write_log(con, as_of, result)
+        _write_log(con, as_of, result, report.source)
         return None
     report.warnings.extend(frame.notes)
     label, short = frame.source_label, frame.short_label
     result = ObjectLoad(obj.name, "loaded", source_file=label, fingerprint=frame.fingerprint)
     report.objects[obj.name] = result
 
-    def refuse(reason: str) -> None:
+    def refuse(reason: str, gate: str, *, log: bool = True) -> None:
         kept = _raw_row_count(con, obj)
         what = (
             f"{obj.raw_table} kept as last loaded ({kept} rows)"
@@ -685,11 +761,13 @@ def _load_one(
             else f"{obj.raw_table} does not exist yet"
         )
         result.status = "refused"
-        result.message = f"{label}: {reason}; nothing loaded, {what}"
-        _write_log(con, as_of, result)
+        result.gate = gate
+        result.message = f"{label}: {reason}; nothing loaded, {what}; rules reading {obj.name} are skipped"
+        if log:
+            _write_log(con, as_of, result, report.source)
 
     if frame.read_error is not None:
-        refuse(frame.read_error)
+        refuse(frame.read_error, GATE_UNREADABLE)
         return None
     df = frame.data
     if any(dtype != pl.String for dtype in df.schema.values()):
@@ -698,19 +776,28 @@ def _load_one(
     result.rows_read = df.height
 
     missing = [c for c in obj.required_columns if c not in df.columns]
+    for column in missing:
+        detail = f"{short}: required column {column} is missing"
+        result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
     if missing:
-        refuse(f"lacks required column(s) {', '.join(missing)}")
+        refuse(f"lacks required column(s) {', '.join(missing)}", GATE_MISSING_COLUMN)
         return None
     extra = [c for c in df.columns if c not in obj.column_names]
     if extra:
         report.warnings.append(
             f"{short}: column(s) {', '.join(extra)} are not in the contract; not loaded (schema drift)"
         )
+        for column in extra:
+            detail = f"{short}: column {column} is not in the contract; not loaded"
+            result.drift.append(record_drift(con, report.source, obj.name, column, "added", detail, as_of))
     absent_optional = [c for c in obj.column_names if c not in df.columns]
     if absent_optional:
         report.warnings.append(
             f"{short}: optional column(s) {', '.join(absent_optional)} absent; loaded as null"
         )
+        for column in absent_optional:
+            detail = f"{short}: optional column {column} is absent; loaded as null"
+            result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
     file_columns = list(df.columns)
     df = df.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in absent_optional)
     if frame.row_numbers is None:
@@ -796,7 +883,20 @@ def _load_one(
     result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
     result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
     result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
-    _write_object(con, obj, good, quarantine, as_of, result)
+    result.drift.extend(_type_changes(con, obj, broken, report.source, short, as_of))
+    limit = max_broken_share(obj.name)
+    if result.rows_read and result.rows_quarantined / result.rows_read > limit:
+        share = result.rows_quarantined / result.rows_read
+        refuse(
+            f"{result.rows_quarantined} of {result.rows_read} rows broken ({share:.0%}), more than the "
+            f"allowed {limit:.0%} (quality.max_broken_share); the broken rows are in ops.quarantine",
+            GATE_TOO_MANY_BROKEN,
+            log=False,
+        )
+        result.rows_loaded = 0  # nothing was loaded: raw keeps its last good copy
+        _write_object(con, obj, good, quarantine, as_of, result, report.source, replace_raw=False)
+        return None
+    _write_object(con, obj, good, quarantine, as_of, result, report.source)
     return _ParentKeys(
         good=good[obj.key],
         quarantined={k for k in broken["_key"].to_list() if k},
@@ -812,6 +912,8 @@ def load_frames(
     *,
     absent_message: Callable[[str], str] | None = None,
     folder: Path | None = None,
+    source: str = "files",
+    quality: QualityPolicy | None = None,
 ) -> LoadReport:
     """Validate in-memory contract-text frames and load them into raw.*, quarantining broken rows.
 
@@ -819,8 +921,14 @@ def load_frames(
     objects in `frames`) are processed in dependency order; a selected object without a frame is skipped
     with `absent_message(object)` and keeps its raw table. Objects outside the selection are untouched;
     their existing raw tables serve as reference targets.
+
+    The blocking quality gate (`quality`, default: the settings file's `quality:` section) refuses an
+    object whose share of broken rows exceeds its limit: its raw table keeps the last good copy, its
+    quarantine shows the broken rows, and `ops.load_log.gate` says why. `source` names the provider in
+    `ops.load_log` and `ops.drift_events`.
     """
     as_of = parse_as_of(as_of)
+    policy = quality if quality is not None else load_quality_policy()
     selected = [n for n in OBJECT_NAMES if n in frames] if objects is None else list(objects)
     unknown = [name for name in [*selected, *frames] if name not in OBJECTS]
     if unknown:
@@ -829,8 +937,8 @@ def load_frames(
         )
     absent = absent_message or (lambda name: f"{name}: not provided in this load")
 
-    _run(con, _OPS_DDL)
-    report = LoadReport(folder=folder, as_of=as_of)
+    ensure_ops_tables(con)
+    report = LoadReport(folder=folder, as_of=as_of, source=source)
     loaded_keys: dict[str, _ParentKeys | None] = {}
     for name in OBJECT_NAMES:
         if name not in selected:
@@ -842,7 +950,9 @@ def load_frames(
             if target not in parents:
                 known = loaded_keys.get(target)
                 parents[target] = known if known is not None else _parent_keys_from_raw(con, OBJECTS[target])
-        loaded_keys[name] = _load_one(con, obj, frames.get(name), as_of, parents, report, absent)
+        loaded_keys[name] = _load_one(
+            con, obj, frames.get(name), as_of, parents, report, absent, policy.limit_for
+        )
     return report
 
 
@@ -873,6 +983,9 @@ def load_folder(
     folder: Path,
     as_of: datetime,
     objects: Sequence[str] | None = None,
+    *,
+    source: str = "files",
+    quality: QualityPolicy | None = None,
 ) -> LoadReport:
     """Load the contract files in `folder` into raw.*, quarantining broken rows; see the module docstring.
 
@@ -901,4 +1014,6 @@ def load_folder(
         selected,
         absent_message=lambda name: f"no {name}.csv, .parquet or .xlsx in {folder}",
         folder=folder,
+        source=source,
+        quality=quality,
     )

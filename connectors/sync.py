@@ -51,13 +51,13 @@ from actionlayer.contract import OBJECT_NAMES, OBJECTS, SorObject
 from actionlayer.db import run as _run
 from actionlayer.db import transaction as _transaction
 from connectors.base import Connector, ConnectorError, Page, SyncPlan
+from connectors.drift import DRIFT_DDL, DRIFT_TABLE, DriftEvent, record_drift
 from connectors.files import LoadReport, SourceFrame, load_frames
 from connectors.history import HistoryReport, record_history
 
 MIRROR_SCHEMA = "src"
 CURSOR_TABLE = "ops.sync_cursors"
 SEEN_TABLE = "ops.sync_full_seen"
-DRIFT_TABLE = "ops.drift_events"
 
 # Source names become part of table names (src.<source>__<object>), so they must be plain identifiers.
 _SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
@@ -83,15 +83,6 @@ create table if not exists {SEEN_TABLE} (
     object     varchar not null,
     record_key varchar not null
 );
-create table if not exists {DRIFT_TABLE} (
-    source        varchar   not null,
-    object        varchar   not null,
-    column_name   varchar   not null,
-    kind          varchar   not null,
-    detail        varchar   not null,
-    first_seen_at timestamp not null,
-    as_of         timestamp not null
-);
 """
 
 ConnectionOrFactory = (
@@ -101,17 +92,6 @@ SyncStatus = Literal["synced", "refused", "failed"]
 
 
 # --------------------------------------------------------------------------- report
-
-
-@dataclass(frozen=True)
-class DriftEvent:
-    """A change in the source's shape seen in this sync. `new` is False when it was recorded before."""
-
-    object: str
-    column: str
-    kind: Literal["added", "removed"]
-    detail: str
-    new: bool
 
 
 @dataclass
@@ -329,37 +309,6 @@ def stored_cursors(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str
     return {name: cursor for name, cursor in rows}
 
 
-def _record_drift(
-    con: duckdb.DuckDBPyConnection,
-    source: str,
-    object_name: str,
-    column: str,
-    kind: Literal["added", "removed"],
-    detail: str,
-    as_of: datetime,
-) -> DriftEvent:
-    """Write one drift event (once per source, object, column and kind; later sightings move as_of)."""
-    known = _run(
-        con,
-        f"select count(*) from {DRIFT_TABLE} where source = ? and object = ? and column_name = ? and kind = ?",
-        [source, object_name, column, kind],
-    )[0][0]
-    if known:
-        _run(
-            con,
-            f"update {DRIFT_TABLE} set as_of = greatest(as_of, ?) "
-            "where source = ? and object = ? and column_name = ? and kind = ?",
-            [as_of, source, object_name, column, kind],
-        )
-    else:
-        _run(
-            con,
-            f"insert into {DRIFT_TABLE} values (?, ?, ?, ?, ?, ?, ?)",
-            [source, object_name, column, kind, detail, as_of, as_of],
-        )
-    return DriftEvent(object=object_name, column=column, kind=kind, detail=detail, new=not known)
-
-
 # --------------------------------------------------------------------------- one page
 
 
@@ -443,12 +392,12 @@ def _commit_page(
                 )
             for column in prepared.extra_fields:
                 detail = f"field {column!r} is not in the contract; kept in {table}._extra, not loaded"
-                event = _record_drift(con, source, obj.name, column, "added", detail, as_of)
+                event = record_drift(con, source, obj.name, column, "added", detail, as_of)
                 if not any(e.column == column and e.kind == "added" for e in result.drift):
                     result.drift.append(event)
             for column in prepared.absent_columns:
                 detail = f"optional column {column!r} is absent from every record of a page; stored as null"
-                event = _record_drift(con, source, obj.name, column, "removed", detail, as_of)
+                event = record_drift(con, source, obj.name, column, "removed", detail, as_of)
                 if not any(e.column == column and e.kind == "removed" for e in result.drift):
                     result.drift.append(event)
             _run(
@@ -538,7 +487,7 @@ def _sync_object(
                     for column in missing:
                         detail = f"required column {column!r} is absent from every record of a page"
                         result.drift.append(
-                            _record_drift(con, source, obj.name, column, "removed", detail, as_of)
+                            record_drift(con, source, obj.name, column, "removed", detail, as_of)
                         )
                 result.status = "refused"
                 result.message = (
@@ -653,7 +602,7 @@ def sync_source(
         )
     db = _opener(con)
     with db() as connection:
-        _run(connection, _SYNC_DDL)
+        _run(connection, _SYNC_DDL + DRIFT_DDL)
 
     report = SyncReport(source=source, as_of=as_of)
     for name in OBJECT_NAMES:
@@ -673,7 +622,7 @@ def sync_source(
                 # Objects outside `objects` are revalidated from their mirrors too: a deletion in a parent
                 # must cascade to children this sync did not read.
                 frames[name] = mirror_frame(connection, source, name)
-        report.load = load_frames(connection, frames, as_of)
+        report.load = load_frames(connection, frames, as_of, source=source)
         loaded = [name for name, result in report.load.objects.items() if result.status == "loaded"]
         report.history = record_history(connection, loaded, as_of)
     return report

@@ -11,7 +11,7 @@ from action_sinks.dispatcher import dispatch
 from actionlayer import config, ledger
 from actionlayer.db import connect
 from actionlayer.proposals import propose
-from actionlayer.review import export_reviews, import_reviews
+from actionlayer.review import ReviewConfigError, export_reviews, import_reviews, manifest_path_for
 from actionlayer.rules import load_rules
 from actionlayer.transform import manifest_path
 from orchestration.resources import ActionlayerSettings
@@ -36,7 +36,10 @@ def _archive(files: list[Path], as_of: datetime) -> None:
     processed = config.review_processed_dir()
     processed.mkdir(parents=True, exist_ok=True)
     for path in files:
-        shutil.move(str(path), processed / f"{as_of:%Y%m%dT%H%M%S}_{path.name}")
+        # a CSV's signed manifest travels with it
+        for part in (path, manifest_path_for(path)):
+            if part.exists():
+                shutil.move(str(part), processed / f"{as_of:%Y%m%dT%H%M%S}_{part.name}")
 
 
 @dg.asset(
@@ -83,9 +86,14 @@ def review_decisions(
     if not files:
         context.log.info(f"no review files in {config.review_inbox_dir()}")
         return dg.MaterializeResult(metadata={"files": 0})
-    with connect(wait_seconds=30) as con:
-        ledger.ensure_schema(con)
-        report = import_reviews(con, files, as_of)
+    try:
+        with connect(wait_seconds=30) as con:
+            ledger.ensure_schema(con)
+            report = import_reviews(con, files, as_of)
+    except ReviewConfigError as exc:
+        # the files stay in the inbox for the next run; level-4 actions still go out
+        context.log.error(f"review files not imported, left in {config.review_inbox_dir()}: {exc}")
+        return dg.MaterializeResult(metadata={"files": len(files), "imported": 0, "refused": str(exc)})
     for line in report.summary_lines():
         (context.log.warning if report.has_errors else context.log.info)(line)
     _archive(files, as_of)
@@ -113,9 +121,13 @@ def review_tables(
 ) -> dg.MaterializeResult:
     as_of = actionlayer.resolved_as_of(context)
     out_dir = config.review_outbox_dir()
-    with connect(wait_seconds=30) as con:
-        ledger.ensure_schema(con)
-        report = export_reviews(con, out_dir, as_of)
+    try:
+        with connect(wait_seconds=30) as con:
+            ledger.ensure_schema(con)
+            report = export_reviews(con, out_dir, as_of)
+    except ReviewConfigError as exc:
+        context.log.error(f"review tables not exported: {exc}")
+        return dg.MaterializeResult(metadata={"folder": str(out_dir), "files": 0, "refused": str(exc)})
     for line in report.summary_lines():
         context.log.info(line)
     return dg.MaterializeResult(metadata={"folder": str(out_dir), "files": len(report.files)})

@@ -14,7 +14,11 @@ from orchestration.jobs import act_on_candidates_job, loop_job, review_import_jo
 from orchestration.resources import ActionlayerSettings  # noqa: E402
 from orchestration.schedules import daily_loop_schedule  # noqa: E402
 from orchestration.sor_assets import source_assets  # noqa: E402
-from orchestration.transform_assets import decision_models, outcome_marts  # noqa: E402
+from orchestration.transform_assets import (  # noqa: E402
+    candidates_quality_gate,
+    decision_models,
+    outcome_marts,
+)
 
 
 def build_definitions(sources: list[SourceSettings] | None = None) -> dg.Definitions:
@@ -34,6 +38,7 @@ def build_definitions(sources: list[SourceSettings] | None = None) -> dg.Definit
             action_assets.action_dispatch,
             outcome_marts,
         ],
+        asset_checks=[candidates_quality_gate],
         jobs=[loop_job, act_on_candidates_job, review_import_job],
         sensors=[
             *folder_sensors,

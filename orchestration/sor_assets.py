@@ -1,6 +1,7 @@
 """Dagster assets for the Systems of Record: one raw table per canonical object, loaded by the source
 that provides it (the contract folder, or a connector synced through connectors/sync.py), with per object
-an expectation check (Great Expectations) and a broken-rows check; and the quarantine they share."""
+an expectation check (Great Expectations) and a broken-rows check; and the quality tables they share
+(ops.quarantine, ops.load_log, ops.drift_events)."""
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ import dagster as dg
 from actionlayer.contract import OBJECT_NAMES, raw_ddl
 from actionlayer.db import connect
 from actionlayer.settings import SourceSettings
-from connectors.files import LoadReport, folder_fingerprint, load_folder
+from connectors.files import LoadReport, ensure_ops_tables, folder_fingerprint, load_folder
 from connectors.history import record_load_history
 from orchestration.resources import ActionlayerSettings
 
@@ -83,8 +84,10 @@ def _check_specs(objects: Sequence[str]) -> list[dg.AssetCheckSpec]:
             dg.AssetCheckSpec(
                 "contract_expectations",
                 asset=raw_key(name),
-                description="Great Expectations suite from SOR_CONTRACT.md over the loaded batch; "
-                "fails when the object was refused (a required column missing); the last good copy stays.",
+                description="Great Expectations suite from SOR_CONTRACT.md over the loaded batch. Fails "
+                "(ERROR) when the blocking quality gate refused the object: unreadable, a required column "
+                "missing, or more than quality.max_broken_share of its rows broken. The last good copy "
+                "stays and the rules that read the object build no candidates until a load passes.",
             ),
             dg.AssetCheckSpec(
                 "no_broken_rows",
@@ -145,13 +148,34 @@ def _object_results(
         else:
             message = obj.message if obj is not None else "not loaded"
             status = obj.status if obj is not None else "skipped"
-            # a refused object keeps its last good copy; the check failing says so in the UI
+            gate = (obj.gate if obj is not None else None) or ""
+            # The step reports the object without changing it: raw keeps its last good copy. Reporting it
+            # (instead of emitting nothing) lets the decision models run for the rules that do not read it;
+            # the gate in int_rule_candidates keeps the ones that do from building candidates.
+            yield dg.MaterializeResult(
+                asset_key=raw_key(name),
+                metadata={
+                    "status": status,
+                    "updated": False,
+                    "gate": gate,
+                    "message": message,
+                    "as_of": str(as_of),
+                },
+            )
+            # a refused object keeps its last good copy and the rules reading it are skipped (the
+            # quality_gate check on action_candidates names them); this check failing says why in the UI
             yield dg.AssetCheckResult(
                 asset_key=raw_key(name),
                 check_name="contract_expectations",
                 passed=status == "skipped",
                 severity=dg.AssetCheckSeverity.ERROR if status == "refused" else dg.AssetCheckSeverity.WARN,
-                metadata={"status": status, "message": message},
+                metadata={
+                    "status": status,
+                    "gate": gate,
+                    "message": message,
+                    "rows_read": obj.rows_read if obj is not None else 0,
+                    "rows_quarantined": obj.rows_quarantined if obj is not None else 0,
+                },
             )
             yield dg.AssetCheckResult(
                 asset_key=raw_key(name),
@@ -223,41 +247,66 @@ def connector_source_asset(source: SourceSettings) -> dg.AssetsDefinition:
     return sync_asset
 
 
-@dg.asset(
-    key=QUARANTINE_KEY,
-    deps=[raw_key(name) for name in OBJECT_NAMES],
-    group_name="sor",
-    kinds={"duckdb"},
-    description="Broken SoR rows with object, key, source, row number, reason and raw values (ops.quarantine).",
-)
-def quarantine(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    with connect(wait_seconds=30) as con:
-        exists = con.execute(
-            "select count(*) from information_schema.tables where table_schema = 'ops' and table_name = 'quarantine'"
-        ).fetchall()[0][0]
-        rows = (
-            con.execute(
-                "select object, reason_code, count(*) from ops.quarantine group by all order by all"
-            ).fetchall()
-            if exists
-            else []
+OPS_TABLES = {
+    "quarantine": "Broken SoR rows with object, key, source, row number, reason and raw values (ops.quarantine).",
+    "load_log": "One row per object per SoR load: rows read, loaded, quarantined by reason, and for a "
+    "refused load the blocking check that refused it (ops.load_log).",
+    "drift_events": "Schema drift per source, object, column and kind: added, removed, type_changed "
+    "(ops.drift_events).",
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            dg.AssetKey(["ops", name]),
+            deps=[raw_key(o) for o in OBJECT_NAMES],
+            group_name="sor",
+            kinds={"duckdb"},
+            description=description,
         )
-    return dg.MaterializeResult(
+        for name, description in OPS_TABLES.items()
+    ],
+    name="sor_quality_tables",
+    pool="duckdb",
+)
+def sor_quality_tables(context: dg.AssetExecutionContext):
+    """The operational tables every SoR load writes; the quality gate models and mart_data_quality read them."""
+    with connect(wait_seconds=30) as con:
+        ensure_ops_tables(con)
+        by_reason = con.execute(
+            "select object, reason_code, count(*) from ops.quarantine group by all order by all"
+        ).fetchall()
+        refused = con.execute(
+            """select object, gate from ops.load_log where status in ('loaded', 'refused')
+            qualify row_number() over (partition by object order by as_of desc, rowid desc) = 1
+            and status = 'refused' order by object"""
+        ).fetchall()
+        drift = con.execute("select kind, count(*) from ops.drift_events group by 1 order by 1").fetchall()
+    yield dg.MaterializeResult(
+        asset_key=QUARANTINE_KEY,
         metadata={
-            "rows": sum(count for _, _, count in rows),
-            "by_object_and_reason": {f"{o}.{r}": c for o, r, c in rows},
-        }
+            "rows": sum(count for _, _, count in by_reason),
+            "by_object_and_reason": {f"{o}.{r}": c for o, r, c in by_reason},
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=dg.AssetKey(["ops", "load_log"]),
+        metadata={"objects_refused_now": {o: g or "" for o, g in refused}},
+    )
+    yield dg.MaterializeResult(
+        asset_key=dg.AssetKey(["ops", "drift_events"]), metadata={"by_kind": dict(drift)}
     )
 
 
 def source_assets(sources: Sequence[SourceSettings]) -> list[dg.AssetsDefinition]:
     """The SoR assets for the configured sources; with none configured, the contract folder provides all."""
     if not sources:
-        return [files_source_asset(), quarantine]
+        return [files_source_asset(), sor_quality_tables]
     assets = []
     for source in sources:
         if source.type == "files":
             assets.append(files_source_asset(source.objects, source.config.get("folder")))
         else:
             assets.append(connector_source_asset(source))
-    return [*assets, quarantine]
+    return [*assets, sor_quality_tables]

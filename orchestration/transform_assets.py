@@ -11,6 +11,8 @@ from dagster_dbt import DagsterDbtTranslator, dbt_assets
 from dagster_dbt.asset_utils import get_asset_check_key_for_test, get_subset_selection_for_context
 
 from actionlayer import transform
+from actionlayer.db import connect
+from actionlayer.reports import blocked_rules
 from orchestration.project import actionlayer_dbt
 from orchestration.resources import ActionlayerSettings
 
@@ -93,6 +95,13 @@ def _run_dbt(
                         "message": result.message,
                     },
                 )
+    if exclude == MARTS:
+        with connect(wait_seconds=30) as con:
+            for rule_id, objects, reason in blocked_rules(con):
+                context.log.warning(
+                    f"quality gate: rule {rule_id} built no candidates because {objects} failed a blocking "
+                    f"check — {reason}"
+                )
     failed = outcome.failed()
     if failed:
         raise dg.Failure(
@@ -125,3 +134,28 @@ def decision_models(context: dg.AssetExecutionContext, actionlayer: ActionlayerS
 def outcome_marts(context: dg.AssetExecutionContext, actionlayer: ActionlayerSettings):
     """fct_actions and the outcome marts, read from the ledger after dispatch."""
     yield from _run_dbt(context, actionlayer, MARTS, None)
+
+
+CANDIDATES_KEY = TRANSLATOR.get_asset_spec(
+    MANIFEST, "model.actionlayer.action_candidates", actionlayer_dbt
+).key
+
+
+@dg.asset_check(
+    asset=CANDIDATES_KEY,
+    name="quality_gate",
+    description="Fails (ERROR) when a rule built no candidates because an SoR object it reads failed a "
+    "blocking check (unreadable, a required column missing, or too many broken rows); names the rules, "
+    "the objects and why. The other rules' candidates were built as usual.",
+)
+def candidates_quality_gate() -> dg.AssetCheckResult:
+    with connect(wait_seconds=30) as con:
+        blocked = blocked_rules(con)
+    return dg.AssetCheckResult(
+        passed=not blocked,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "blocked_rules": [rule_id for rule_id, _, _ in blocked],
+            "reasons": {rule_id: f"{objects}: {reason}" for rule_id, objects, reason in blocked},
+        },
+    )

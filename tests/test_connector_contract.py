@@ -36,6 +36,9 @@ from actionlayer.contract import OBJECT_NAMES, OBJECTS
 from connectors.files import load_folder
 from connectors.sync import mirror_table, stored_cursors, sync_source
 
+# small fixtures: one broken row is a large share of an object (see conftest.py)
+QUALITY_GATE_OFF = True
+
 HARNESSES = ["zoho", "hubspot", "postgres"]
 LEAF_FIRST = (
     "nps_responses",

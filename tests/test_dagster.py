@@ -57,6 +57,7 @@ def isolated_data(tmp_path, monkeypatch):
     monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "data" / "actionlayer.duckdb"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "data" / "dagster_home"))
     monkeypatch.setenv("ACTIONLAYER_SOR", str(tmp_path / "sor"))
+    monkeypatch.setenv("ACTIONLAYER_REVIEW_SECRET", "5a17" * 16)
     return tmp_path
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from actionlayer import ledger
 from actionlayer.ledger import LedgerEvent, action_id_for
+from connectors.files import ensure_ops_tables
 
 pytestmark = pytest.mark.slow
 
@@ -467,6 +468,7 @@ def built(tmp_path_factory):
     os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
     with duckdb.connect(str(db_file)) as con:
         create_raw(con)
+        ensure_ops_tables(con)
         ids = seed_ledger(con)
     result, seconds = run_dbt(["build", "--vars", AS_OF_VAR], tmp)
     with duckdb.connect(str(db_file)) as con:

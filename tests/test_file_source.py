@@ -16,6 +16,9 @@ from actionlayer.contract import OBJECTS, raw_ddl
 from connectors.files import folder_fingerprint, load_folder, object_fingerprint
 from tests.sync_support import quarantine_rows as quarantine
 
+# small fixtures: one broken row is a large share of an object (see conftest.py)
+QUALITY_GATE_OFF = True
+
 AS_OF = datetime(2026, 11, 23, 9, 0, 0)
 
 

@@ -16,6 +16,9 @@ from connectors.base import ConnectorConfigError, ConnectorError, Page, Record, 
 from connectors.hubspot import HubSpotConnector, load_mapping
 from tests.vendors.hubspot_server import TOKEN_ENV, HubSpotHarness, make_harness
 
+# small fixtures: one broken row is a large share of an object (see conftest.py)
+QUALITY_GATE_OFF = True
+
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[HubSpotHarness]:

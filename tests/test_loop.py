@@ -17,6 +17,7 @@ from loopback import RecordingHandler, SmtpServer
 
 from actionlayer.config import PROJECT_ROOT
 from actionlayer.demo.world import RULE_IDS, generate_world, load_demo_config, write_sor
+from actionlayer.review import read_review_rows, write_review_csv
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,7 @@ def world_env(tmp_path):
         "ACTIONLAYER_SMTP_PORT": str(smtp.port),
         "ACTIONLAYER_SMTP_FROM": "actions@demo-company.example",
         "COLUMNS": "200",
+        "ACTIONLAYER_REVIEW_SECRET": "9f2c" * 16,
     }
     config = load_demo_config(size="small")
     world = generate_world(config)
@@ -123,23 +125,22 @@ def test_whole_loop_from_the_cli(world_env):
     assert len(exported) == len(owners)
     assert len(list((data / "review" / "outbox").glob("review_*.xlsx"))) == len(owners)
 
-    # the approvers' decisions come back in one file: all approve, but one row says "maybe"
-    rows = []
-    for path in exported:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            rows += list(csv.DictReader(handle))
+    # each approver fills in their file (CSV with its signed manifest): all approve, but one row says "maybe"
+    filled_files, rows = [], []
+    for index, path in enumerate(exported):
+        answers = read_review_rows(path)
+        for row in answers:
+            row["decision"] = "approve"
+        if index == 0:
+            answers[0]["decision"] = "maybe"
+        filled = data / f"filled_{index}.csv"
+        write_review_csv(filled, answers, manifest_from=path)
+        filled_files.append(str(filled))
+        rows += answers
     assert len(rows) >= 2
-    for row in rows:
-        row["decision"] = "approve"
-    rows[0]["decision"] = "maybe"
-    filled = data / "filled.csv"
-    with filled.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    imported = _cli(env, "review", "import", str(filled), "--as-of", DAY_ONE.replace(hour=10).isoformat())
+    imported = _cli(env, "review", "import", *filled_files, "--as-of", DAY_ONE.replace(hour=10).isoformat())
     assert imported.returncode == 1
-    assert "filled.csv row 2" in imported.stderr and "maybe" in imported.stderr
+    assert "filled_0.csv row 2" in imported.stderr and "maybe" in imported.stderr
     approved_ids = {row["action_id"] for row in rows[1:]}
     states = dict(_query(db, "select action_id, event_type from ops.action_state"))
     assert states[rows[0]["action_id"]] == "pending_review", "the rejected row must not be applied"

@@ -36,6 +36,8 @@ from connectors.sync import mirror_table, stored_cursors, sync_cursor_rows, sync
 AS_OF = datetime(2026, 11, 23, 9, 0, 0)
 DAY = timedelta(days=1)
 TESTS_DIR = Path(__file__).resolve().parent
+# small fixtures: one broken row is a large share of an object (see conftest.py)
+QUALITY_GATE_OFF = True
 
 
 @pytest.fixture

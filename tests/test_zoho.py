@@ -15,6 +15,9 @@ from connectors.base import Connector, ConnectorConfigError, ConnectorError, Pag
 from connectors.zoho import ZohoConnector
 from tests.vendors.zoho_server import CLIENT_SECRET, REFRESH_TOKEN, ZohoHarness, make_harness
 
+# small fixtures: one broken row is a large share of an object (see conftest.py)
+QUALITY_GATE_OFF = True
+
 OWNER = "owner@example.com"
 
 SEED: dict[str, list[Record]] = {

@@ -3,6 +3,8 @@ dbt rules, ledger, review files, dispatch) acts on it; approvers answer through 
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -22,7 +24,7 @@ from actionlayer.demo.world import (
     load_demo_config,
     write_sor,
 )
-from actionlayer.review import read_review_rows, write_review_csv
+from actionlayer.review import manifest_path_for, read_review_rows, write_review_csv
 
 PASS_HOUR = 9
 FINAL_STATES = {
@@ -51,9 +53,11 @@ def _answer_reviews(world: Any, day: date) -> int:
         rows = read_review_rows(exported)
         decided = approver_decisions(world, rows, day)
         if any(row.get("decision") for row in decided):
-            write_review_csv(inbox / exported.name, decided)
+            # the answer carries the signed manifest the export issued, as a real approver's file would
+            write_review_csv(inbox / exported.name, decided, manifest_from=exported)
             answered += 1
         exported.unlink()
+        manifest_path_for(exported).unlink(missing_ok=True)
         exported.with_suffix(".xlsx").unlink(missing_ok=True)
     return answered
 
@@ -92,6 +96,8 @@ def run_demo(
 ) -> None:
     """Generate the demo company, run the loop once per simulated day, let the outcome windows close,
     then print the outcome summary."""
+    # review files are signed; the demo signs with a key of its own unless one is configured (never stored)
+    os.environ.setdefault("ACTIONLAYER_REVIEW_SECRET", secrets.token_hex(32))
     demo_config = load_demo_config(size=size)
     if seed is not None:
         demo_config.seed = seed

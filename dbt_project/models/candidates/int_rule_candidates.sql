@@ -16,6 +16,16 @@ keyed as (
         {{ action_id('rule_id', 'record_type', 'record_id', 'signal_key') }} as action_id,
         *
     from unioned
+),
+
+-- the quality gate: a rule that reads an object whose latest load was refused builds no candidates
+blocked_rules as (
+    select rule_id from {{ ref('int_rule_gate') }} where blocked
+),
+
+gated as (
+    select * from keyed
+    where rule_id not in (select rule_id from blocked_rules)
 )
 
-select * from keyed
+select * from gated
