@@ -1,22 +1,40 @@
 """Sends approved actions through their channel's sink, ledger first, and records every outcome.
 
-For each due action: `sending` is appended and committed before the sink is called, then `delivered`
-or `failed` is appended and committed. A crash between the two leaves the action in `sending`, which
-the next dispatch resolves: an idempotent sink (the file outbox) is simply used again, a
-non-idempotent one (SMTP) gets an `unknown` event for a person to check, because re-sending could
-put a second copy in a customer's inbox.
+Ledger first: the `sending` event of an attempt is committed before the sink is called, and the result
+(`delivered`, `failed`, `unknown`) after. A crash between the two leaves the action in `sending`, which
+the next dispatch resolves: an idempotent sink (file outbox, webhook with its Idempotency-Key) is simply
+used again with the next attempt number, a non-idempotent one (SMTP) gets an `unknown` event for a
+person to check, because re-sending could put a second copy in a customer's inbox.
+
+Throughput: work goes in rounds. A round commits the `sending` events of a chunk of actions in one
+transaction, sends the chunk (each channel on its own thread pool: 8 at once for idempotent sinks, 1 for
+the others, configurable), then commits the chunk's results in one transaction. Rounds are pipelined: the next round's `sending`s
+are committed and queued while the current round is on the wire, but only for an idempotent channel whose
+last round ended healthy. A non-idempotent channel never has more `sending` events committed than it has
+sends in flight, so a crash turns as few of its actions into `unknown` as per-event commits would; after a
+crash an idempotent channel may have up to two rounds in `sending`, re-sent under the same keys.
+
+Circuit breaker: after `breaker_threshold` consecutive retryable failures on one channel, that channel is
+not called again in this pass. Its remaining due actions are left untouched (no `sending`), except the
+ones whose `sending` was already committed (the open round, or the one queued behind it): they get a retryable `failed` event that
+says they were not sent (details `not_sent`), are due again next pass whatever their attempt count, and
+do not count as failures in the report. A channel's share of a round starts at the breaker's threshold
+and doubles while the channel is healthy, so a channel that is dead from the start trips the breaker
+with nothing committed ahead of it.
 
 Due actions: current state `approved` at maturity level 3 or higher (a level-2 approval is for the
-owner to act on by hand), `failed` with `retryable` and fewer than `max_attempts` attempts, and
-interrupted `sending`. Dispatch assumes it is the only writer (DuckDB allows one writer process, and
-the orchestration serialises writers), so a `sending` seen at the start is an interrupted one.
+owner to act on by hand), `failed` with `retryable` and fewer than `max_attempts` attempts (or marked
+`not_sent`), and interrupted `sending`. Dispatch assumes it is the only writer (DuckDB allows one writer
+process, and the orchestration serialises writers), so a `sending` seen at the start is an interrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +42,7 @@ from typing import Any
 import duckdb
 
 from action_sinks.base import OutboundMessage, SendResult, Sink
+from action_sinks.breaker import CircuitBreaker
 from action_sinks.registry import build_sinks
 from actionlayer import ledger
 from actionlayer.config import parse_as_of
@@ -35,6 +54,13 @@ MIN_DISPATCH_LEVEL = 3
 NEXT_AFTER_DELIVERY = "await outcome"
 NEXT_RETRY = "retry on next dispatch"
 NEXT_PERSON = "needs a person"
+
+DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_BREAKER_THRESHOLD = 5
+# an idempotent channel can take parallel requests safely; a non-idempotent one gets one at a time, so
+# at most one of its actions is ever between `sending` and its result
+DEFAULT_IDEMPOTENT_CONCURRENCY = 8
+DEFAULT_OTHER_CONCURRENCY = 1
 
 
 @dataclass(frozen=True)
@@ -52,7 +78,8 @@ class DispatchFailure:
 
 @dataclass
 class DispatchReport:
-    """What one dispatch pass did. `retryable` counts failures the next dispatch will try again."""
+    """What one dispatch pass did. `retryable` counts failures the next dispatch will try again;
+    `deferred` counts actions not sent because their channel's circuit opened (due again next pass)."""
 
     as_of: datetime
     due: int = 0
@@ -61,8 +88,10 @@ class DispatchReport:
     retryable: int = 0
     unknown: int = 0
     skipped: int = 0
+    deferred: int = 0
     by_channel: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[DispatchFailure] = field(default_factory=list)
+    circuits: dict[str, str] = field(default_factory=dict)
 
     def _count(self, channel: str, outcome: str) -> None:
         self.by_channel.setdefault(channel or "(none)", Counter())[outcome] += 1
@@ -74,10 +103,14 @@ class DispatchReport:
             f"{self.failed} failed ({self.retryable} will be retried, {needs_person} need a person)"
             + (f", {self.unknown} unknown after an interrupted send" if self.unknown else "")
             + (f", {self.skipped} already handled elsewhere" if self.skipped else "")
+            + (f", {self.deferred} left for the next pass (circuit open)" if self.deferred else "")
         ]
         for channel, counts in sorted(self.by_channel.items()):
-            parts = ", ".join(f"{counts[o]} {o}" for o in ("delivered", "failed", "unknown") if counts[o])
+            parts = ", ".join(
+                f"{counts[o]} {o}" for o in ("delivered", "failed", "unknown", "deferred") if counts[o]
+            )
             lines.append(f"  {channel}: {parts}")
+        lines.extend(f"  {line}" for _, line in sorted(self.circuits.items()))
         for failure in self.failures:
             lines.append(
                 f"  failed {failure.action_id} ({failure.channel} → "
@@ -87,22 +120,56 @@ class DispatchReport:
         return lines
 
 
-def _commit(con: duckdb.DuckDBPyConnection, event: ledger.LedgerEvent) -> int:
-    """Append one event in its own transaction, so it is durable before the next step runs."""
+def _commit(
+    con: duckdb.DuckDBPyConnection, events: list[ledger.LedgerEvent], *, skip_present: bool = False
+) -> set[str]:
+    """Append a batch of events in one transaction, so they are durable before the next step runs.
+
+    One commit per batch instead of per event is what makes dispatch fast (a DuckDB commit syncs the
+    write-ahead log). With `skip_present`, events whose id is already in the ledger are left out and
+    their ids returned (a `sending` another run already recorded: that action is handled elsewhere).
+    """
+    if not events:
+        return set()
     try:
         con.begin()
     except duckdb.TransactionException as exc:
         raise RuntimeError(
-            "dispatch commits each ledger event itself and cannot run inside an open transaction; "
-            f"nothing was sent for action {event.action_id}"
+            "dispatch commits its ledger events itself and cannot run inside an open transaction; "
+            f"nothing was sent for the {len(events)} action(s) of this batch (first {events[0].action_id})"
         ) from exc
     try:
-        inserted = ledger.append(con, [event])
+        present: set[str] = set()
+        inserted = ledger.append(con, events)
+        if skip_present and inserted < len(events):
+            # rare (another writer got there first): redo the batch without the events already present;
+            # the common case pays no lookup at all
+            con.rollback()
+            con.begin()
+            ids = [event.event_id for event in events]
+            present = {
+                row[0]
+                for row in con.execute(
+                    "select event_id from ops.action_ledger where event_id in (select unnest(?::varchar[]))",
+                    [ids],
+                ).fetchall()
+            }
+            ledger.append(con, [event for event in events if event.event_id not in present])
         con.commit()
     except BaseException:
         con.rollback()
         raise
-    return inserted
+    return present
+
+
+def _not_sent(row: dict[str, Any]) -> bool:
+    details = row.get("details")
+    if not details:
+        return False
+    try:
+        return bool(json.loads(details).get("not_sent"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _due(rows: list[dict[str, Any]], max_attempts: int) -> list[dict[str, Any]]:
@@ -112,7 +179,12 @@ def _due(rows: list[dict[str, Any]], max_attempts: int) -> list[dict[str, Any]]:
         if level is None or level < MIN_DISPATCH_LEVEL:
             continue
         state = row["event_type"]
-        retry = state == "failed" and bool(row.get("retryable")) and (row.get("attempt") or 1) < max_attempts
+        retry = (
+            state == "failed"
+            and bool(row.get("retryable"))
+            # a send skipped by an open circuit was never tried, so it does not use up the attempts
+            and ((row.get("attempt") or 1) < max_attempts or _not_sent(row))
+        )
         if state in {"approved", "sending"} or retry:
             due.append(row)
     return due
@@ -158,6 +230,82 @@ def _call_sink(sink: Sink, message: OutboundMessage) -> SendResult:
         )
 
 
+@dataclass
+class _Send:
+    """One planned send: the action's state row, its message and the attempt it will be."""
+
+    row: dict[str, Any]
+    message: OutboundMessage
+    attempt: int
+    sending: ledger.LedgerEvent
+
+
+class _Lane:
+    """One channel's queue, thread pool, breaker and share of a round."""
+
+    def __init__(
+        self, channel: str, sink: Sink, concurrency: int, breaker_threshold: int, chunk: int
+    ) -> None:
+        self.channel = channel
+        self.sink = sink
+        self.sink_name = getattr(sink, "name", type(sink).__name__)
+        self.idempotent = bool(getattr(sink, "idempotent", False))
+        self.concurrency = concurrency
+        self.queue: deque[_Send] = deque()
+        self.breaker = CircuitBreaker(breaker_threshold)
+        self.chunk = chunk
+        # slow start: a channel that fails from the first send opens its circuit with nothing left over
+        self.window = min(chunk, breaker_threshold)
+        self.executor: ThreadPoolExecutor | None = None
+        self.in_flight = 0  # rounds of this lane sent but not yet settled
+        self.proven = False  # the last settled round ended without a failure streak
+
+    def take(self) -> list[_Send]:
+        """This lane's share of the next round (empty when it must wait for its round in flight)."""
+        if self.breaker.is_open:
+            return []
+        # a second round ahead only for a channel that is idempotent and proven healthy: a non-idempotent
+        # channel would have two `sending`s to turn `unknown` after a crash, and an unproven one could
+        # open its circuit with a whole round committed but not sent
+        if self.in_flight and not (self.idempotent and self.proven and self.breaker.consecutive == 0):
+            return []
+        share = min(self.window, self.breaker.headroom() if self.breaker.consecutive else self.window)
+        if not self.idempotent:
+            # every committed-but-unanswered send of this channel becomes `unknown` after a crash
+            share = min(share, self.concurrency)
+        items = [self.queue.popleft() for _ in range(min(share, len(self.queue)))]
+        self.in_flight += bool(items)
+        return items
+
+    def after_round(self) -> None:
+        self.in_flight -= 1
+        if self.breaker.consecutive == 0:
+            self.proven = True
+            self.window = min(self.chunk, self.window * 2)
+        else:
+            self.proven = False
+            self.window = self.breaker.headroom()
+
+    def submit(self, item: _Send) -> Future[SendResult | None]:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix=f"dispatch-{self.channel}"
+            )
+        return self.executor.submit(self._send, item)
+
+    def _send(self, item: _Send) -> SendResult | None:
+        # checked per call: sends queued on this pool after the circuit opened are not made
+        if self.breaker.is_open:
+            return None
+        result = _call_sink(self.sink, item.message)
+        self.breaker.record(not result.ok and (result.retryable or result.uncertain), result.detail)
+        return result
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
 class _Pass:
     """State of one dispatch pass (kept together so each step stays a short method)."""
 
@@ -168,14 +316,35 @@ class _Pass:
         sinks: Mapping[str, Sink],
         max_attempts: int,
         report: DispatchReport,
+        *,
+        chunk_size: int,
+        concurrency: Mapping[str, int],
+        breaker_threshold: int,
+        progress: Callable[[int, int], None] | None,
     ) -> None:
         self.con = con
         self.as_of = as_of
         self.sinks = sinks
         self.max_attempts = max_attempts
         self.report = report
+        self.chunk_size = chunk_size
+        self.concurrency = concurrency
+        self.breaker_threshold = breaker_threshold
+        self.progress = progress
+        self.done = 0
+        self.lanes: dict[str, _Lane] = {}
 
-    def fail(self, row: dict[str, Any], attempt: int, reason: str, retryable: bool, **details: Any) -> None:
+    def _advance(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.report.due)
+
+    # ---------------------------------------------------------------- events and report entries
+
+    def failed_event(
+        self, row: dict[str, Any], attempt: int, reason: str, retryable: bool, **details: Any
+    ) -> tuple[ledger.LedgerEvent, DispatchFailure]:
         if retryable and attempt < self.max_attempts:
             next_action = NEXT_RETRY
         elif retryable:
@@ -193,27 +362,28 @@ class _Pass:
             next_action=next_action,
             details=details or None,
         )
-        _commit(self.con, event)
-        self.report.failed += 1
-        self.report.retryable += int(next_action == NEXT_RETRY)
-        self.report._count(row.get("channel") or "", "failed")
-        self.report.failures.append(
-            DispatchFailure(
-                action_id=row["action_id"],
-                channel=row.get("channel") or "",
-                recipient=(row.get("proposed_recipient") or row.get("recipient") or ""),
-                attempt=attempt,
-                reason=reason,
-                retryable=retryable,
-                next_action=next_action,
-            )
+        failure = DispatchFailure(
+            action_id=row["action_id"],
+            channel=row.get("channel") or "",
+            recipient=(row.get("proposed_recipient") or row.get("recipient") or ""),
+            attempt=attempt,
+            reason=reason,
+            retryable=retryable,
+            next_action=next_action,
         )
+        return event, failure
 
-    def mark_unknown(
+    def count_failure(self, failure: DispatchFailure) -> None:
+        self.report.failed += 1
+        self.report.retryable += int(failure.next_action == NEXT_RETRY)
+        self.report._count(failure.channel, "failed")
+        self.report.failures.append(failure)
+
+    def unknown_event(
         self, row: dict[str, Any], sink_name: str, attempt: int | None = None, reason: str | None = None
-    ) -> None:
+    ) -> ledger.LedgerEvent:
         attempt = attempt or row.get("attempt") or 1
-        event = ledger.next_event(
+        return ledger.next_event(
             row,
             "unknown",
             self.as_of,
@@ -227,53 +397,165 @@ class _Pass:
             next_action=f"{NEXT_PERSON}: check whether the recipient received it",
             details={"sink": sink_name},
         )
-        _commit(self.con, event)
+
+    def count_unknown(self, row: dict[str, Any]) -> None:
         self.report.unknown += 1
         self.report._count(row.get("channel") or "", "unknown")
 
-    def run_one(self, row: dict[str, Any]) -> None:
-        channel = (row.get("channel") or "").strip()
-        recipient = (row.get("proposed_recipient") or row.get("recipient") or "").strip()
-        sink = self.sinks.get(channel) if channel else None
-        sink_name = getattr(sink, "name", "none")
-        if row["event_type"] == "sending" and (sink is None or not sink.idempotent):
-            self.mark_unknown(row, sink_name)
-            return
-        attempt = (row.get("attempt") or 0) + 1
-        if not recipient:
-            self.fail(row, attempt, f"no recipient for channel {channel or '(none)'}; nothing sent", False)
-            return
-        if not channel:
-            self.fail(row, attempt, "action has no channel; nothing sent", False)
-            return
-        if row.get("proposed_subject") is None and row.get("proposed_body") is None:
-            # e.g. the template failed to render at proposal time: an empty message must not go out
-            self.fail(
-                row, attempt, "action has no proposed message (subject and body missing); nothing sent", False
+    # ---------------------------------------------------------------- planning (no sink is called)
+
+    def lane_for(self, channel: str, sink: Sink) -> _Lane:
+        lane = self.lanes.get(channel)
+        if lane is None:
+            default = (
+                DEFAULT_IDEMPOTENT_CONCURRENCY
+                if getattr(sink, "idempotent", False)
+                else DEFAULT_OTHER_CONCURRENCY
             )
-            return
-        if sink is None:
-            self.fail(row, attempt, f"no sink configured for channel {channel!r}; nothing sent", True)
-            return
-        message = _message(row, channel, recipient)
-        sending = ledger.next_event(
-            row,
-            "sending",
-            self.as_of,
-            ACTOR,
-            attempt=attempt,
-            recipient=recipient,
-            message_subject=message.subject,
-            message_body=message.body,
-            details={"sink": sink_name},
-        )
-        # ledger first: once this is committed, a crash during the send is visible, never silent
-        if _commit(self.con, sending) == 0:
-            self.report.skipped += 1
-            return
-        result = _call_sink(sink, message)
+            lane = _Lane(
+                channel,
+                sink,
+                max(1, int(self.concurrency.get(channel, default))),
+                self.breaker_threshold,
+                self.chunk_size,
+            )
+            self.lanes[channel] = lane
+        return lane
+
+    def plan(self, due: list[dict[str, Any]]) -> None:
+        """Queue each sendable action on its channel's lane; settle the rest (unknown/failed) at once."""
+        settled: list[tuple[ledger.LedgerEvent, Callable[[], None]]] = []
+        for row in due:
+            channel = (row.get("channel") or "").strip()
+            recipient = (row.get("proposed_recipient") or row.get("recipient") or "").strip()
+            sink = self.sinks.get(channel) if channel else None
+            sink_name = getattr(sink, "name", "none")
+            if row["event_type"] == "sending" and (sink is None or not sink.idempotent):
+                settled.append((self.unknown_event(row, sink_name), lambda row=row: self.count_unknown(row)))
+                continue
+            attempt = (row.get("attempt") or 0) + 1
+            problem: tuple[str, bool] | None = None
+            if not recipient:
+                problem = (f"no recipient for channel {channel or '(none)'}; nothing sent", False)
+            elif not channel:
+                problem = ("action has no channel; nothing sent", False)
+            elif row.get("proposed_subject") is None and row.get("proposed_body") is None:
+                # e.g. the template failed to render at proposal time: an empty message must not go out
+                problem = ("action has no proposed message (subject and body missing); nothing sent", False)
+            elif sink is None:
+                problem = (f"no sink configured for channel {channel!r}; nothing sent", True)
+            if problem is not None:
+                event, failure = self.failed_event(row, attempt, *problem)
+                settled.append((event, lambda failure=failure: self.count_failure(failure)))
+                continue
+            assert sink is not None
+            message = _message(row, channel, recipient)
+            sending = ledger.next_event(
+                row,
+                "sending",
+                self.as_of,
+                ACTOR,
+                attempt=attempt,
+                recipient=recipient,
+                message_subject=message.subject,
+                message_body=message.body,
+                details={"sink": sink_name},
+            )
+            self.lane_for(channel, sink).queue.append(_Send(row, message, attempt, sending))
+        for start in range(0, len(settled), self.chunk_size):
+            batch = settled[start : start + self.chunk_size]
+            _commit(self.con, [event for event, _ in batch])
+            for _, count in batch:
+                count()
+            self._advance(len(batch))
+
+    # ---------------------------------------------------------------- rounds
+
+    def run(self) -> None:
+        """Rounds, pipelined: the next round's `sending`s are committed and its sends queued while the
+        current round is still on the wire, and the current round's results are committed after."""
+        in_flight: list[tuple[_Lane, _Send, Future[SendResult | None]]] | None = None
+        try:
+            while True:
+                shares = [(lane, lane.take()) for lane in self.lanes.values()]
+                launched = self.launch([(lane, items) for lane, items in shares if items])
+                if in_flight is not None:
+                    self.settle(in_flight)
+                in_flight = launched
+                if in_flight is None and not any(
+                    lane.queue and not lane.breaker.is_open for lane in self.lanes.values()
+                ):
+                    break
+        finally:
+            for lane in self.lanes.values():
+                lane.close()
+        for channel, lane in self.lanes.items():
+            if lane.breaker.is_open:
+                self.report.circuits[channel] = lane.breaker.describe(channel)
+                if lane.queue:
+                    self.report.deferred += len(lane.queue)
+                    self.report.by_channel.setdefault(channel or "(none)", Counter())["deferred"] += len(
+                        lane.queue
+                    )
+                    lane.queue.clear()
+
+    def launch(
+        self, shares: list[tuple[_Lane, list[_Send]]]
+    ) -> list[tuple[_Lane, _Send, Future[SendResult | None]]] | None:
+        """Commit the `sending` events of a round in one transaction, then queue its sends."""
+        if not shares:
+            return None
+        sendings = [item.sending for _, items in shares for item in items]
+        # ledger first: once this is committed, a crash during the sends is visible, never silent
+        present = _commit(self.con, sendings, skip_present=True)
+        if present:
+            self.report.skipped += len(present)
+            self._advance(len(present))
+        planned = [
+            (lane, item, lane.submit(item))
+            for lane, items in shares
+            for item in items
+            if item.sending.event_id not in present
+        ]
+        for lane, _ in shares:
+            if not any(planned_lane is lane for planned_lane, _, _ in planned):
+                lane.in_flight -= 1  # everything of this lane was already handled elsewhere
+        return planned
+
+    def settle(self, planned: list[tuple[_Lane, _Send, Future[SendResult | None]]]) -> None:
+        """Wait for a round's sends and commit all their results in one transaction."""
+        outcomes: list[tuple[ledger.LedgerEvent, Callable[[], None]]] = []
+        for lane, item, future in planned:
+            outcomes.append(self.outcome(lane, item, future.result()))
+        _commit(self.con, [event for event, _ in outcomes])
+        for _, count in outcomes:
+            count()
+        self._advance(len(outcomes))
+        for lane in {id(lane): lane for lane, _, _ in planned}.values():
+            lane.after_round()
+
+    def outcome(
+        self, lane: _Lane, item: _Send, result: SendResult | None
+    ) -> tuple[ledger.LedgerEvent, Callable[[], None]]:
+        row, attempt, channel = item.row, item.attempt, item.message.channel
+        recipient = item.message.recipient
+        if result is None:
+            # `sending` is committed but the circuit opened before this call: say so, and retry next pass
+            event = ledger.next_event(
+                row,
+                "failed",
+                self.as_of,
+                ACTOR,
+                attempt=attempt,
+                recipient=recipient,
+                result=f"not sent: {lane.breaker.describe(channel)}",
+                retryable=True,
+                next_action=NEXT_RETRY,
+                details={"sink": lane.sink_name, "not_sent": True},
+            )
+            return event, lambda: self.count_deferred(channel)
         if result.ok:
-            delivered = ledger.next_event(
+            event = ledger.next_event(
                 row,
                 "delivered",
                 self.as_of,
@@ -282,21 +564,30 @@ class _Pass:
                 recipient=recipient,
                 result=result.detail,
                 next_action=NEXT_AFTER_DELIVERY,
-                details={"sink": sink_name, "external_id": result.external_id},
+                details={"sink": lane.sink_name, "external_id": result.external_id},
             )
-            _commit(self.con, delivered)
-            self.report.delivered += 1
-            self.report._count(channel, "delivered")
-        elif result.uncertain and not sink.idempotent:
-            self.mark_unknown(
+            return event, lambda: self.count_delivered(channel)
+        if result.uncertain and not lane.idempotent:
+            event = self.unknown_event(
                 row,
-                sink_name,
+                lane.sink_name,
                 attempt,
                 f"{result.detail}; the channel may have acted on it, so it is not sent again automatically",
             )
-        else:
-            extra = {"external_id": result.external_id} if result.external_id else {}
-            self.fail(row, attempt, result.detail, result.retryable, sink=sink_name, **extra)
+            return event, lambda: self.count_unknown(row)
+        extra = {"external_id": result.external_id} if result.external_id else {}
+        event, failure = self.failed_event(
+            row, attempt, result.detail, result.retryable, sink=lane.sink_name, **extra
+        )
+        return event, lambda: self.count_failure(failure)
+
+    def count_delivered(self, channel: str) -> None:
+        self.report.delivered += 1
+        self.report._count(channel, "delivered")
+
+    def count_deferred(self, channel: str) -> None:
+        self.report.deferred += 1
+        self.report._count(channel, "deferred")
 
 
 def dispatch(
@@ -306,14 +597,29 @@ def dispatch(
     max_attempts: int = 3,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    concurrency: Mapping[str, int] | None = None,
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
 ) -> DispatchReport:
     """Send every due action once through its channel's sink; returns what happened.
 
     `sinks` maps channel → sink (default: `registry.build_sinks()`); `progress(done, total)` is called
-    after each action. Must not be called inside an open transaction: each event is committed alone.
+    for each action once its result is committed. `chunk_size` bounds the actions per round (one commit
+    for their `sending` events, one for their results); `concurrency` maps channel → parallel sends
+    (default 8 for idempotent sinks, 1 otherwise); `breaker_threshold` is the number of consecutive
+    retryable failures after which a channel is not called again in this pass. Must not be called
+    inside an open transaction: dispatch commits its own batches.
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if breaker_threshold < 1:
+        raise ValueError(f"breaker_threshold must be at least 1, got {breaker_threshold}")
+    for channel, workers in (concurrency or {}).items():
+        if int(workers) < 1:
+            raise ValueError(f"concurrency for channel {channel!r} must be at least 1, got {workers}")
     as_of = parse_as_of(as_of)
     if sinks is None:
         sinks = build_sinks()
@@ -323,9 +629,17 @@ def dispatch(
     if limit is not None:
         due = due[: max(limit, 0)]
     report = DispatchReport(as_of=as_of, due=len(due))
-    one_pass = _Pass(con, as_of, sinks, max_attempts, report)
-    for done, row in enumerate(due, start=1):
-        one_pass.run_one(row)
-        if progress is not None:
-            progress(done, len(due))
+    one_pass = _Pass(
+        con,
+        as_of,
+        sinks,
+        max_attempts,
+        report,
+        chunk_size=chunk_size,
+        concurrency=concurrency or {},
+        breaker_threshold=breaker_threshold,
+        progress=progress,
+    )
+    one_pass.plan(due)
+    one_pass.run()
     return report
