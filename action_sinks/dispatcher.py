@@ -207,8 +207,9 @@ def _message(row: dict[str, Any], channel: str, recipient: str) -> OutboundMessa
         action_id=row["action_id"],
         channel=channel,
         recipient=recipient,
-        subject=row.get("proposed_subject") or "",
-        body=row.get("proposed_body") or "",
+        # what was approved is what goes out: an approver's edit, else the proposed message
+        subject=row.get("send_subject") or row.get("proposed_subject") or "",
+        body=row.get("send_body") or row.get("proposed_body") or "",
         owner_email=row.get("owner_email"),
         metadata=metadata,
     )
@@ -439,7 +440,10 @@ class _Pass:
                 problem = (f"no recipient for channel {channel or '(none)'}; nothing sent", False)
             elif not channel:
                 problem = ("action has no channel; nothing sent", False)
-            elif row.get("proposed_subject") is None and row.get("proposed_body") is None:
+            elif (
+                row.get("send_subject", row.get("proposed_subject")) is None
+                and row.get("send_body", row.get("proposed_body")) is None
+            ):
                 # e.g. the template failed to render at proposal time: an empty message must not go out
                 problem = ("action has no proposed message (subject and body missing); nothing sent", False)
             elif sink is None:

@@ -77,11 +77,21 @@ proposals as (
            recipient as proposed_recipient, occurred_at as proposed_at
     from ops.action_ledger
     where event_type = 'proposed'
+),
+-- an approver may edit the message in the review table; the approved event carries the edited text
+-- (an action is approved at most once, so this join cannot duplicate rows)
+approved_messages as (
+    select action_id, message_subject as approved_subject, message_body as approved_body
+    from ops.action_ledger
+    where event_type = 'approved' and (message_subject is not null or message_body is not null)
 )
 select ranked.* exclude (recency), proposals.proposed_subject, proposals.proposed_body,
-       proposals.proposed_recipient, proposals.proposed_at
+       proposals.proposed_recipient, proposals.proposed_at,
+       coalesce(approved_messages.approved_subject, proposals.proposed_subject) as send_subject,
+       coalesce(approved_messages.approved_body, proposals.proposed_body) as send_body
 from ranked
 left join proposals using (action_id)
+left join approved_messages using (action_id)
 where recency = 1;
 """
 

@@ -516,6 +516,28 @@ def test_an_edited_message_is_recorded_on_the_approved_event(con, tmp_path: Path
     assert len(import_reviews(con, [path], AS_OF).duplicates) == 2
 
 
+def test_the_edited_message_is_what_dispatch_sends(con, tmp_path: Path) -> None:
+    from action_sinks.dispatcher import dispatch
+    from action_sinks.file import FileOutbox
+    from action_sinks.registry import ChannelSinks
+
+    export = export_reviews(con, tmp_path / "outbox", AS_OF)
+    path = fill_csv(
+        _exported(export, ALICE, ".csv"),
+        tmp_path / "inbox" / "review_alice.csv",
+        {"act-followup-2": "approve"},
+        edits={"act-followup-2": {"subject": "Edited subject", "message": "Edited body"}},
+    )
+    assert not import_reviews(con, [path], AS_OF).has_errors
+    outbox = tmp_path / "sent"
+    report = dispatch(con, AS_OF, ChannelSinks({}, FileOutbox(outbox)))
+    assert report.delivered >= 1
+    sent = json.loads((outbox / "email" / "act-followup-2.json").read_text(encoding="utf-8"))
+    assert (sent["subject"], sent["body"]) == ("Edited subject", "Edited body")
+    sending = [e for e in ledger.trail(con, "act-followup-2") if e["event_type"] == "sending"]
+    assert [e["message_body"] for e in sending] == ["Edited body"]
+
+
 def test_bad_rows_are_refused_and_valid_rows_of_the_same_file_applied(con, tmp_path: Path) -> None:
     export = export_reviews(con, tmp_path / "outbox", AS_OF)
     path = fill_csv(
