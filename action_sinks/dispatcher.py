@@ -44,8 +44,9 @@ import duckdb
 from action_sinks.base import OutboundMessage, SendResult, Sink
 from action_sinks.breaker import CircuitBreaker
 from action_sinks.registry import build_sinks
-from actionlayer import ledger
+from actionlayer import freshness, ledger
 from actionlayer.config import parse_as_of
+from actionlayer.freshness import Freshness
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class DispatchReport:
     unknown: int = 0
     skipped: int = 0
     deferred: int = 0
+    expired: int = 0  # stale: the condition no longer held right before sending
+    held_by_gate: int = 0  # the rule's inputs failed the quality gate; sent once a build passes
     by_channel: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[DispatchFailure] = field(default_factory=list)
     circuits: dict[str, str] = field(default_factory=dict)
@@ -104,6 +107,8 @@ class DispatchReport:
             + (f", {self.unknown} unknown after an interrupted send" if self.unknown else "")
             + (f", {self.skipped} already handled elsewhere" if self.skipped else "")
             + (f", {self.deferred} left for the next pass (circuit open)" if self.deferred else "")
+            + (f", {self.expired} expired as stale (condition no longer holds)" if self.expired else "")
+            + (f", {self.held_by_gate} waiting for the quality gate" if self.held_by_gate else "")
         ]
         for channel, counts in sorted(self.by_channel.items()):
             parts = ", ".join(
@@ -423,10 +428,28 @@ class _Pass:
             self.lanes[channel] = lane
         return lane
 
-    def plan(self, due: list[dict[str, Any]]) -> None:
-        """Queue each sendable action on its channel's lane; settle the rest (unknown/failed) at once."""
+    def stale_event(self, row: dict[str, Any], reason: str) -> ledger.LedgerEvent:
+        return ledger.next_event(
+            row, "expired", self.as_of, ACTOR, result=reason, next_action="none: nothing was sent"
+        )
+
+    def count_expired(self, row: dict[str, Any]) -> None:
+        self.report.expired += 1
+        self.report._count(row.get("channel") or "", "expired")
+
+    def plan(self, due: list[dict[str, Any]], freshness: Freshness | None = None) -> None:
+        """Queue each sendable action on its channel's lane; settle the rest (unknown/failed/expired)."""
+        freshness = freshness or Freshness()
         settled: list[tuple[ledger.LedgerEvent, Callable[[], None]]] = []
         for row in due:
+            if row["event_type"] != "sending" and row.get("rule_id") in freshness.blocked_rules:
+                self.report.held_by_gate += 1
+                self._advance()
+                continue
+            stale = freshness.stale.get(row["action_id"]) if row["event_type"] != "sending" else None
+            if stale is not None:
+                settled.append((self.stale_event(row, stale), lambda row=row: self.count_expired(row)))
+                continue
             channel = (row.get("channel") or "").strip()
             recipient = (row.get("proposed_recipient") or row.get("recipient") or "").strip()
             sink = self.sinks.get(channel) if channel else None
@@ -605,8 +628,13 @@ def dispatch(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     concurrency: Mapping[str, int] | None = None,
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+    check_freshness: bool = True,
 ) -> DispatchReport:
     """Send every due action once through its channel's sink; returns what happened.
+
+    With `check_freshness`, each due action is first compared with the latest candidate build
+    (actionlayer/freshness.py): a stale one becomes `expired` with the reason and is not sent, and the
+    actions of a rule the quality gate skipped wait for a build that passes.
 
     `sinks` maps channel → sink (default: `registry.build_sinks()`); `progress(done, total)` is called
     for each action once its result is committed. `chunk_size` bounds the actions per round (one commit
@@ -644,6 +672,25 @@ def dispatch(
         breaker_threshold=breaker_threshold,
         progress=progress,
     )
-    one_pass.plan(due)
+    # right before sending: is the condition still true in the latest candidate build?
+    one_pass.plan(due, freshness.check(con, due) if check_freshness else None)
     one_pass.run()
     return report
+
+
+def run_dispatch(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[DispatchReport, list[str]]:
+    """One dispatch pass with the configured sinks, then the pending operational alerts (guardrails,
+    escalations) through the `alerts` channel; the sinks' connections are closed after."""
+    from actionlayer import alerts
+
+    sinks = build_sinks()
+    try:
+        report = dispatch(con, as_of, sinks, progress=progress)
+        alert_lines = alerts.send_pending(con, sinks, parse_as_of(as_of))
+    finally:
+        sinks.close()
+    return report, alert_lines

@@ -175,14 +175,20 @@ def demo(
 @app.command()
 def dispatch(as_of: str = typer.Option(None, "--as-of", help=AS_OF_HELP)) -> None:
     """Send approved actions through their channels (ledger first)."""
-    from action_sinks.dispatcher import dispatch as dispatch_actions
+    from action_sinks.base import SinkError
+    from action_sinks.dispatcher import run_dispatch
 
     when = _as_of(as_of)
-    with connect(wait_seconds=10) as con:
-        ledger.ensure_schema(con)
-        report = dispatch_actions(con, when)
+    try:
+        with connect(wait_seconds=10) as con:
+            ledger.ensure_schema(con)
+            report, alert_lines = run_dispatch(con, when)
+    except SinkError as exc:
+        _fail(f"{exc}; nothing was sent", 2)
     for line in report.summary_lines():
         console.print(line)
+    for line in alert_lines:
+        err.print(line)
     if report.failed:
         raise typer.Exit(1)
 

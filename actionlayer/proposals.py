@@ -5,6 +5,7 @@ requests left undecided past their rule's expiry become `expired`."""
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,10 +15,22 @@ from typing import Any
 import duckdb
 
 from action_sinks.templates import TemplateError, render_message
-from actionlayer import ledger
+from actionlayer import alerts, ledger
+from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, evaluate
 from actionlayer.rules import Rule
+from actionlayer.settings import EscalationRoutes, load_escalation_routes
 
 CANDIDATES_TABLE = "main.action_candidates"
+RULE_RUNS_DDL = """
+create schema if not exists ops;
+create table if not exists ops.rule_runs (
+    rule_id        varchar   not null,
+    as_of          timestamp not null,
+    candidates     bigint    not null,
+    new_candidates bigint    not null,
+    primary key (rule_id, as_of)
+);
+"""
 
 
 @dataclass
@@ -29,6 +42,9 @@ class ProposalReport:
     template_failures: list[str] = field(default_factory=list)
     expired: int = 0
     unknown_rules: set[str] = field(default_factory=set)
+    held: dict[str, str] = field(default_factory=dict)  # rule_id → why its automatic actions were held
+    escalated: int = 0
+    alerts: int = 0
 
     def summary_lines(self) -> list[str]:
         lines = [f"{self.candidates} candidates in this build, {self.new_events} new ledger events"]
@@ -38,6 +54,10 @@ class ProposalReport:
         lines += [f"  {rule_id}: {', '.join(parts)}" for rule_id, parts in per_rule.items()]
         if self.expired:
             lines.append(f"{self.expired} review requests expired undecided")
+        for rule_id, why in sorted(self.held.items()):
+            lines.append(f"guardrail: {rule_id}: automatic actions held for review — {why}")
+        if self.escalated:
+            lines.append(f"{self.escalated} action(s) escalated to a named person")
         lines += [f"template failure: {failure}" for failure in self.template_failures]
         if self.unknown_rules:
             lines.append(
@@ -69,14 +89,14 @@ def template_variables(candidate: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _proposal(
-    candidate: dict[str, Any], rule: Rule, as_of: datetime
+    candidate: dict[str, Any], rule: Rule, as_of: datetime, escalation: Escalation | None = None
 ) -> tuple[ledger.LedgerEvent, str | None]:
     failure = None
     try:
         subject, body = render_message(
             rule.template_subject, rule.template_body, template_variables(candidate)
         )
-        if candidate.get("escalate"):
+        if candidate.get("escalate") or escalation is not None:
             subject = f"[ESCALATED] {subject}"
     except TemplateError as exc:
         subject, body, failure = None, None, str(exc)
@@ -98,13 +118,17 @@ def _proposal(
         reason=candidate.get("reason"),
         recommended_action=candidate.get("recommended_action") or rule.recommended_action,
         channel=rule.channel,
-        recipient=candidate.get("recipient_email"),
+        # an internal action that escalates goes to the person it escalated to
+        recipient=escalation.to
+        if escalation is not None and rule.audience == "owner"
+        else candidate.get("recipient_email"),
         message_subject=subject,
         message_body=body,
         next_action=_next_step(candidate, rule),
         details={
-            "priority": candidate.get("priority"),
-            "escalate": bool(candidate.get("escalate")),
+            "priority": ESCALATED_PRIORITY if escalation is not None else candidate.get("priority"),
+            "escalate": bool(candidate.get("escalate")) or escalation is not None,
+            **(escalation.details() if escalation is not None else {}),
             "journey_status": candidate.get("journey_status"),
             "journey_reason": candidate.get("journey_reason"),
             "audience": rule.audience,
@@ -131,26 +155,152 @@ def _next_step(candidate: Mapping[str, Any], rule: Rule) -> str:
     }[rule.maturity_level]
 
 
+def _review_request(
+    state: dict[str, Any], rule: Rule, as_of: datetime, why: str, **extra: Any
+) -> ledger.LedgerEvent:
+    expires = as_of + timedelta(days=rule.review_expiry_days)
+    approver = extra.pop("approver_email", None)
+    next_action = extra.pop("next_action", None) or f"decide by {expires:%Y-%m-%d %H:%M}"
+    return ledger.next_event(
+        state,
+        "pending_review",
+        as_of,
+        f"rule:{rule.rule_id}@v{rule.version}",
+        approver_email=approver,
+        next_action=next_action,
+        details={"why": why, "review_expires_at": str(expires), **extra},
+    )
+
+
+class _Guard:
+    """The guardrails of automatic (level 4/5) rules in one pass: the blast-radius verdict per rule,
+    computed once from its recent passes, and the daily cap, counted as approvals are made."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        as_of: datetime,
+        rules: Mapping[str, Rule],
+        new_counts: Counter[str],
+        routes: EscalationRoutes,
+        report: ProposalReport,
+    ) -> None:
+        self.as_of = as_of
+        self.rules = rules
+        self.routes = routes
+        self.report = report
+        self.alerts: list[alerts.Alert] = []
+        self.blast: dict[str, str] = {}
+        day = as_of.replace(hour=0, minute=0, second=0, microsecond=0)
+        self.approved_today: Counter[str] = Counter(
+            dict(
+                con.execute(
+                    """select rule_id, count(*) from ops.action_ledger
+                    where event_type = 'approved' and actor like 'auto:%'
+                      and occurred_at >= ? and occurred_at < ?
+                    group by 1""",
+                    [day, day + timedelta(days=1)],
+                ).fetchall()
+            )
+        )
+        for rule_id, count in new_counts.items():
+            rule = rules.get(rule_id)
+            if rule is None or rule.guardrails is None or rule.maturity_level < 4:
+                continue
+            why = self._blast_radius(con, rule, count)
+            if why:
+                self.blast[rule_id] = why
+                self.hold(rule, "blast_radius", why)
+
+    def _blast_radius(self, con: duckdb.DuckDBPyConnection, rule: Rule, count: int) -> str | None:
+        limits = rule.guardrails
+        assert limits is not None
+        history = [
+            n
+            for (n,) in con.execute(
+                "select new_candidates from ops.rule_runs where rule_id = ? and as_of < ? "
+                "order by as_of desc limit ?",
+                [rule.rule_id, self.as_of, limits.blast_window],
+            ).fetchall()
+        ]
+        if len(history) < min(3, limits.blast_window) or count <= limits.blast_floor:
+            # too little history to call a pass unusual; the daily cap still applies
+            return None
+        median = statistics.median(history)
+        if count <= limits.blast_factor * median:
+            return None
+        return (
+            f"{count} new candidates in this pass, more than {limits.blast_factor:g} × the median "
+            f"{median:g} of its last {len(history)} passes (floor {limits.blast_floor})"
+        )
+
+    def hold(self, rule: Rule, kind: str, why: str) -> None:
+        if rule.rule_id not in self.report.held:
+            self.report.held[rule.rule_id] = why
+            self.alerts.append(
+                alerts.Alert(
+                    kind=kind,
+                    rule_id=rule.rule_id,
+                    recipient=self.routes.alerts_to,
+                    subject=f"[Actionlayer] {rule.rule_id}: automatic actions held for review ({kind})",
+                    message=f"Rule {rule.rule_id} (level {rule.maturity_level}) would have acted automatically "
+                    f"as of {self.as_of:%Y-%m-%d %H:%M}, but {why}. Its actions wait in the review tables "
+                    "for a person to approve or reject them.",
+                    dedupe=f"{self.as_of:%Y-%m-%d}",
+                )
+            )
+
+    def automatic(self, rule: Rule) -> tuple[bool, str | None]:
+        """May this action be approved automatically now? (False, why) when a guardrail holds it."""
+        if rule.rule_id in self.blast:
+            return False, f"blast radius: {self.blast[rule.rule_id]}"
+        limits = rule.guardrails
+        if limits is not None and self.approved_today[rule.rule_id] >= limits.daily_cap:
+            why = f"daily cap of {limits.daily_cap} automatic actions reached for {self.as_of:%Y-%m-%d}"
+            self.hold(rule, "daily_cap", why)
+            return False, f"daily cap: {why}"
+        self.approved_today[rule.rule_id] += 1
+        return True, None
+
+
 def _continue_flow(
-    state: dict[str, Any], candidate: Mapping[str, Any], rule: Rule, as_of: datetime, why: str
+    state: dict[str, Any],
+    candidate: Mapping[str, Any],
+    rule: Rule,
+    as_of: datetime,
+    why: str,
+    guard: _Guard,
+    escalation: Escalation | None = None,
 ) -> list[ledger.LedgerEvent]:
-    """Events that follow an eligible proposal, by maturity level."""
-    if rule.needs_review:
+    """Events that follow an eligible proposal, by maturity level, escalation and guardrails."""
+    if escalation is not None and rule.audience == "contact":
+        # a customer-facing action that escalated is never sent automatically: a named person decides
         return [
-            ledger.next_event(
+            _review_request(
                 state,
-                "pending_review",
+                rule,
                 as_of,
-                f"rule:{rule.rule_id}@v{rule.version}",
-                approver_email=None,
-                next_action=f"decide by {(as_of + timedelta(days=rule.review_expiry_days)):%Y-%m-%d %H:%M}",
-                details={
-                    "why": why,
-                    "review_expires_at": str(as_of + timedelta(days=rule.review_expiry_days)),
-                },
+                f"{why}; escalated ({'; '.join(escalation.reasons)})",
+                approver_email=escalation.to,
+                next_action=f"escalated to {escalation.to}: decide with priority",
+                **escalation.details(),
             )
         ]
+    if rule.needs_review:
+        return [_review_request(state, rule, as_of, why)]
     if rule.maturity_level >= 4:
+        allowed, held_because = guard.automatic(rule)
+        if not allowed:
+            return [
+                _review_request(
+                    state,
+                    rule,
+                    as_of,
+                    f"{why}; held for review by a guardrail",
+                    held_by=held_because,
+                    next_action=f"held by a guardrail ({held_because}): approve or reject in the review table",
+                )
+            ]
         return [
             ledger.next_event(
                 state,
@@ -165,6 +315,24 @@ def _continue_flow(
     return []
 
 
+def _escalation_alert(state: Mapping[str, Any], rule: Rule, escalation: Escalation) -> alerts.Alert:
+    return alerts.Alert(
+        kind="escalation",
+        rule_id=rule.rule_id,
+        recipient=escalation.to,
+        subject=f"[Actionlayer] escalated: {rule.rule_id} {state.get('record_type')} {state.get('record_id')}",
+        message=f"Action {state['action_id']} of rule {rule.rule_id} escalated to you "
+        f"({'; '.join(escalation.reasons)}). It is not sent to the customer automatically"
+        + (": decide it in your review table." if rule.audience == "contact" else ".")
+        + (
+            f" Signal to escalation: {escalation.latency_seconds / 3600:.1f} h."
+            if escalation.latency_seconds is not None
+            else ""
+        ),
+        dedupe=str(state["action_id"]),
+    )
+
+
 def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in ("action_id", *ledger.IDENTITY_FIELDS)} | {
         "channel": event.channel,
@@ -174,15 +342,34 @@ def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
     }
 
 
-def propose(con: duckdb.DuckDBPyConnection, as_of: datetime, rules: Mapping[str, Rule]) -> ProposalReport:
-    """Write this pass's ledger events for the current candidate build (idempotent)."""
+def propose(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    rules: Mapping[str, Rule],
+    routes: EscalationRoutes | None = None,
+) -> ProposalReport:
+    """Write this pass's ledger events for the current candidate build (idempotent).
+
+    Escalation (`escalate_when`) routes a candidate to a named person; the guardrails of automatic rules
+    (daily cap, blast radius) hold their actions for review and raise an alert (`ops.alerts`).
+    """
     ledger.ensure_schema(con)
+    alerts.ensure_schema(con)
+    con.execute(RULE_RUNS_DDL)
+    routes = routes if routes is not None else load_escalation_routes()
     report = ProposalReport(as_of=as_of)
     candidates = _rows(con, f"select * from {CANDIDATES_TABLE} order by priority desc, action_id")
     report.candidates = len(candidates)
     known = {
         row["action_id"]: row for row in ledger.states(con, action_ids=[c["action_id"] for c in candidates])
     }
+    totals = Counter(c["rule_id"] for c in candidates)
+    new_counts = Counter(
+        c["rule_id"]
+        for c in candidates
+        if c["action_id"] not in known and c.get("journey_status") in (None, "eligible")
+    )
+    guard = _Guard(con, as_of, rules, new_counts, routes, report)
     events: list[ledger.LedgerEvent] = []
     for candidate in candidates:
         rule = rules.get(candidate["rule_id"])
@@ -192,7 +379,12 @@ def propose(con: duckdb.DuckDBPyConnection, as_of: datetime, rules: Mapping[str,
         status = candidate.get("journey_status")
         state = known.get(candidate["action_id"])
         if state is None:
-            proposal, failure = _proposal(candidate, rule, as_of)
+            escalation = evaluate(rule.escalation, candidate, routes, as_of)
+            if escalation is not None and status == "held_out":
+                # a person must hear about an escalation: it is not withheld to measure uplift
+                # (outcome marts leave escalated actions out of both arms)
+                status = "eligible"
+            proposal, failure = _proposal(candidate, rule, as_of, escalation)
             events.append(proposal)
             state = _state_of(proposal)
             if failure:
@@ -220,13 +412,16 @@ def propose(con: duckdb.DuckDBPyConnection, as_of: datetime, rules: Mapping[str,
                     )
                 )
             else:
-                events += _continue_flow(state, candidate, rule, as_of, "new candidate")
+                events += _continue_flow(state, candidate, rule, as_of, "new candidate", guard, escalation)
+                if escalation is not None:
+                    report.escalated += 1
+                    guard.alerts.append(_escalation_alert(state, rule, escalation))
             report.by_outcome[(rule.rule_id, status or "eligible")] += 1
         elif state["event_type"] == "suppressed":
             # suppression is context, not a verdict: when it lifts, the action goes on
             if status == "eligible":
                 events += _continue_flow(
-                    state, candidate, rule, as_of, f"suppression lifted ({state['result']})"
+                    state, candidate, rule, as_of, f"suppression lifted ({state['result']})", guard
                 )
                 report.by_outcome[(rule.rule_id, "released")] += 1
             elif status == "suppressed" and candidate["journey_reason"] != state["result"]:
@@ -239,6 +434,15 @@ def propose(con: duckdb.DuckDBPyConnection, as_of: datetime, rules: Mapping[str,
     con.execute("begin transaction")
     try:
         report.new_events = ledger.append(con, events)
+        report.alerts = alerts.raise_alerts(con, guard.alerts, as_of)
+        # the first pass at an as-of time is what the blast-radius guard remembers (a re-run adds nothing)
+        con.executemany(
+            "insert into ops.rule_runs values (?, ?, ?, ?) on conflict do nothing",
+            [
+                [rule_id, as_of, totals[rule_id], new_counts[rule_id]]
+                for rule_id in sorted(set(rules) | set(totals))
+            ],
+        )
         con.execute("commit")
     except Exception:
         con.execute("rollback")

@@ -200,6 +200,19 @@ def approver_slug(email: str) -> str:
     return slug or "unknown"
 
 
+def _deciders(policy: ApprovalPolicy, state: Mapping[str, Any]) -> set[str]:
+    """Who may decide this pending action: the person it escalated to, when it escalated (a named
+    human decides it), else the approval policy's approvers for its rule and owner."""
+    try:
+        details = json.loads(state.get("details") or "{}")
+    except (TypeError, ValueError):
+        details = {}
+    escalated_to = norm_email(details.get("escalated_to")) if isinstance(details, dict) else ""
+    if escalated_to:
+        return {escalated_to}
+    return policy.approvers_for(state.get("rule_id"), state.get("owner_email"))
+
+
 def manifest_path_for(path: Path) -> Path:
     """Where a review CSV's signed manifest lives: `review_x.csv` → `review_x.manifest.json` beside it."""
     path = Path(path)
@@ -693,7 +706,7 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
             # a decision on it would be refused; the next proposals pass records `expired`
             report.past_expiry.append(action_id)
             continue
-        people = policy.approvers_for(state.get("rule_id"), state.get("owner_email"))
+        people = _deciders(policy, state)
         if not people:
             report.unrouted.append(action_id)
         first = history.first_approval
@@ -705,7 +718,7 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
             if policy.four_eyes(state.get("rule_id")):
                 issue.four_eyes_rules.add(str(state.get("rule_id")))
     for state in unknown:
-        people = policy.approvers_for(state.get("rule_id"), state.get("owner_email"))
+        people = _deciders(policy, state)
         if not people:
             report.unrouted_unknown.append(str(state["action_id"]))
         for person in sorted(people):
@@ -1081,7 +1094,7 @@ class _FileImport:
                     "this column is protected and cannot be changed",
                 )
         rule_id = state.get("rule_id")
-        allowed = self.policy.approvers_for(rule_id, state.get("owner_email"))
+        allowed = _deciders(self.policy, state)
         if self.approver not in allowed:
             raise _Refuse(
                 "approver_email",

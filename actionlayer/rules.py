@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,43 @@ AUDIENCES = ("contact", "owner")
 
 class RuleConfigError(ValueError):
     """A rule's YAML meta is missing a key or holds a value outside its domain."""
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """What lets a level-4/5 rule act without a person: at most `daily_cap` automatic actions per day,
+    and the blast-radius guard: when a pass brings more than `blast_factor` × the trailing median of the
+    rule's last `blast_window` passes (and more than `blast_floor`), its automatic actions are held for
+    review and an alert goes out. Declared in the rule's YAML:
+
+        guardrails:
+          daily_cap: 100
+          blast_radius: {factor: 3, floor: 20, window: 7}
+    """
+
+    daily_cap: int
+    blast_factor: float
+    blast_floor: int
+    blast_window: int = 7
+
+
+@dataclass(frozen=True)
+class EscalationRule:
+    """When an action goes to a named human first (`escalate_when` in the rule's YAML):
+
+    escalate_when:
+      severity: true                       # the rule SQL's `escalate` column (its severity threshold)
+      keywords: [cancel, refund, lawyer, complaint]
+      patterns: ['charge ?back']           # regular expressions, case-insensitive
+      fields: [comment]                    # reason fields whose text is searched
+      to: manager                          # owner | manager (actionlayer.yml escalation.managers)
+    """
+
+    severity: bool = True
+    keywords: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    to: str = "owner"
 
 
 @dataclass(frozen=True)
@@ -36,6 +74,8 @@ class Rule:
     template_body: str
     outcome: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    guardrails: Guardrails | None = None
+    escalation: EscalationRule = field(default_factory=EscalationRule)
 
     @property
     def mode(self) -> str:
@@ -83,6 +123,8 @@ def rule_from_meta(model_name: str, meta: dict[str, Any], description: str = "")
     template = meta.get("template") or {}
     if not template.get("subject") or not template.get("body"):
         raise RuleConfigError(f"rule model {model_name}: config.meta.template needs a subject and a body")
+    guardrails = _guardrails(model_name, meta.get("guardrails"), level)
+    escalation = _escalation(model_name, meta.get("escalate_when"))
     return Rule(
         rule_id=_require(meta, "rule_id", model_name, str),
         model_name=model_name,
@@ -100,7 +142,106 @@ def rule_from_meta(model_name: str, meta: dict[str, Any], description: str = "")
         template_body=str(template["body"]),
         outcome=dict(meta.get("outcome") or {}),
         description=description,
+        guardrails=guardrails,
+        escalation=escalation,
     )
+
+
+def _number(model: str, key: str, value: Any, kind: type, minimum: float) -> Any:
+    if isinstance(value, bool):
+        raise RuleConfigError(f"rule model {model}: config.meta.{key} = {value!r} is not a number")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise RuleConfigError(
+            f"rule model {model}: config.meta.{key} = {value!r} is not a {kind.__name__}"
+        ) from exc
+    if number < minimum:
+        raise RuleConfigError(f"rule model {model}: config.meta.{key} = {value!r} must be at least {minimum}")
+    return number
+
+
+def _guardrails(model: str, raw: Any, level: int) -> Guardrails | None:
+    """Level 4 and 5 act without a person, so their guardrails must be declared, not defaulted."""
+    if raw is None:
+        if level >= 4:
+            raise RuleConfigError(
+                f"rule model {model}: a level-{level} rule acts automatically and must declare its guardrails: "
+                "config.meta.guardrails.daily_cap and config.meta.guardrails.blast_radius {factor, floor}; "
+                "the rule was refused"
+            )
+        return None
+    if not isinstance(raw, dict):
+        raise RuleConfigError(f"rule model {model}: config.meta.guardrails must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - {"daily_cap", "blast_radius"})
+    if unknown:
+        raise RuleConfigError(
+            f"rule model {model}: unknown key(s) config.meta.guardrails.{', '.join(unknown)}"
+        )
+    missing = [key for key in ("daily_cap", "blast_radius") if raw.get(key) is None]
+    blast = raw.get("blast_radius") or {}
+    if not isinstance(blast, dict):
+        raise RuleConfigError(f"rule model {model}: config.meta.guardrails.blast_radius must be a mapping")
+    missing += [f"blast_radius.{key}" for key in ("factor", "floor") if blast and blast.get(key) is None]
+    if missing:
+        raise RuleConfigError(
+            f"rule model {model}: config.meta.guardrails lacks {', '.join(missing)}; the rule was refused"
+        )
+    unknown = sorted(set(blast) - {"factor", "floor", "window"})
+    if unknown:
+        raise RuleConfigError(
+            f"rule model {model}: unknown key(s) config.meta.guardrails.blast_radius.{', '.join(unknown)}"
+        )
+    return Guardrails(
+        daily_cap=_number(model, "guardrails.daily_cap", raw["daily_cap"], int, 1),
+        blast_factor=_number(model, "guardrails.blast_radius.factor", blast["factor"], float, 1),
+        blast_floor=_number(model, "guardrails.blast_radius.floor", blast["floor"], int, 0),
+        blast_window=_number(model, "guardrails.blast_radius.window", blast.get("window", 7), int, 1),
+    )
+
+
+def _texts(model: str, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise RuleConfigError(f"rule model {model}: config.meta.escalate_when.{key} must be a list of texts")
+    return tuple(item.strip() for item in value)
+
+
+def _escalation(model: str, raw: Any) -> EscalationRule:
+    if raw is None:
+        return EscalationRule()
+    if not isinstance(raw, dict):
+        raise RuleConfigError(f"rule model {model}: config.meta.escalate_when must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - {"severity", "keywords", "patterns", "fields", "to"})
+    if unknown:
+        raise RuleConfigError(
+            f"rule model {model}: unknown key(s) config.meta.escalate_when.{', '.join(unknown)}"
+        )
+    patterns = _texts(model, "patterns", raw.get("patterns"))
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise RuleConfigError(
+                f"rule model {model}: config.meta.escalate_when.patterns: {pattern!r} is not a valid "
+                f"regular expression ({exc})"
+            ) from exc
+    keywords = _texts(model, "keywords", raw.get("keywords"))
+    fields = _texts(model, "fields", raw.get("fields"))
+    if (keywords or patterns) and not fields:
+        raise RuleConfigError(
+            f"rule model {model}: config.meta.escalate_when has keywords or patterns but no fields to search"
+        )
+    to = str(raw.get("to", "owner"))
+    if to not in ("owner", "manager"):
+        raise RuleConfigError(
+            f"rule model {model}: config.meta.escalate_when.to = {to!r} is not owner or manager"
+        )
+    severity = raw.get("severity", True)
+    if not isinstance(severity, bool):
+        raise RuleConfigError(f"rule model {model}: config.meta.escalate_when.severity must be true or false")
+    return EscalationRule(severity=severity, keywords=keywords, patterns=patterns, fields=fields, to=to)
 
 
 def load_rules(path: Path | None = None) -> dict[str, Rule]:

@@ -192,3 +192,60 @@ def load_quality_policy(path: Path | None = None) -> QualityPolicy:
         if "max_broken_share" in entry:
             per_object[str(name)] = _share(entry["max_broken_share"], f"{where}.max_broken_share", target)
     return QualityPolicy(default, per_object)
+
+
+@dataclass(frozen=True)
+class EscalationRoutes:
+    """Who an escalated action goes to when its rule says `to: manager`, and who receives alerts.
+
+    escalation:
+      managers: {alice@example.com: head.sales@example.com}
+      default_manager: head.sales@example.com    # owners without an entry
+    alerts:
+      to: data-team@example.com                  # blast-radius and daily-cap alerts
+    """
+
+    managers: Mapping[str, str] | None = None
+    default_manager: str | None = None
+    alerts_to: str = "actionlayer-alerts"
+
+    def manager_of(self, owner: str | None) -> str | None:
+        key = (owner or "").strip().lower()
+        return (self.managers or {}).get(key) or self.default_manager
+
+
+def _email(value: Any, key: str, target: Path) -> str:
+    text = str(value or "").strip().lower()
+    if "@" not in text or any(ch.isspace() for ch in text):
+        raise SettingsError(f"{target}: {key} = {value!r} is not an email address")
+    return text
+
+
+def load_escalation_routes(path: Path | None = None) -> EscalationRoutes:
+    """The `escalation:` and `alerts:` sections (defaults when absent); errors name the key."""
+    target = path or settings_file()
+    settings = read_settings(target)
+    raw = settings.get("escalation") or {}
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"{target}: key 'escalation' must be a mapping")
+    unknown = sorted(set(raw) - {"managers", "default_manager"})
+    if unknown:
+        raise SettingsError(f"{target}: unknown key(s) escalation.{', escalation.'.join(unknown)}")
+    managers_raw = raw.get("managers") or {}
+    if not isinstance(managers_raw, Mapping):
+        raise SettingsError(f"{target}: key 'escalation.managers' must map owner email → manager email")
+    managers = {
+        _email(owner, f"escalation.managers key {owner!r}", target): _email(
+            manager, f"escalation.managers.{owner}", target
+        )
+        for owner, manager in managers_raw.items()
+    }
+    default = raw.get("default_manager")
+    alerts = settings.get("alerts") or {}
+    if not isinstance(alerts, Mapping) or set(alerts) - {"to"}:
+        raise SettingsError(f"{target}: key 'alerts' must be a mapping with 'to' only, got {alerts!r}")
+    return EscalationRoutes(
+        managers=managers,
+        default_manager=_email(default, "escalation.default_manager", target) if default else None,
+        alerts_to=_email(alerts["to"], "alerts.to", target) if alerts.get("to") else "actionlayer-alerts",
+    )

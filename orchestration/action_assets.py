@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from action_sinks.dispatcher import dispatch
+from action_sinks.dispatcher import run_dispatch
 from actionlayer import config, ledger
 from actionlayer.db import connect
 from actionlayer.proposals import propose
@@ -136,7 +136,7 @@ def review_tables(
 @dg.asset(
     deps=[review_decisions],
     group_name="actions",
-    kinds={"smtp", "file"},
+    kinds={"smtp", "file", "webhook"},
     pool="duckdb",
     description="Approved actions sent through their channel's sink; `sending` is recorded before each send "
     "and the result after.",
@@ -147,18 +147,25 @@ def action_dispatch(
     as_of = actionlayer.resolved_as_of(context)
     with connect(wait_seconds=30) as con:
         ledger.ensure_schema(con)
-        report = dispatch(
+        report, alert_lines = run_dispatch(
             con,
             as_of,
             progress=lambda done, total: done % 100 == 0 and context.log.info(f"{done}/{total} sent"),
         )
     for line in report.summary_lines():
         (context.log.warning if report.failed else context.log.info)(line)
+    for line in alert_lines:
+        context.log.warning(line)
     return dg.MaterializeResult(
         metadata={
             "due": report.due,
             "delivered": report.delivered,
             "failed": report.failed,
+            "unknown": report.unknown,
+            "expired_stale": report.expired,
+            "waiting_for_quality_gate": report.held_by_gate,
+            "circuits_open": dict(report.circuits),
+            "alerts_sent": len(alert_lines),
             "as_of": str(as_of),
         }
     )

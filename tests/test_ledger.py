@@ -2,91 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import duckdb
 import pytest
+from proposal_support import AS_OF, candidate, rule_meta, write_candidates
 
 from actionlayer import ledger
 from actionlayer.proposals import propose
 from actionlayer.rules import RuleConfigError, rule_from_meta
 
-AS_OF = datetime(2026, 9, 10, 9)
-
-
-def _meta(rule_id: str, level: int, **overrides):
-    meta = {
-        "rule_id": rule_id,
-        "version": 2,
-        "maturity_level": level,
-        "channel": "email",
-        "audience": "contact",
-        "category": "sales",
-        "priority": 50,
-        "cooldown_days": 14,
-        "holdout_share": 0.1,
-        "review_expiry_days": 3,
-        "recommended_action": "Send a follow-up",
-        "template": {
-            "subject": "About [[ deal_name ]]",
-            "body": "Hi [[ first_name ]], [[ deal_name ]] is waiting.",
-        },
-        "outcome": {"kind": "deal_advanced", "window_days": 14},
-    }
-    meta.update(overrides)
-    return meta
-
-
 RULES = {
-    "followup": rule_from_meta("rule_followup", _meta("followup", 3)),
-    "auto": rule_from_meta("rule_auto", _meta("auto", 4)),
-    "viewonly": rule_from_meta("rule_viewonly", _meta("viewonly", 1)),
+    "followup": rule_from_meta("rule_followup", rule_meta("followup", 3)),
+    "auto": rule_from_meta("rule_auto", rule_meta("auto", 4)),
+    "viewonly": rule_from_meta("rule_viewonly", rule_meta("viewonly", 1)),
     "badtemplate": rule_from_meta(
-        "rule_badtemplate", _meta("badtemplate", 4, template={"subject": "x", "body": "[[ nonexistent ]]"})
+        "rule_badtemplate",
+        rule_meta("badtemplate", 4, template={"subject": "x", "body": "[[ nonexistent ]]"}),
     ),
 }
 
 
 def _candidate(action_id: str, rule_id: str, status: str = "eligible", reason: str | None = None, **extra):
-    row = {
-        "action_id": action_id,
-        "rule_id": rule_id,
-        "rule_version": 2,
-        "maturity_level": RULES[rule_id].maturity_level,
-        "record_type": "deal",
-        "record_id": f"D-{action_id}",
-        "contact_id": f"C-{action_id}",
-        "account_id": "A1",
-        "owner_email": "owner@example.com",
-        "recipient_email": f"{action_id}@customer.example",
-        "channel": "email",
-        "audience": "contact",
-        "category": "sales",
-        "priority": 50,
-        "signal_at": AS_OF - timedelta(days=1),
-        "reason": '{"deal_name": "Big deal", "days_since_quote": 8}',
-        "escalate": False,
-        "recommended_action": "Send a follow-up",
-        "holdout": status == "held_out",
-        "journey_status": status,
-        "journey_reason": reason,
-        "contact_first_name": "Ada",
-        "contact_last_name": "Lovelace",
-        "account_name": "Acme",
-        "as_of": AS_OF,
-    }
-    row.update(extra)
-    return row
+    return candidate(action_id, rule_id, status, reason, level=RULES[rule_id].maturity_level, **extra)
 
 
 def _write_candidates(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
-    con.execute("drop table if exists main.action_candidates")
-    import pandas as pd
-
-    frame = pd.DataFrame(rows or [_candidate("template", "followup")])  # noqa: F841  (read by name below)
-    con.execute("create table main.action_candidates as select * from frame")
-    if not rows:
-        con.execute("delete from main.action_candidates")
+    write_candidates(con, rows)
 
 
 @pytest.fixture
@@ -186,8 +128,8 @@ def test_action_id_is_md5_of_rule_record_and_signal():
 
 def test_rule_meta_errors_name_the_model_and_key():
     with pytest.raises(RuleConfigError, match="rule_x: maturity_level 7"):
-        rule_from_meta("rule_x", _meta("x", 7))
-    broken = _meta("x", 3)
+        rule_from_meta("rule_x", rule_meta("x", 7))
+    broken = rule_meta("x", 3)
     del broken["channel"]
     with pytest.raises(RuleConfigError, match="rule_x: config.meta.channel is missing"):
         rule_from_meta("rule_x", broken)
