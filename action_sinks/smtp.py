@@ -94,6 +94,11 @@ class SmtpSink:
         # Date is a transport header (when it left us), not a business time, so the wall clock is right here
         email["Date"] = formatdate(usegmt=True)
         external_id = message_id_for(message.action_id)
+        # until DATA is under way the server has certainly not taken the message, so a failure is safe to
+        # retry; from DATA on, a dropped connection may have delivered it (uncertain: a person checks)
+        in_data = False
+        refused: dict[str, tuple[int, bytes]] = {}
+        flat = email.as_bytes(policy=email.policy.clone(linesep="\r\n"))
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as client:
                 client.ehlo_or_helo_if_needed()
@@ -102,7 +107,18 @@ class SmtpSink:
                     client.ehlo()
                 if self.username:
                     client.login(self.username, password or "")
-                refused = client.send_message(email, from_addr=self.sender, to_addrs=[recipient])
+                code, reply = client.mail(self.sender)
+                if code != 250:
+                    raise smtplib.SMTPSenderRefused(code, reply, self.sender)
+                code, reply = client.rcpt(recipient)
+                if code not in (250, 251):
+                    refused = {recipient: (code, reply)}
+                else:
+                    in_data = True
+                    code, reply = client.data(flat)
+                    in_data = False  # the server answered: whatever it said is certain
+                    if code != 250:
+                        raise smtplib.SMTPDataError(code, reply)
         except smtplib.SMTPRecipientsRefused as exc:
             return self._refused(exc.recipients)
         except smtplib.SMTPAuthenticationError as exc:
@@ -121,15 +137,22 @@ class SmtpSink:
             )
         except smtplib.SMTPNotSupportedError as exc:
             return SendResult(ok=False, retryable=False, detail=f"{self.where} does not support it: {exc}")
-        except smtplib.SMTPServerDisconnected as exc:
-            return SendResult(ok=False, retryable=True, detail=f"{self.where} disconnected: {exc}")
-        except TimeoutError as exc:
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else "dropped the connection"
+            if in_data:
+                return SendResult(
+                    ok=False,
+                    retryable=False,
+                    uncertain=True,
+                    detail=f"{self.where} {what} during DATA ({type(exc).__name__}: {exc}); "
+                    "the message may have been accepted",
+                )
+            # connection refused, host unreachable, DNS, TLS, a drop before DATA: nothing was accepted
             return SendResult(
-                ok=False, retryable=True, detail=f"{self.where} timed out after {self.timeout}s: {exc}"
+                ok=False,
+                retryable=True,
+                detail=f"{self.where} {what} before DATA ({type(exc).__name__}: {exc})",
             )
-        except OSError as exc:
-            # connection refused, host unreachable, DNS failure, TLS errors: the server may be back later
-            return SendResult(ok=False, retryable=True, detail=f"could not reach {self.where}: {exc}")
         if refused:
             return self._refused(refused)
         return SendResult(

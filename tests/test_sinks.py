@@ -132,6 +132,43 @@ def test_smtp_rejection_fault_classified(
     assert handler.received == []
 
 
+class DisconnectMidData(RecordingHandler):
+    """Takes the whole message, then drops the connection before answering the end of DATA."""
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        parsed = email.message_from_bytes(envelope.content, policy=policy.default)
+        self.received.append((list(envelope.rcpt_tos), parsed))
+        server.transport.abort()
+        return "250 2.0.0 never heard"
+
+
+def test_smtp_disconnect_mid_data_fault_is_unknown_and_never_resent(con: duckdb.DuckDBPyConnection) -> None:
+    seed(con, "mid")
+    handler = DisconnectMidData()
+    with SmtpServer(handler) as server:
+        report = dispatch(con, AS_OF, {"email": server.sink()})
+        assert (report.unknown, report.failed, report.delivered) == (1, 0, 0)
+        state = state_of(con, "mid")
+        assert state["event_type"] == "unknown" and "during DATA" in state["result"]
+        assert state["next_action"].startswith("needs a person")
+        again = dispatch(con, AS_OF + timedelta(hours=1), {"email": server.sink()})
+    assert again.due == 0 and len(handler.received) == 1
+
+
+def test_smtp_disconnect_before_data_fault_is_retried() -> None:
+    class DropAtRcpt(RecordingHandler):
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+            server.transport.abort()
+            return "250 OK"
+
+    with SmtpServer(DropAtRcpt()) as server:
+        result = server.sink().send(
+            OutboundMessage(action_id="x", channel="email", recipient="a@b.example", subject="s", body="b")
+        )
+    assert not result.ok and result.retryable and not result.uncertain
+    assert "before DATA" in result.detail
+
+
 def test_retries_stop_after_max_attempts_fault(con: duckdb.DuckDBPyConnection) -> None:
     seed(con, "a4")
     sink = SmtpSink("127.0.0.1", free_port(), SENDER, timeout=5)
