@@ -92,5 +92,8 @@ def build_email(message: OutboundMessage, sender: str, *, date: datetime | None 
         email["Reply-To"] = single_line(message.owner_email)
     if date is not None:
         email["Date"] = format_datetime(date)
-    email.set_content(message.body or "")
+    if message.metadata.get("format") == "html":
+        email.set_content(message.body or "", subtype="html")
+    else:
+        email.set_content(message.body or "")
     return email

@@ -207,6 +207,7 @@ def _message(row: dict[str, Any], channel: str, recipient: str) -> OutboundMessa
         "account_id": row.get("account_id"),
         "recommended_action": row.get("recommended_action"),
         "proposed_at": proposed_at.isoformat() if isinstance(proposed_at, datetime) else proposed_at,
+        "format": row.get("message_format") or "text",
     }
     return OutboundMessage(
         action_id=row["action_id"],

@@ -20,7 +20,7 @@ class TemplateError(ValueError):
     """A template cannot be rendered; the message names the part (subject/body) and the variable."""
 
 
-def _environment() -> SandboxedEnvironment:
+def _environment(html: bool = False) -> SandboxedEnvironment:
     return SandboxedEnvironment(
         variable_start_string="[[",
         variable_end_string="]]",
@@ -29,18 +29,21 @@ def _environment() -> SandboxedEnvironment:
         comment_start_string="[#",
         comment_end_string="#]",
         undefined=jinja2.StrictUndefined,
-        # plain text: HTML escaping would turn "O'Brien & Co" into entities
-        autoescape=False,
+        # plain text: HTML escaping would turn "O'Brien & Co" into entities; an HTML body escapes every
+        # variable, so a record's text can never inject markup or script into the message
+        autoescape=html,
         keep_trailing_newline=True,
     )
 
 
 _ENV = _environment()
+_HTML_ENV = _environment(html=True)
+FORMATS = ("text", "html")
 
 
-def _render(part: str, source: str, variables: Mapping[str, object]) -> str:
+def _render(part: str, source: str, variables: Mapping[str, object], env: SandboxedEnvironment = _ENV) -> str:
     try:
-        parsed = _ENV.parse(source)
+        parsed = env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
             f"message {part} template has a syntax error on line {exc.lineno}: {exc.message}"
@@ -53,7 +56,7 @@ def _render(part: str, source: str, variables: Mapping[str, object]) -> str:
             f"(available: {available})"
         )
     try:
-        return _ENV.from_string(source).render(dict(variables))
+        return env.from_string(source).render(dict(variables))
     except jinja2.UndefinedError as exc:
         # an attribute or key of a given variable is missing, e.g. [[ deal.name ]] without name
         raise TemplateError(f"message {part} template: {exc.message}") from exc
@@ -62,9 +65,12 @@ def _render(part: str, source: str, variables: Mapping[str, object]) -> str:
 
 
 def render_message(
-    template_subject: str, template_body: str, variables: Mapping[str, object]
+    template_subject: str, template_body: str, variables: Mapping[str, object], body_format: str = "text"
 ) -> tuple[str, str]:
-    """Render (subject, body). The subject is one line: CR/LF become spaces, so it is header-safe."""
+    """Render (subject, body). The subject is one line: CR/LF become spaces, so it is header-safe.
+    `body_format="html"` renders the body with autoescaping (the subject is never HTML)."""
+    if body_format not in FORMATS:
+        raise TemplateError(f"message body format {body_format!r} is not one of {', '.join(FORMATS)}")
     subject = _render("subject", template_subject or "", variables)
-    body = _render("body", template_body or "", variables)
+    body = _render("body", template_body or "", variables, _HTML_ENV if body_format == "html" else _ENV)
     return single_line(subject), body

@@ -74,7 +74,8 @@ with ranked as (
 ),
 proposals as (
     select action_id, message_subject as proposed_subject, message_body as proposed_body,
-           recipient as proposed_recipient, occurred_at as proposed_at
+           recipient as proposed_recipient, occurred_at as proposed_at,
+           coalesce(json_extract_string(details, '$.format'), 'text') as message_format
     from ops.action_ledger
     where event_type = 'proposed'
 ),
@@ -86,7 +87,7 @@ approved_messages as (
     where event_type = 'approved' and (message_subject is not null or message_body is not null)
 )
 select ranked.* exclude (recency), proposals.proposed_subject, proposals.proposed_body,
-       proposals.proposed_recipient, proposals.proposed_at,
+       proposals.proposed_recipient, proposals.proposed_at, proposals.message_format,
        coalesce(approved_messages.approved_subject, proposals.proposed_subject) as send_subject,
        coalesce(approved_messages.approved_body, proposals.proposed_body) as send_body
 from ranked

@@ -94,7 +94,7 @@ def _proposal(
     failure = None
     try:
         subject, body = render_message(
-            rule.template_subject, rule.template_body, template_variables(candidate)
+            rule.template_subject, rule.template_body, template_variables(candidate), rule.template_format
         )
         if candidate.get("escalate") or escalation is not None:
             subject = f"[ESCALATED] {subject}"
@@ -135,6 +135,7 @@ def _proposal(
             "category": rule.category,
             "outcome": rule.outcome,
             "mode": rule.mode,
+            "format": rule.template_format,
         },
     )
     return event, failure

@@ -76,6 +76,7 @@ class Rule:
     description: str = ""
     guardrails: Guardrails | None = None
     escalation: EscalationRule = field(default_factory=EscalationRule)
+    template_format: str = "text"  # text | html (the body is rendered with autoescaping)
 
     @property
     def mode(self) -> str:
@@ -123,6 +124,11 @@ def rule_from_meta(model_name: str, meta: dict[str, Any], description: str = "")
     template = meta.get("template") or {}
     if not template.get("subject") or not template.get("body"):
         raise RuleConfigError(f"rule model {model_name}: config.meta.template needs a subject and a body")
+    template_format = str(template.get("format", "text"))
+    if template_format not in ("text", "html"):
+        raise RuleConfigError(
+            f"rule model {model_name}: config.meta.template.format = {template_format!r} is not text or html"
+        )
     guardrails = _guardrails(model_name, meta.get("guardrails"), level)
     escalation = _escalation(model_name, meta.get("escalate_when"))
     return Rule(
@@ -144,6 +150,7 @@ def rule_from_meta(model_name: str, meta: dict[str, Any], description: str = "")
         description=description,
         guardrails=guardrails,
         escalation=escalation,
+        template_format=template_format,
     )
 
 

@@ -257,3 +257,36 @@ def test_a_failed_template_never_sends_a_blank_message(con, outbox):
     assert state["event_type"] == "failed" and "missing_value" in state["result"]
     assert dispatch(con, AS_OF, outbox).due == 0
     assert _sent(outbox, "email") == set()
+
+
+def test_html_template_escapes_record_text_and_goes_out_as_html_email(con):
+    from loopback import RecordingHandler, SmtpServer
+
+    from action_sinks.templates import TemplateError, render_message
+
+    subject, body = render_message(
+        "Re: [[ name ]]\r\nBcc: x@evil.example",
+        "<p>Hello [[ name ]]</p>",
+        {"name": "<script>alert(1)</script> & Co"},
+        "html",
+    )
+    assert body == "<p>Hello &lt;script&gt;alert(1)&lt;/script&gt; &amp; Co</p>"
+    assert "\n" not in subject and "<script>" in subject  # the subject is a plain-text header, one line
+    with pytest.raises(TemplateError, match="format 'pdf'"):
+        render_message("s", "b", {}, "pdf")
+
+    template = {
+        "subject": "About [[ deal_name ]]",
+        "body": "<p>Hi [[ first_name ]], [[ deal_name ]]</p>",
+        "format": "html",
+    }
+    rules = {"auto": _rule("auto", template=template)}
+    write_candidates(con, [candidate("h1", "auto", level=4, contact_first_name="<b>Ada</b>")])
+    propose(con, AS_OF, rules, ROUTES)
+    with SmtpServer(RecordingHandler()) as server:
+        assert dispatch(con, AS_OF, {"email": server.sink()}).delivered == 1
+        [message] = server.handler.messages
+    assert message.get_content_type() == "text/html"
+    assert "&lt;b&gt;Ada&lt;/b&gt;" in message.get_content()
+    with pytest.raises(RuleConfigError, match="template.format = 'pdf'"):
+        _rule("auto", template={**template, "format": "pdf"})
