@@ -16,6 +16,9 @@ from actionlayer.quality import validate_batch
 from connectors.files import load_folder
 from tests.test_file_source import AS_OF, world, write_world
 
+# small fixtures: one broken row is a large share of an object (see conftest.py)
+QUALITY_GATE_OFF = True
+
 
 def deals_frame() -> pd.DataFrame:
     rows = []
