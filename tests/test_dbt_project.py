@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from actionlayer import ledger
+from actionlayer import ledger, stats
 from actionlayer.ledger import LedgerEvent, action_id_for
 from connectors.files import ensure_ops_tables
 
@@ -590,6 +590,29 @@ def test_marts_on_seeded_ledger(built):
     assert pq["approval_rate"] == pytest.approx(0.5)
     assert (pq["conversion_acted"], pq["conversion_held_out"], pq["uplift"]) == (1.0, 0.0, 1.0)
     assert perf["nps_detractor"]["candidates"] == 0 and perf["nps_detractor"]["uplift"] is None
+    # the interval, p-value, MDE, SRM and verdict agree with the Python mirror (actionlayer/stats.py)
+    for row in perf.values():
+        counts = (
+            row["acted_converted"],
+            row["acted_closed"],
+            row["held_out_converted"],
+            row["held_out_closed"],
+        )
+        diff, lower, upper = stats.newcombe_difference(*counts)
+        assert (
+            row["uplift_ci_lower"] == pytest.approx(lower, abs=1e-9)
+            if lower is not None
+            else row["uplift_ci_lower"] is None
+        )
+        assert (
+            row["uplift_ci_upper"] == pytest.approx(upper, abs=1e-9)
+            if upper is not None
+            else row["uplift_ci_upper"] is None
+        )
+        assert row["verdict"] == stats.verdict(row["acted_closed"], row["held_out_closed"], lower, upper)
+    assert pq["verdict"] == "insufficient_data"
+    assert -1.0 <= pq["uplift_ci_lower"] < pq["uplift"] < pq["uplift_ci_upper"] + 1e-12 <= 1.0 + 1e-12
+    assert perf["post_quote_followup"]["p_value"] == pytest.approx(stats.two_proportion_p_value(1, 1, 0, 1))
 
     latency = {
         (r["rule_id"], r["owner_email"]): r for r in query(db, "select * from main.mart_action_latency")

@@ -184,7 +184,8 @@ def print_summary(console: Console) -> None:
     with connect(read_only=True) as con:
         performance = con.execute(
             """select p.rule_id, p.candidates, p.sent, p.held_out, p.approval_rate,
-                      p.conversion_acted, p.conversion_held_out, l.p50_hours, l.p90_hours
+                      p.conversion_acted, p.conversion_held_out, p.uplift_ci_lower, p.uplift_ci_upper,
+                      p.verdict, l.p50_hours, l.p90_hours
             from main.mart_rule_performance p
             left join (
                 -- signals found on the first pass are a go-live backlog; latency is measured on new signals
@@ -208,29 +209,39 @@ def print_summary(console: Console) -> None:
         return "–" if value is None else f"{float(value):.1f} h"
 
     table = Table(title="What each rule did and what it was worth")
-    for heading in (
-        "rule",
-        "candidates",
-        "sent",
-        "held out",
-        "approval rate",
-        "conv. acted",
-        "conv. held out",
-        "latency p50",
-        "latency p90",
-    ):
-        table.add_column(heading, justify="left" if heading == "rule" else "right")
-    for rule_id, candidates, sent, held_out, approval, acted, held, p50, p90 in performance:
+    headings = ("rule", "cand.", "sent", "held", "approved", "conv. acted/held", "uplift CI", "verdict")
+    for heading in (*headings, "latency p50/p90"):
+        table.add_column(heading, justify="left" if heading in ("rule", "verdict") else "right", no_wrap=True)
+
+    def interval(lower: Any, upper: Any) -> str:
+        if lower is None or upper is None:
+            return "–"
+        return f"{float(lower) * 100:+.0f}…{float(upper) * 100:+.0f} pts"
+
+    for (
+        rule_id,
+        candidates,
+        sent,
+        held_out,
+        approval,
+        acted,
+        held,
+        lower,
+        upper,
+        verdict,
+        p50,
+        p90,
+    ) in performance:
         table.add_row(
             rule_id,
             str(candidates),
             str(sent),
             str(held_out),
             pct(approval),
-            pct(acted),
-            pct(held),
-            hours(p50),
-            hours(p90),
+            f"{pct(acted)} / {pct(held)}",
+            interval(lower, upper),
+            verdict or "–",
+            f"{hours(p50)} / {hours(p90)}",
         )
     console.print(table)
     console.print(
@@ -238,6 +249,12 @@ def print_summary(console: Console) -> None:
     )
     console.print(
         "on day one is in main.mart_action_latency). Conversion counts only closed outcome windows."
+    )
+    console.print(
+        "Uplift: acted minus held out, with Newcombe's 95% interval; verdict works / harmful / no_evidence /"
+    )
+    console.print(
+        "insufficient_data (fewer than 30 closed outcomes in an arm). Details in main.mart_rule_performance."
     )
     console.print(f"{events} ledger events; {quarantined} SoR rows in quarantine (see ops.quarantine).")
     console.print(f"Database: {config.db_path()}")

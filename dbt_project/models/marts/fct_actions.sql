@@ -31,6 +31,9 @@ per_action as (
         min(occurred_at) filter (where event_type = 'delivered') as delivered_at,
         min(occurred_at) filter (where event_type = 'held_out') as held_out_at,
         bool_or(event_type = 'held_out') as holdout,
+        -- an escalated action is never held out, so it is left out of both arms of the uplift comparison
+        coalesce(bool_or(event_type = 'proposed' and json_extract_string(details, '$.escalated') = 'true'), false)
+            as escalated,
         arg_max(event_type, seq) as final_state,
         arg_max(result, seq) as result
     from ledger
@@ -141,6 +144,7 @@ final as (
         bounded.final_state,
         bounded.result,
         bounded.holdout,
+        bounded.escalated,
         bounded.outcome_kind,
         bounded.outcome_window_days,
         bounded.outcome_window_starts_at,
