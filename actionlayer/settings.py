@@ -57,7 +57,9 @@ class SourceSettings:
             )
         module_name, class_name = CONNECTOR_TYPES[self.type].split(":")
         factory = getattr(importlib.import_module(module_name), class_name)
-        return factory.from_config(self.name, self.config, environ if environ is not None else os.environ)
+        # `type` chose the connector; the connector validates only its own keys
+        config = {key: value for key, value in self.config.items() if key != "type"}
+        return factory.from_config(self.name, config, environ if environ is not None else os.environ)
 
 
 def read_settings(path: Path | None = None) -> dict[str, Any]:
