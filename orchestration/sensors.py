@@ -104,6 +104,15 @@ def candidates_changed_sensor(context: dg.SensorEvaluationContext, asset_event: 
     )
 
 
+def _models_built(con) -> bool:
+    """Whether a full loop has built the candidate models (a scoped run needs them)."""
+    found = con.execute(
+        "select count(*) from information_schema.tables "
+        "where table_schema = 'main' and table_name = 'action_candidates'"
+    ).fetchall()
+    return bool(found[0][0])
+
+
 def source_sensor(source: SourceSettings) -> dg.SensorDefinition:
     """A cheap probe of one connector source (Zoho If-Modified-Since, a HubSpot search since the cursor,
     Postgres max(updated_at)); a run is requested only for the objects that changed."""
@@ -115,9 +124,10 @@ def source_sensor(source: SourceSettings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def probe(context: dg.SensorEvaluationContext):
-        stored = _read_database(context, lambda con: stored_cursors(con, source.name))
-        if stored is _BUSY:
+        state = _read_database(context, lambda con: (stored_cursors(con, source.name), _models_built(con)))
+        if state is _BUSY:
             return dg.SkipReason("database busy; probing again next tick")
+        stored, built = state if state else ({}, False)
         cursors = {name: (stored or {}).get(name) for name in source.objects}
         connector = source.connector()
         try:
@@ -127,6 +137,16 @@ def source_sensor(source: SourceSettings) -> dg.SensorDefinition:
         if not changed:
             return dg.SkipReason(f"source {source.name}: nothing changed since the stored cursors")
         context.log.info(f"source {source.name}: changed objects {changed}")
+        if not built:
+            # a scoped run reuses the models of the objects that did not change; before the first full
+            # build there are none, so the first run builds everything
+            return dg.RunRequest(
+                run_config=run_config_for(as_of=_now()),
+                tags={
+                    "actionlayer/trigger": f"source_changed:{source.name}",
+                    "actionlayer/objects": ",".join(changed) + " (first build: whole loop)",
+                },
+            )
         scope = dg.AssetSelection.assets(*[raw_key(name) for name in changed])
         return dg.RunRequest(
             run_config=run_config_for(as_of=_now()),

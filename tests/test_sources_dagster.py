@@ -233,3 +233,44 @@ def test_hubspot_and_postgres_sources_sensors_skip_when_quiet_and_scope_runs_to_
     finally:
         hubspot.close()
         postgres.close()
+
+
+def test_first_sensor_run_after_a_bare_sync_builds_the_whole_loop(tmp_path, monkeypatch):
+    from actionlayer.db import connect
+    from connectors.sync import sync_source
+    from orchestration.definitions import build_definitions
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("ACTIONLAYER_DATA", str(data))
+    monkeypatch.setenv("ACTIONLAYER_DB", str(data / "actionlayer.duckdb"))
+    monkeypatch.setenv("ACTIONLAYER_CONFIG", str(tmp_path / "none.yml"))
+    as_of = datetime.now(UTC).replace(tzinfo=None, microsecond=0) + timedelta(minutes=5)
+    world = generate_world(load_demo_config(size="small"))
+    write_sor(world, tmp_path / "sor", as_of - timedelta(days=60))
+    records = _canonical_records(tmp_path / "sor")
+    harness = make_harness(tmp_path / "zoho")
+    try:
+        harness.seed(records)
+        for name, value in harness.environ.items():
+            monkeypatch.setenv(name, value)
+        source = SourceSettings(name="crm", type="zoho", objects=tuple(OBJECT_NAMES), config=harness.config)
+        data.mkdir(parents=True, exist_ok=True)
+        connector = source.connector()
+        try:
+            sync_source(lambda: connect(), connector, as_of)  # `actionlayer sync`: raw tables, no models
+        finally:
+            connector.close()
+        deal = dict(records["deals"][0])
+        deal["name"] = "Renamed after the sync"
+        harness.upsert("deals", deal)
+
+        defs = build_definitions([source])
+        sensor = next(s for s in defs.sensors if s.name == "crm_changes_sensor")
+        with dg.instance_for_test() as instance:
+            tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        [request] = tick.run_requests
+        # no models yet: a run scoped to deals would find no staging tables for the other objects
+        assert request.asset_selection is None
+        assert request.tags["actionlayer/objects"] == "deals (first build: whole loop)"
+    finally:
+        harness.close()
