@@ -28,14 +28,7 @@ from typing import Any
 import httpx
 
 from action_sinks.base import OutboundMessage, SendResult, single_line
-from action_sinks.slack import (
-    EnvBearerAuth,
-    attempts_setting,
-    base_url_setting,
-    check_keys,
-    positive_setting,
-    token_env_setting,
-)
+from action_sinks.http_sink import EnvBearerAuth, TokenHttpSink
 from connectors.base import ConnectorError
 from connectors.transport import RETRY_STATUSES, HttpTransport, RetryPolicy, TransientHTTPError
 
@@ -116,12 +109,19 @@ def _sent_ids(document: Mapping[str, Any]) -> list[str]:
     return [str(item["id"]) for item in sent if isinstance(item, dict) and item.get("id")]
 
 
-class LineSink:
+class LineSink(TokenHttpSink):
     """One LINE Messaging API channel (one LINE Official Account)."""
 
     name = "line"
     # the retry key makes a repeated push a no-op on LINE's side
     idempotent = True
+    TOKEN_LABEL = "channel access token"
+    ACTIONS = "pushes"
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
+    DEFAULT_RATE_PER_SECOND = DEFAULT_RATE_PER_SECOND
+    DEFAULT_MAX_ATTEMPTS = DEFAULT_MAX_ATTEMPTS
+    describe_extra = " per push, X-Line-Retry-Key"
 
     def __init__(
         self,
@@ -153,41 +153,12 @@ class LineSink:
             sleep=sleep,
         )
 
-    @classmethod
-    def from_settings(cls, entry: Mapping[str, Any], where: str, environ: Mapping[str, str]) -> LineSink:
-        """Build from one `channels.<name>` entry; raises SinkConfigError naming the key at fault."""
-        check_keys(entry, where, "line")
-        return cls(
-            token_env=token_env_setting(entry, where, environ, "channel access token"),
-            base_url=base_url_setting(entry, where, DEFAULT_BASE_URL),
-            timeout=positive_setting(entry, "timeout", DEFAULT_TIMEOUT, where),
-            rate_per_second=positive_setting(entry, "rate_per_second", DEFAULT_RATE_PER_SECOND, where),
-            max_attempts=attempts_setting(entry, where, DEFAULT_MAX_ATTEMPTS),
-            environ=environ,
-        )
-
     @property
     def where(self) -> str:
         return f"LINE at {self.base_url}"
 
-    def describe(self) -> str:
-        """One line for status output: where, which variable holds the token (never the token)."""
-        return (
-            f"line {self.base_url} (channel access token from ${self.token_env}, up to "
-            f"{self.rate_per_second:g} pushes/s, {self.max_attempts} attempts per push, X-Line-Retry-Key)"
-        )
-
-    def __repr__(self) -> str:
-        return f"LineSink(base_url={self.base_url!r}, token_env={self.token_env!r})"
-
     def close(self) -> None:
         self._transport.close()
-
-    def __enter__(self) -> LineSink:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def send(self, message: OutboundMessage) -> SendResult:
         recipient = single_line(message.recipient)

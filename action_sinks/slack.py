@@ -20,12 +20,13 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from action_sinks.base import OutboundMessage, SendResult, SinkConfigError, single_line
+from action_sinks.base import OutboundMessage, SendResult, single_line
+from action_sinks.http_sink import EnvBearerAuth, TokenHttpSink
 from connectors.base import ConnectorError
 from connectors.transport import RETRY_STATUSES, HttpTransport, RetryPolicy, TransientHTTPError
 
@@ -38,7 +39,6 @@ DEFAULT_MAX_ATTEMPTS = 3
 LOOKUP_RATE_PER_SECOND = 50 / 60
 LOOKUP_BURST = 5
 
-SETTINGS_KEYS = frozenset({"sink", "base_url", "token_env", "timeout", "rate_per_second", "max_attempts"})
 
 # Slack answered ok:false and posted nothing, and asking again later may work
 NOT_POSTED_TRANSIENT = frozenset(
@@ -77,22 +77,6 @@ _LOOKUP_ANSWERS = tuple(status for status in range(100, 600) if status not in RE
 _JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}
 
 
-class EnvBearerAuth(httpx.Auth):
-    """`Authorization: Bearer <token>` with the token read from an environment mapping on every request,
-    so the token lives in no attribute of the sink or its HTTP client."""
-
-    def __init__(self, environ: Mapping[str, str], variable: str) -> None:
-        self.environ = environ
-        self.variable = variable
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self.environ.get(self.variable, '')}"
-        yield request
-
-    def __repr__(self) -> str:
-        return f"EnvBearerAuth(variable={self.variable!r})"
-
-
 def escape_mrkdwn(text: str) -> str:
     """Slack requires &, < and > escaped in message text; unescaped they would become links or mentions."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -120,13 +104,20 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class SlackSink:
+class SlackSink(TokenHttpSink):
     """One Slack workspace, as one bot. A new connection per post (`Connection: close`), so a transport
     error always belongs to this post's request and never to a stale pooled connection."""
 
     name = "slack"
     # no idempotency key in chat.postMessage: a retried post can appear twice
     idempotent = False
+    TOKEN_LABEL = "bot token"
+    ACTIONS = "posts"
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
+    DEFAULT_RATE_PER_SECOND = DEFAULT_RATE_PER_SECOND
+    DEFAULT_MAX_ATTEMPTS = DEFAULT_MAX_ATTEMPTS
+    describe_extra = " on 429 or connection failure"
 
     def __init__(
         self,
@@ -173,45 +164,13 @@ class SlackSink:
         )
         self._user_ids: dict[str, str] = {}
 
-    # -- settings ----------------------------------------------------------------------------------
-
-    @classmethod
-    def from_settings(cls, entry: Mapping[str, Any], where: str, environ: Mapping[str, str]) -> SlackSink:
-        """Build from one `channels.<name>` entry; raises SinkConfigError naming the key at fault."""
-        check_keys(entry, where, "slack")
-        token_env = token_env_setting(entry, where, environ, "bot token")
-        return cls(
-            token_env=token_env,
-            base_url=base_url_setting(entry, where, DEFAULT_BASE_URL),
-            timeout=positive_setting(entry, "timeout", DEFAULT_TIMEOUT, where),
-            rate_per_second=positive_setting(entry, "rate_per_second", DEFAULT_RATE_PER_SECOND, where),
-            max_attempts=attempts_setting(entry, where, DEFAULT_MAX_ATTEMPTS),
-            environ=environ,
-        )
-
     @property
     def where(self) -> str:
         return f"Slack at {self.base_url}"
 
-    def describe(self) -> str:
-        """One line for status output: where, which variable holds the token (never the token)."""
-        return (
-            f"slack {self.base_url} (bot token from ${self.token_env}, up to {self.rate_per_second:g} posts/s, "
-            f"{self.max_attempts} attempts on 429 or connection failure)"
-        )
-
-    def __repr__(self) -> str:
-        return f"SlackSink(base_url={self.base_url!r}, token_env={self.token_env!r})"
-
     def close(self) -> None:
         self._post.close()
         self._lookup.close()
-
-    def __enter__(self) -> SlackSink:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- sending -------------------------------------------------------------------------------------
 
@@ -373,62 +332,3 @@ class SlackSink:
             )
         self._user_ids[key] = user_id
         return user_id, None
-
-
-# -- settings helpers, shared with action_sinks.line (both read the same keys) ------------------------------------------------
-
-
-def check_keys(entry: Mapping[str, Any], where: str, sink: str) -> None:
-    unknown = sorted(set(entry) - SETTINGS_KEYS)
-    if unknown:
-        raise SinkConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; expected {sorted(SETTINGS_KEYS)}"
-        )
-    if entry.get("sink", sink) != sink:
-        raise SinkConfigError(f"{where}.sink: {entry.get('sink')!r} is not {sink!r}")
-
-
-def token_env_setting(entry: Mapping[str, Any], where: str, environ: Mapping[str, str], what: str) -> str:
-    name = str(entry.get("token_env") or "").strip()
-    if not name:
-        raise SinkConfigError(
-            f"{where}.token_env: missing; name the environment variable that holds the {what}"
-        )
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise SinkConfigError(f"{where}.token_env: {name!r} is not an environment variable name")
-    if not environ.get(name):
-        raise SinkConfigError(f"{where}.token_env: the variable {name} is not set; it must hold the {what}")
-    return name
-
-
-def base_url_setting(entry: Mapping[str, Any], where: str, default: str) -> str:
-    value = str(entry.get("base_url") or default).strip()
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise SinkConfigError(f"{where}.base_url: {value!r} is not an http(s) URL")
-    return value.rstrip("/")
-
-
-def positive_setting(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
-    value = entry.get(key, default)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SinkConfigError(f"{where}.{key}: {value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
-        raise SinkConfigError(f"{where}.{key}: {value!r} must be a positive number")
-    return number
-
-
-def attempts_setting(entry: Mapping[str, Any], where: str, default: int) -> int:
-    value = entry.get("max_attempts", default)
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise SinkConfigError(f"{where}.max_attempts: {value!r} is not a whole number")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise SinkConfigError(f"{where}.max_attempts: {value!r} is not a whole number") from None
-    if number < 1:
-        raise SinkConfigError(f"{where}.max_attempts: {number} must be at least 1")
-    return number
