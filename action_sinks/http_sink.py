@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import httpx
 
 from action_sinks.base import SinkConfigError
+from connectors.transport import RetryPolicy
 
 SETTINGS_KEYS = frozenset({"sink", "base_url", "token_env", "timeout", "rate_per_second", "max_attempts"})
 
@@ -55,11 +56,33 @@ class TokenHttpSink:
 
     token_env: str
     base_url: str
+    timeout: float
     rate_per_second: float
     max_attempts: int
+    retry: RetryPolicy
+    _environ: Mapping[str, str]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - subclasses define it
         raise NotImplementedError
+
+    def _settle(
+        self,
+        token_env: str,
+        base_url: str,
+        timeout: float,
+        rate_per_second: float,
+        max_attempts: int,
+        environ: Mapping[str, str] | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        """The attributes every such sink has; subclasses call it first in `__init__`."""
+        self.token_env = token_env
+        self.base_url = base_url.rstrip("/")
+        self.timeout = float(timeout)
+        self.rate_per_second = float(rate_per_second)
+        self.retry = retry or RetryPolicy(max_attempts=max_attempts)
+        self.max_attempts = self.retry.max_attempts
+        self._environ = os.environ if environ is None else environ
 
     @classmethod
     def from_settings(cls, entry: Mapping[str, Any], where: str, environ: Mapping[str, str] | None = None):

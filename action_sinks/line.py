@@ -18,7 +18,6 @@ never stored on the sink and never appears in a result, a log line, a ledger row
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import uuid
@@ -135,13 +134,7 @@ class LineSink(TokenHttpSink):
         sleep: Callable[[float], None] = time.sleep,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.token_env = token_env
-        self.base_url = base_url.rstrip("/")
-        self.timeout = float(timeout)
-        self.rate_per_second = float(rate_per_second)
-        self.retry = retry or RetryPolicy(max_attempts=max_attempts)
-        self.max_attempts = self.retry.max_attempts
-        self._environ = os.environ if environ is None else environ
+        self._settle(token_env, base_url, timeout, rate_per_second, max_attempts, environ, retry)
         # default retry set (429, 5xx, every transport error): safe because of the retry key
         self._transport = HttpTransport(
             "line push",

@@ -17,7 +17,6 @@ stored on the sink and never appears in a result, a log line, a ledger row or an
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -131,13 +130,7 @@ class SlackSink(TokenHttpSink):
         sleep: Callable[[float], None] = time.sleep,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.token_env = token_env
-        self.base_url = base_url.rstrip("/")
-        self.timeout = float(timeout)
-        self.rate_per_second = float(rate_per_second)
-        self.retry = retry or RetryPolicy(max_attempts=max_attempts)
-        self.max_attempts = self.retry.max_attempts
-        self._environ = os.environ if environ is None else environ
+        self._settle(token_env, base_url, timeout, rate_per_second, max_attempts, environ, retry)
         auth = EnvBearerAuth(self._environ, token_env)
         self._post = HttpTransport(
             "slack chat.postMessage",
