@@ -32,16 +32,17 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import duckdb  # noqa: E402
 import httpx  # noqa: E402
+from dispatch_support import seed_bulk  # noqa: E402
 
 from action_sinks.dispatcher import dispatch  # noqa: E402
 from action_sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, sign  # noqa: E402
@@ -169,47 +170,13 @@ def receiver_ceiling(url: str, secret: str, count: int, workers: int) -> float:
     return count / elapsed
 
 
-def seed_approved(con: duckdb.DuckDBPyConnection, count: int) -> None:
-    """`count` level-4 actions, proposed and auto-approved, written in two batches."""
-    proposed_at = AS_OF - timedelta(days=1)
-    proposals = [
-        ledger.LedgerEvent(
-            action_id=f"bench-{n:06d}",
-            event_type="proposed",
-            occurred_at=proposed_at,
-            actor="engine",
-            rule_id="post_quote_followup",
-            rule_version=1,
-            maturity_level=4,
-            record_type="deal",
-            record_id=f"deal-{n}",
-            contact_id=f"contact-{n}",
-            account_id="account-1",
-            owner_email="owner@seller.example",
-            signal_at=proposed_at,
-            holdout=False,
-            reason="{}",
-            recommended_action="Tell the CRM",
-            channel="hook",
-            recipient="crm-queue",
-            message_subject="Follow up",
-            message_body="B" * 120,
-        )
-        for n in range(count)
-    ]
-    ledger.append(con, proposals)
-    ledger.append(
-        con, [ledger.next_event(asdict(p), "approved", proposed_at, "auto:bench") for p in proposals]
-    )
-
-
 def dispatch_rate(
     url: str, env: dict[str, str], count: int, workers: int, chunk_size: int
 ) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as folder:
         con = duckdb.connect(str(Path(folder) / "bench.duckdb"))
         ledger.ensure_schema(con)
-        seed_approved(con, count)
+        seed_bulk(con, "hook", count, "crm-queue", body="B" * 120)
         sink = WebhookSink(url, SECRET_ENV, environ=env, timeout=30)
         started = time.perf_counter()
         report = dispatch(con, AS_OF, {"hook": sink}, chunk_size=chunk_size, concurrency={"hook": workers})

@@ -4,6 +4,7 @@ reviewers write them, into a real DuckDB ledger."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,3 +70,45 @@ def ledger_rows(con: duckdb.DuckDBPyConnection) -> list[tuple]:
 
 def state_of(con: duckdb.DuckDBPyConnection, action_id: str) -> dict[str, Any]:
     return ledger.states(con, action_ids=[action_id])[0]
+
+
+def seed_bulk(
+    con: duckdb.DuckDBPyConnection, channel: str, count: int, recipient: str, *, body: str | None = None
+) -> list[str]:
+    """`count` level-4 actions on one channel, proposed and auto-approved, in two ledger batches
+    (per-action seeding is slow); used by the crash test and the dispatch benchmark."""
+    proposed_at = AS_OF - timedelta(days=1)
+    proposals = [
+        ledger.LedgerEvent(
+            action_id=f"{channel}-{n:03d}",
+            event_type="proposed",
+            occurred_at=proposed_at,
+            actor="engine",
+            rule_id="post_quote_followup",
+            rule_version=1,
+            maturity_level=4,
+            record_type="deal",
+            record_id=f"deal-{channel}-{n}",
+            contact_id=f"contact-{n}",
+            account_id="account-1",
+            owner_email="owner@seller.example",
+            signal_at=proposed_at - timedelta(days=3),
+            holdout=False,
+            reason="{}",
+            recommended_action="Follow up",
+            channel=channel,
+            recipient=recipient,
+            message_subject=f"Following up {n}",
+            message_body=body or "Hi,\n\nDid the quote work for you?\n",
+        )
+        for n in range(count)
+    ]
+    ledger.append(con, proposals)
+    ledger.append(
+        con,
+        [
+            ledger.next_event(asdict(p), "approved", proposed_at, "auto:post_quote_followup")
+            for p in proposals
+        ],
+    )
+    return [p.action_id for p in proposals]

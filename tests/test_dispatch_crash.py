@@ -15,12 +15,10 @@ import select
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import asdict
-from datetime import timedelta
 from pathlib import Path
 
 import duckdb
-from dispatch_support import AS_OF
+from dispatch_support import AS_OF, seed_bulk
 from loopback import RecordingHandler, SmtpServer
 from webhook_receiver import Faults, WebhookReceiver
 
@@ -90,45 +88,6 @@ for line in sys.stdin:
     _, status = os.waitpid(pid, 0)
     print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
 """
-
-
-def seed_bulk(con: duckdb.DuckDBPyConnection, channel: str, count: int, recipient: str) -> list[str]:
-    """Level-4 actions, proposed and auto-approved, in two ledger batches (per-action seeding is slow)."""
-    proposed_at = AS_OF - timedelta(days=1)
-    proposals = [
-        ledger.LedgerEvent(
-            action_id=f"{channel}-{n:03d}",
-            event_type="proposed",
-            occurred_at=proposed_at,
-            actor="engine",
-            rule_id="post_quote_followup",
-            rule_version=1,
-            maturity_level=4,
-            record_type="deal",
-            record_id=f"deal-{channel}-{n}",
-            contact_id=f"contact-{n}",
-            account_id="account-1",
-            owner_email="owner@seller.example",
-            signal_at=proposed_at - timedelta(days=3),
-            holdout=False,
-            reason="{}",
-            recommended_action="Follow up",
-            channel=channel,
-            recipient=recipient,
-            message_subject=f"Following up {n}",
-            message_body="Hi,\n\nDid the quote work for you?\n",
-        )
-        for n in range(count)
-    ]
-    ledger.append(con, proposals)
-    ledger.append(
-        con,
-        [
-            ledger.next_event(asdict(p), "approved", proposed_at, "auto:post_quote_followup")
-            for p in proposals
-        ],
-    )
-    return [p.action_id for p in proposals]
 
 
 def read_line(process: subprocess.Popen[str], timeout: float) -> str:
