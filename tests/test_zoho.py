@@ -387,3 +387,38 @@ def test_mapping_errors_name_the_file_and_key(harness: ZohoHarness, tmp_path: Pa
     )
     with pytest.raises(ConnectorConfigError, match=r"columns\.stage\.values\.Won"):
         ZohoConnector.from_config("zoho", {**harness.config, "mapping": str(bad)}, harness.environ)
+
+
+def test_fault_field_changing_type_quarantines_the_rows_it_breaks_and_reports_drift(
+    harness: ZohoHarness,
+) -> None:
+    import duckdb
+
+    from connectors.sync import sync_source
+
+    harness.seed({"accounts": SEED["accounts"], "contacts": SEED["contacts"], "deals": SEED["deals"]})
+    connector = harness.connector()
+    con = duckdb.connect(":memory:")
+    try:
+        first = sync_source(con, connector, datetime(2026, 11, 2, 10, 0))
+        assert first.load is not None and first.load.objects["deals"].rows_quarantined == 0
+        # the org turns Amount into a text field; D2 is edited in the new format
+        harness.server.set_field("Deals", "D2", "Amount", "1.200,00 EUR")
+        harness.server.advance(60)
+        second = sync_source(con, connector, datetime(2026, 11, 2, 11, 0))
+        assert second.load is not None and second.load.objects["deals"].status == "loaded"
+        quarantined = con.execute(
+            "select record_key, reason_code from ops.quarantine where object = 'deals'"
+        ).fetchall()
+        assert quarantined == [("D2", "unparseable")]
+        assert "D2" not in {k for (k,) in con.execute("select deal_id from raw.deals").fetchall()}
+        drift = con.execute(
+            "select source, column_name, kind, detail from ops.drift_events where object = 'deals'"
+        ).fetchall()
+        [(source, column, kind, detail)] = drift
+        assert (source, column, kind) == (connector.name, "amount", "type_changed")
+        assert "D2" in detail and "1.200,00 EUR" in detail
+        assert any(e.kind == "type_changed" for e in second.load.objects["deals"].drift)
+    finally:
+        con.close()
+        connector.close()
