@@ -26,10 +26,11 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.vendors.loopback_http import LoopbackHttpServer
 from tests.vendors.slack_server import reset_connection
 
 CHANNEL_ACCESS_TOKEN = "line-channel-access-token-StandIn+k9Q/2x7vJ0aLmN4pR8sT="
@@ -83,7 +84,7 @@ def _units(text: str) -> int:
     return sum(2 if ord(char) > 0xFFFF else 1 for char in text)
 
 
-class LineServer:
+class LineServer(LoopbackHttpServer):
     """In-memory LINE channel: known recipients, accepted retry keys and delivered pushes."""
 
     def __init__(self, token: str = CHANNEL_ACCESS_TOKEN, port: int = 0) -> None:
@@ -102,33 +103,7 @@ class LineServer:
         self._share_status = 500
         self._random = random.Random(0)
         self._message_ids = itertools.count(461230966842064897)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="line-stand-in", daemon=True
-        )
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> LineServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-    def __enter__(self) -> LineServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._serve(_handler_for(self), port, "line-stand-in")
 
     # -- channel state -----------------------------------------------------------------------------
 

@@ -28,9 +28,11 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.vendors.loopback_http import LoopbackHttpServer
 
 BOT_TOKEN = "xoxb-1234567890-0987654321-StandInSlackBotToken"
 TEAM_ID = "T0STANDIN"
@@ -90,7 +92,7 @@ def _ok_false(error: str, **extra: Any) -> Reply:
     return Reply(200, {"ok": False, "error": error, **extra})
 
 
-class SlackServer:
+class SlackServer(LoopbackHttpServer):
     """In-memory Slack workspace: channels, users (email → id) and the posts the bot made."""
 
     def __init__(self, token: str = BOT_TOKEN, port: int = 0) -> None:
@@ -107,36 +109,7 @@ class SlackServer:
         self._share_status = 500
         self._random = random.Random(0)
         self._ts = itertools.count(1)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="slack-stand-in",
-            daemon=True,
-        )
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> SlackServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-    def __enter__(self) -> SlackServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._serve(_handler_for(self), port, "slack-stand-in")
 
     # -- workspace ---------------------------------------------------------------------------------
 

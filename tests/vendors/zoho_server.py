@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, urlsplit
 from actionlayer.contract import OBJECTS
 from connectors.base import Record
 from connectors.zoho import ModuleMapping, ZohoConnector, ZohoMapping, load_mapping
+from tests.vendors.loopback_http import LoopbackHttpServer
 
 ORG_TIMEZONE = timezone(timedelta(hours=5, minutes=30))  # Zoho answers in the org's offset, not UTC
 PAGE_LIMIT = 2000  # Zoho refuses `page` beyond the 2000th record; `page_token` goes on from there
@@ -67,7 +68,7 @@ class LoggedRequest:
     status: int
 
 
-class ZohoServer:
+class ZohoServer(LoopbackHttpServer):
     """In-memory Zoho CRM. Records are stored in Zoho's shape: module -> id -> field -> JSON value."""
 
     def __init__(self, start: datetime = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)) -> None:
@@ -94,27 +95,7 @@ class ZohoServer:
         self._write_failures: list[tuple[int, float | None]] = []
         self._write_delays: list[float] = []
         self._record_ids = itertools.count(5725767000000100001)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="zoho-stand-in", daemon=True
-        )
-
-    # -- lifecycle -------------------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> ZohoServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._serve(_handler_for(self), 0, "zoho-stand-in")
 
     # -- data --------------------------------------------------------------------------------------------
 
