@@ -4,6 +4,8 @@ reviewers write them, into a real DuckDB ledger."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -112,3 +114,27 @@ def seed_bulk(
         ],
     )
     return [p.action_id for p in proposals]
+
+
+def event_details(state: dict) -> dict:
+    """An event's `details` JSON as a dict (empty when it has none)."""
+    return json.loads(state["details"]) if state.get("details") else {}
+
+
+@contextmanager
+def token_sinks(
+    sink_class: type, token_env: str, token: str, sleep: Callable[[float], None]
+) -> Iterator[Callable]:
+    """A builder of token-HTTP sinks (Slack, LINE) with a recorded sleep, so backoff and Retry-After cost
+    no test time; every sink built is closed afterwards."""
+    made: list = []
+
+    def build(base_url: str, *, token: str = token, **options: object):
+        options = {"timeout": 2.0, "max_attempts": 3, **options}
+        sink = sink_class(token_env, base_url, environ={token_env: token}, sleep=sleep, **options)
+        made.append(sink)
+        return sink
+
+    yield build
+    for sink in made:
+        sink.close()

@@ -4,7 +4,6 @@ exactly one delivery per action."""
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dispatch_support import AS_OF, event_types, seed, state_of
+from dispatch_support import AS_OF, event_details, event_types, seed, state_of, token_sinks
 from loopback import free_port
 
 from action_sinks.base import OutboundMessage, SinkConfigError
@@ -56,22 +55,11 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def make_sink(sleeps: list[float]) -> Iterator[Callable[..., LineSink]]:
-    """Sinks with a recorded (not real) sleep, so backoff and Retry-After cost no test time."""
-    made: list[LineSink] = []
-
-    def build(base_url: str, *, token: str = CHANNEL_ACCESS_TOKEN, **options: object) -> LineSink:
-        options = {"timeout": 2.0, "max_attempts": 3, **options}
-        sink = LineSink(TOKEN_ENV, base_url, environ={TOKEN_ENV: token}, sleep=sleeps.append, **options)
-        made.append(sink)
-        return sink
-
-    yield build
-    for sink in made:
-        sink.close()
+    with token_sinks(LineSink, TOKEN_ENV, CHANNEL_ACCESS_TOKEN, sleeps.append) as build:
+        yield build
 
 
-def details(state: dict) -> dict:
-    return json.loads(state["details"]) if state.get("details") else {}
+details = event_details
 
 
 # ---------------------------------------------------------------- delivery and the retry key

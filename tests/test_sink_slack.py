@@ -3,7 +3,6 @@ delivery, error mapping, and faults where a retried post could duplicate a messa
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dispatch_support import AS_OF, event_types, seed, state_of
+from dispatch_support import AS_OF, event_details, event_types, seed, state_of, token_sinks
 from loopback import free_port
 
 from action_sinks.base import OutboundMessage, SinkConfigError
@@ -51,22 +50,11 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def make_sink(sleeps: list[float]) -> Iterator[Callable[..., SlackSink]]:
-    """Sinks with a recorded (not real) sleep, so Retry-After and rate limits cost no test time."""
-    made: list[SlackSink] = []
-
-    def build(base_url: str, *, token: str = BOT_TOKEN, **options: object) -> SlackSink:
-        options = {"timeout": 2.0, "max_attempts": 3, **options}
-        sink = SlackSink(TOKEN_ENV, base_url, environ={TOKEN_ENV: token}, sleep=sleeps.append, **options)
-        made.append(sink)
-        return sink
-
-    yield build
-    for sink in made:
-        sink.close()
+    with token_sinks(SlackSink, TOKEN_ENV, BOT_TOKEN, sleeps.append) as build:
+        yield build
 
 
-def details(state: dict) -> dict:
-    return json.loads(state["details"]) if state.get("details") else {}
+details = event_details
 
 
 # ---------------------------------------------------------------- delivery
