@@ -614,6 +614,27 @@ def test_marts_on_seeded_ledger(built):
     assert -1.0 <= pq["uplift_ci_lower"] < pq["uplift"] < pq["uplift_ci_upper"] + 1e-12 <= 1.0 + 1e-12
     assert perf["post_quote_followup"]["p_value"] == pytest.approx(stats.two_proportion_p_value(1, 1, 0, 1))
 
+    # health, owners and channels agree with the facts they summarise
+    health = {r["rule_id"]: r for r in query(db, "select * from main.mart_rule_health")}
+    assert set(health) == set(perf)
+    for rule_id, row in health.items():
+        rows = [f for f in facts.values() if f["rule_id"] == rule_id]
+        reviewed = [f for f in rows if f["was_reviewed"]]
+        assert (row["actions"], row["reviewed"]) == (len(rows), len(reviewed))
+        assert row["rejected"] == sum(f["decision"] == "rejected" for f in reviewed)
+    assert health["post_quote_followup"]["share_rejected"] == pytest.approx(0.5)
+    owners = {r["owner_email"]: r for r in query(db, "select * from main.mart_owner_performance")}
+    o2_reviews = [f for f in facts.values() if f["was_reviewed"] and f["owner_email"] == O2]
+    assert owners[O2]["reviews"] == len(o2_reviews) and owners[O2]["approved"] == sum(
+        f["decision"] == "approved" for f in o2_reviews
+    )
+    channels = {
+        (r["rule_id"], r["channel"]): r for r in query(db, "select * from main.mart_channel_performance")
+    }
+    sent = [f for f in facts.values() if f["first_sent_at"] is not None and not f["holdout"]]
+    assert sum(r["sent"] for r in channels.values()) == len(sent)
+    assert all(0 <= r["delivery_rate"] <= 1 for r in channels.values())
+
     latency = {
         (r["rule_id"], r["owner_email"]): r for r in query(db, "select * from main.mart_action_latency")
     }
