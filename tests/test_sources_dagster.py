@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -29,14 +33,24 @@ def _canonical_records(folder) -> dict[str, list[dict]]:
     return records
 
 
-def test_zoho_source_feeds_the_loop_and_its_sensor_scopes_a_run_to_what_changed(tmp_path, monkeypatch):
+@dataclass
+class ZohoWorld:
+    data: Path
+    as_of: datetime
+    records: dict[str, list[dict]]
+    harness: Any
+    source: SourceSettings
+
+
+@pytest.fixture
+def zoho_world(tmp_path, monkeypatch) -> Iterator[ZohoWorld]:
+    """The small demo world seeded into the Zoho stand-in, configured as source `crm`, with a fresh data folder."""
     data = tmp_path / "data"
     monkeypatch.setenv("ACTIONLAYER_DATA", str(data))
     monkeypatch.setenv("ACTIONLAYER_DB", str(data / "actionlayer.duckdb"))
     monkeypatch.setenv("ACTIONLAYER_CONFIG", str(tmp_path / "none.yml"))
     # the stand-in stamps modified times with its own clock, so the pass acts just after now
     as_of = datetime.now(UTC).replace(tzinfo=None, microsecond=0) + timedelta(minutes=5)
-
     world = generate_world(load_demo_config(size="small"))
     write_sor(world, tmp_path / "sor", as_of - timedelta(days=60))
     records = _canonical_records(tmp_path / "sor")
@@ -46,56 +60,67 @@ def test_zoho_source_feeds_the_loop_and_its_sensor_scopes_a_run_to_what_changed(
         for name, value in harness.environ.items():
             monkeypatch.setenv(name, value)
         source = SourceSettings(name="crm", type="zoho", objects=tuple(OBJECT_NAMES), config=harness.config)
-
-        from orchestration.definitions import build_definitions
-
-        defs = build_definitions([source])
-        assert "crm_changes_sensor" in {s.name for s in defs.sensors}
-        assert "sor_folder_sensor" not in {s.name for s in defs.sensors}
-        job = defs.resolve_job_def("actionlayer_loop")
-        with dg.instance_for_test() as instance:
-            first = job.execute_in_process(run_config=run_config_for(as_of=as_of), instance=instance)
-            assert first.success
-            db = data / "actionlayer.duckdb"
-            with duckdb.connect(str(db), read_only=True) as con:
-                deals = con.execute("select count(*) from raw.deals").fetchall()[0][0]
-                assert deals == len(records["deals"])
-                labels = {r for (r,) in con.execute("select distinct _source_file from raw.deals").fetchall()}
-                assert labels == {"crm:deals"}
-                assert con.execute("select count(*) from main.action_candidates").fetchall()[0][0] > 0
-
-            sensor = next(s for s in defs.sensors if s.name == "crm_changes_sensor")
-            quiet = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
-            assert not quiet.run_requests, quiet.skip_message
-
-            # a deal moves to quote_sent in Zoho, quote sent 8 days ago, nobody touched it since
-            # (the seeded SoR is 60 days old, so the deal's contact has had no touch since the quote)
-            deal = dict(next(d for d in records["deals"] if d["stage"] != "quote_sent"))
-            quote_at = (as_of - timedelta(days=8)).strftime("%Y-%m-%d %H:%M:%S")
-            deal.update(stage="quote_sent", quote_sent_at=quote_at, stage_changed_at=quote_at, closed_at=None)
-            harness.upsert("deals", deal)
-            tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
-            assert len(tick.run_requests) == 1
-            request = tick.run_requests[0]
-            assert request.tags["actionlayer/objects"] == "deals"
-            selected = {key.to_user_string() for key in request.asset_selection}
-            assert "raw/deals" in selected and "action_candidates" in selected
-            assert "raw/contacts" not in selected, "the run is scoped to the objects that changed"
-
-            second = job.execute_in_process(
-                run_config=run_config_for(as_of=as_of + timedelta(minutes=1)),
-                instance=instance,
-                asset_selection=list(request.asset_selection),
-            )
-            assert second.success
-            with duckdb.connect(str(db), read_only=True) as con:
-                fired = con.execute(
-                    "select count(*) from main.action_candidates where rule_id = 'post_quote_followup' and record_id = ?",
-                    [deal["deal_id"]],
-                ).fetchall()[0][0]
-            assert fired == 1
+        yield ZohoWorld(data, as_of, records, harness, source)
     finally:
         harness.close()
+
+
+def test_zoho_source_feeds_the_loop_and_its_sensor_scopes_a_run_to_what_changed(zoho_world: ZohoWorld):
+    data, as_of, records, harness, source = (
+        zoho_world.data,
+        zoho_world.as_of,
+        zoho_world.records,
+        zoho_world.harness,
+        zoho_world.source,
+    )
+
+    from orchestration.definitions import build_definitions
+
+    defs = build_definitions([source])
+    assert "crm_changes_sensor" in {s.name for s in defs.sensors}
+    assert "sor_folder_sensor" not in {s.name for s in defs.sensors}
+    job = defs.resolve_job_def("actionlayer_loop")
+    with dg.instance_for_test() as instance:
+        first = job.execute_in_process(run_config=run_config_for(as_of=as_of), instance=instance)
+        assert first.success
+        db = data / "actionlayer.duckdb"
+        with duckdb.connect(str(db), read_only=True) as con:
+            deals = con.execute("select count(*) from raw.deals").fetchall()[0][0]
+            assert deals == len(records["deals"])
+            labels = {r for (r,) in con.execute("select distinct _source_file from raw.deals").fetchall()}
+            assert labels == {"crm:deals"}
+            assert con.execute("select count(*) from main.action_candidates").fetchall()[0][0] > 0
+
+        sensor = next(s for s in defs.sensors if s.name == "crm_changes_sensor")
+        quiet = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        assert not quiet.run_requests, quiet.skip_message
+
+        # a deal moves to quote_sent in Zoho, quote sent 8 days ago, nobody touched it since
+        # (the seeded SoR is 60 days old, so the deal's contact has had no touch since the quote)
+        deal = dict(next(d for d in records["deals"] if d["stage"] != "quote_sent"))
+        quote_at = (as_of - timedelta(days=8)).strftime("%Y-%m-%d %H:%M:%S")
+        deal.update(stage="quote_sent", quote_sent_at=quote_at, stage_changed_at=quote_at, closed_at=None)
+        harness.upsert("deals", deal)
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        assert len(tick.run_requests) == 1
+        request = tick.run_requests[0]
+        assert request.tags["actionlayer/objects"] == "deals"
+        selected = {key.to_user_string() for key in request.asset_selection}
+        assert "raw/deals" in selected and "action_candidates" in selected
+        assert "raw/contacts" not in selected, "the run is scoped to the objects that changed"
+
+        second = job.execute_in_process(
+            run_config=run_config_for(as_of=as_of + timedelta(minutes=1)),
+            instance=instance,
+            asset_selection=list(request.asset_selection),
+        )
+        assert second.success
+        with duckdb.connect(str(db), read_only=True) as con:
+            fired = con.execute(
+                "select count(*) from main.action_candidates where rule_id = 'post_quote_followup' and record_id = ?",
+                [deal["deal_id"]],
+            ).fetchall()[0][0]
+        assert fired == 1
 
 
 def test_hubspot_and_postgres_sources_sensors_skip_when_quiet_and_scope_runs_to_what_changed(
@@ -235,42 +260,33 @@ def test_hubspot_and_postgres_sources_sensors_skip_when_quiet_and_scope_runs_to_
         postgres.close()
 
 
-def test_first_sensor_run_after_a_bare_sync_builds_the_whole_loop(tmp_path, monkeypatch):
+def test_first_sensor_run_after_a_bare_sync_builds_the_whole_loop(zoho_world: ZohoWorld):
     from actionlayer.db import connect
     from connectors.sync import sync_source
     from orchestration.definitions import build_definitions
 
-    data = tmp_path / "data"
-    monkeypatch.setenv("ACTIONLAYER_DATA", str(data))
-    monkeypatch.setenv("ACTIONLAYER_DB", str(data / "actionlayer.duckdb"))
-    monkeypatch.setenv("ACTIONLAYER_CONFIG", str(tmp_path / "none.yml"))
-    as_of = datetime.now(UTC).replace(tzinfo=None, microsecond=0) + timedelta(minutes=5)
-    world = generate_world(load_demo_config(size="small"))
-    write_sor(world, tmp_path / "sor", as_of - timedelta(days=60))
-    records = _canonical_records(tmp_path / "sor")
-    harness = make_harness(tmp_path / "zoho")
+    data, as_of, records, harness, source = (
+        zoho_world.data,
+        zoho_world.as_of,
+        zoho_world.records,
+        zoho_world.harness,
+        zoho_world.source,
+    )
+    data.mkdir(parents=True, exist_ok=True)
+    connector = source.connector()
     try:
-        harness.seed(records)
-        for name, value in harness.environ.items():
-            monkeypatch.setenv(name, value)
-        source = SourceSettings(name="crm", type="zoho", objects=tuple(OBJECT_NAMES), config=harness.config)
-        data.mkdir(parents=True, exist_ok=True)
-        connector = source.connector()
-        try:
-            sync_source(lambda: connect(), connector, as_of)  # `actionlayer sync`: raw tables, no models
-        finally:
-            connector.close()
-        deal = dict(records["deals"][0])
-        deal["name"] = "Renamed after the sync"
-        harness.upsert("deals", deal)
-
-        defs = build_definitions([source])
-        sensor = next(s for s in defs.sensors if s.name == "crm_changes_sensor")
-        with dg.instance_for_test() as instance:
-            tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
-        [request] = tick.run_requests
-        # no models yet: a run scoped to deals would find no staging tables for the other objects
-        assert request.asset_selection is None
-        assert request.tags["actionlayer/objects"] == "deals (first build: whole loop)"
+        sync_source(lambda: connect(), connector, as_of)  # `actionlayer sync`: raw tables, no models
     finally:
-        harness.close()
+        connector.close()
+    deal = dict(records["deals"][0])
+    deal["name"] = "Renamed after the sync"
+    harness.upsert("deals", deal)
+
+    defs = build_definitions([source])
+    sensor = next(s for s in defs.sensors if s.name == "crm_changes_sensor")
+    with dg.instance_for_test() as instance:
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+    [request] = tick.run_requests
+    # no models yet: a run scoped to deals would find no staging tables for the other objects
+    assert request.asset_selection is None
+    assert request.tags["actionlayer/objects"] == "deals (first build: whole loop)"
