@@ -114,10 +114,12 @@ def write_run_context(as_of: datetime) -> None:
     sure the operational tables the project reads exist."""
     from actionlayer.db import connect
     from connectors.files import ensure_ops_tables
+    from connectors.history import ensure_hist_tables
 
     with connect(wait_seconds=30) as con:
-        # the quality gate's sources must exist even before the first load
+        # the quality gate's and the outcome evaluation's sources must exist even before the first load
         ensure_ops_tables(con)
+        ensure_hist_tables(con)
         con.execute(
             "create or replace table ops.run_context as select cast(? as timestamp) as as_of", [as_of]
         )

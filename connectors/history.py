@@ -153,6 +153,14 @@ def _record_one(con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime)
     return result
 
 
+def ensure_hist_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every `hist.<object>` (empty) that does not exist yet, so models reading the history (the
+    outcome evaluation) build before the first load has recorded any."""
+    _run(con, f"create schema if not exists {HIST_SCHEMA}")
+    for obj in OBJECTS.values():
+        _run(con, _hist_ddl(obj))
+
+
 def record_history(con: duckdb.DuckDBPyConnection, objects: Sequence[str], as_of: datetime) -> HistoryReport:
     """Record `raw.<object>` at `as_of` as versions in `hist.<object>` for each named object."""
     as_of = parse_as_of(as_of)

@@ -27,7 +27,8 @@ class ActionlayerTranslator(DagsterDbtTranslator):
         spec = super().get_asset_spec(manifest, unique_id, project)
         props = manifest.get("sources", {}).get(unique_id)
         if props is not None:
-            if props["source_name"] == "raw":
+            # hist.<object> is written by the same load as raw.<object>
+            if props["source_name"] in ("raw", "hist"):
                 return spec.replace_attributes(key=dg.AssetKey(["raw", props["name"]]))
             if props["source_name"] == "ledger":
                 return spec.replace_attributes(key=LEDGER_SOURCE_ASSET)

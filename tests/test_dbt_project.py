@@ -636,11 +636,38 @@ def test_marts_on_seeded_ledger(built):
     assert all(0 <= r["delivery_rate"] <= 1 for r in channels.values())
 
     latency = {
-        (r["rule_id"], r["owner_email"]): r for r in query(db, "select * from main.mart_action_latency")
+        (r["rule_id"], r["owner_email"], r["week_start"]): r
+        for r in query(db, "select * from main.mart_action_latency")
     }
-    assert latency[("post_quote_followup", O2)]["actions"] == 1
-    assert latency[("post_quote_followup", O2)]["p50_latency_hours"] == pytest.approx(29.1)
-    assert latency[("dormant_customer", O2)]["actions"] == 2
+    weeks = {(rule, owner): [] for rule, owner, _ in latency}
+    for rule, owner, week in latency:
+        weeks[(rule, owner)].append(week)
+        assert week.weekday() == 0  # ISO weeks start on Monday
+    delivered = [f for f in facts.values() if f["delivered_at"] is not None]
+    assert sum(r["actions"] for r in latency.values()) == len(delivered)
+    (pq_week,) = weeks[("post_quote_followup", O2)]
+    assert latency[("post_quote_followup", O2, pq_week)]["actions"] == 1
+    assert latency[("post_quote_followup", O2, pq_week)]["p50_latency_hours"] == pytest.approx(29.1)
+    assert sum(latency[("dormant_customer", O2, w)]["actions"] for w in weeks[("dormant_customer", O2)]) == 2
+
+    # fct_outcomes: every action has an outcome row; open windows are not failures; the weekly mart adds up
+    outcomes = {r["action_id"]: r for r in query(db, "select * from main.fct_outcomes")}
+    assert set(outcomes) == set(facts)
+    for action_id, row in outcomes.items():
+        fact = facts[action_id]
+        expected_group = "held_out" if fact["holdout"] else "acted" if fact["delivered_at"] else "not_acted"
+        assert row["arm_group"] == expected_group
+        assert row["outcome_status"] in {"achieved", "not_achieved", "open", "not_applicable"}
+        assert (row["outcome_status"] == "open") == (
+            row["outcome_achieved"] is None and row["outcome_kind"] is not None
+        )
+        if expected_group != "not_acted":
+            assert row["outcome_achieved"] == fact["outcome_achieved"]
+    weekly = query(db, "select * from main.mart_rule_performance_weekly")
+    for rule_id, row in perf.items():
+        rows = [w for w in weekly if w["rule_id"] == rule_id]
+        for column in ("candidates", "sent", "held_out", "acted_closed", "held_out_converted"):
+            assert sum(w[column] for w in rows) == row[column], (rule_id, column)
 
 
 def test_parse_needs_no_database(tmp_path):

@@ -1,8 +1,8 @@
 -- One row per action in the ledger (up to as_of): who/what/when, the decision, delivery, and the outcome.
--- Outcomes are evaluated from the rule's meta (int_rule_catalog: outcome_kind, outcome_window_days) against the
--- staged SoR records. The window starts at delivery (acted) or at the held_out event (control group) and counts
--- only evidence up to as_of. outcome_achieved: true once the evidence is in the window, false when the window has
--- closed without it, null while it is still open (or when the action was never delivered/held out).
+-- Outcomes come from fct_outcomes (the rule's outcome evaluated on the SoR history). The window starts at delivery
+-- (acted) or at the held_out event (control group) and counts only evidence up to as_of. outcome_achieved: true
+-- once the evidence is in the window, false when the window has closed without it, null while it is still open
+-- (or when the action was never delivered/held out).
 with ledger as (
     select * from {{ source('ledger', 'action_ledger') }}
     where occurred_at <= {{ as_of() }}
@@ -48,7 +48,13 @@ decisions as (
     qualify row_number() over (partition by action_id order by seq) = 1
 ),
 
-windows as (
+outcomes as (
+    -- evaluated once, for every candidate, in fct_outcomes (from the SoR history); here only the acted and the
+    -- held-out arms carry an outcome, as before
+    select * from {{ ref('fct_outcomes') }} where arm_group in ('acted', 'held_out')
+),
+
+bounded as (
     select
         per_action.*,
         decisions.decision,
@@ -56,69 +62,14 @@ windows as (
         decisions.approver_email,
         rule_catalog.outcome_kind,
         rule_catalog.outcome_window_days,
-        case when per_action.holdout then per_action.held_out_at else per_action.delivered_at end as outcome_window_starts_at
+        outcomes.outcome_window_starts_at,
+        outcomes.outcome_window_ends_at,
+        outcomes.outcome_achieved,
+        outcomes.outcome_at
     from per_action
     left join decisions using (action_id)
     left join rule_catalog using (rule_id)
-),
-
-bounded as (
-    select
-        *,
-        outcome_window_starts_at + to_days(cast(outcome_window_days as integer)) as outcome_window_ends_at
-    from windows
-),
-
-deal_evidence as (
-    select bounded.action_id, deals.stage_changed_at as outcome_at
-    from bounded
-    join {{ ref('stg_files__deals') }} as deals on deals.deal_id = bounded.record_id
-    where bounded.outcome_kind = 'deal_advanced' and bounded.record_type = 'deal'
-        and deals.stage in ('negotiation', 'won')
-        and deals.stage_changed_at > bounded.outcome_window_starts_at
-        and deals.stage_changed_at <= bounded.outcome_window_ends_at
-),
-
-invoice_evidence as (
-    select bounded.action_id, invoices.paid_at as outcome_at
-    from bounded
-    join {{ ref('stg_files__invoices') }} as invoices on invoices.invoice_id = bounded.record_id
-    where bounded.outcome_kind = 'invoice_paid' and bounded.record_type = 'invoice'
-        and invoices.paid_at > bounded.outcome_window_starts_at
-        and invoices.paid_at <= bounded.outcome_window_ends_at
-),
-
-activity_evidence as (
-    select bounded.action_id, activities.occurred_at as outcome_at
-    from bounded
-    join {{ ref('stg_files__activities') }} as activities on activities.contact_id = bounded.contact_id
-    where bounded.outcome_kind = 'inbound_activity'
-        and activities.kind in ('email_in', 'call', 'meeting')
-        and activities.occurred_at > bounded.outcome_window_starts_at
-        and activities.occurred_at <= bounded.outcome_window_ends_at
-),
-
-ticket_evidence as (
-    -- a closed ticket's updated_at is the best closing time the canonical contract has
-    select bounded.action_id, tickets.updated_at as outcome_at
-    from bounded
-    join {{ ref('stg_files__tickets') }} as tickets on tickets.ticket_id = bounded.record_id
-    where bounded.outcome_kind = 'ticket_closed' and bounded.record_type = 'ticket'
-        and tickets.status = 'closed'
-        and tickets.updated_at > bounded.outcome_window_starts_at
-        and tickets.updated_at <= bounded.outcome_window_ends_at
-),
-
-evidence as (
-    select action_id, min(outcome_at) as outcome_at
-    from (
-        select * from deal_evidence
-        union all select * from invoice_evidence
-        union all select * from activity_evidence
-        union all select * from ticket_evidence
-    ) as all_evidence
-    where outcome_at <= {{ as_of() }}
-    group by action_id
+    left join outcomes using (action_id)
 ),
 
 final as (
@@ -150,16 +101,11 @@ final as (
         bounded.outcome_window_starts_at,
         bounded.outcome_window_ends_at,
         coalesce(bounded.outcome_window_ends_at <= {{ as_of() }}, false) as outcome_window_closed,
-        case
-            when bounded.outcome_window_starts_at is null then null
-            when evidence.outcome_at is not null then true
-            when bounded.outcome_window_ends_at <= {{ as_of() }} then false
-        end as outcome_achieved,
-        evidence.outcome_at,
+        bounded.outcome_achieved,
+        bounded.outcome_at,
         date_diff('second', bounded.signal_at, bounded.delivered_at) / 3600.0 as latency_hours,
         {{ as_of() }} as as_of
     from bounded
-    left join evidence using (action_id)
 )
 
 select * from final

@@ -1,8 +1,10 @@
 -- Per rule: how many candidates became what, how owners decided, and whether acting beat holding out.
--- Conversions count only actions whose outcome window has closed by as_of; uplift = acted - held out, with
--- Newcombe's 95% interval, a pooled two-proportion p-value, the minimum detectable effect at this sample size,
--- a sample-ratio-mismatch check of the holdout split and a verdict (macros/stats.sql; Python mirror in
+-- Conversions count only actions whose outcome window has closed by as_of (fct_outcomes, from the SoR history;
+-- open windows are counted apart, never as failures); uplift = acted - held out, with Newcombe's 95% interval,
+-- a pooled two-proportion p-value, the minimum detectable effect at this sample size, a sample-ratio-mismatch
+-- check of the holdout split and a verdict (macros/performance.sql and macros/stats.sql; Python mirror in
 -- actionlayer/stats.py). Escalated actions are never held out, so they are left out of both arms.
+-- The same figures per week of proposal are in mart_rule_performance_weekly.
 with actions as (
     select * from {{ ref('fct_actions') }}
 ),
@@ -18,25 +20,7 @@ rules as (
 ),
 
 per_rule as (
-    select
-        rule_id,
-        count(*) as candidates,
-        count(*) filter (where delivered_at is not null) as sent,
-        count(*) filter (where holdout) as held_out,
-        count(*) filter (where final_state = 'suppressed') as suppressed,
-        count(*) filter (where was_reviewed) as reviewed,
-        count(*) filter (where was_reviewed and decision = 'approved') as approved,
-        count(*) filter (where was_reviewed and decision = 'rejected') as rejected,
-        count(*) filter (where was_reviewed and decision = 'expired') as expired,
-        count(*) filter (where delivered_at is not null and not holdout and not escalated
-                         and outcome_window_closed) as acted_closed,
-        count(*) filter (where delivered_at is not null and not holdout and not escalated and outcome_window_closed
-                         and outcome_achieved) as acted_converted,
-        count(*) filter (where holdout and outcome_window_closed) as held_out_closed,
-        count(*) filter (where holdout and outcome_window_closed and outcome_achieved) as held_out_converted,
-        -- the split at assignment (candidates that reached the holdout step), for the SRM check
-        count(*) filter (where not holdout and not escalated and final_state <> 'suppressed') as assigned_acted,
-        count(*) filter (where holdout) as assigned_held_out
+    select rule_id, {{ performance_counts() }}
     from actions
     group by rule_id
 ),
@@ -44,23 +28,11 @@ per_rule as (
 performance as (
     select
         rules.rule_id,
-        coalesce(per_rule.candidates, 0) as candidates,
-        coalesce(per_rule.sent, 0) as sent,
-        coalesce(per_rule.held_out, 0) as held_out,
-        coalesce(per_rule.suppressed, 0) as suppressed,
-        coalesce(per_rule.reviewed, 0) as reviewed,
-        coalesce(per_rule.approved, 0) as approved,
-        coalesce(per_rule.rejected, 0) as rejected,
-        coalesce(per_rule.expired, 0) as expired,
-        per_rule.approved / nullif(per_rule.approved + per_rule.rejected, 0) as approval_rate,
-        coalesce(per_rule.acted_closed, 0) as acted_closed,
-        coalesce(per_rule.acted_converted, 0) as acted_converted,
-        coalesce(per_rule.held_out_closed, 0) as held_out_closed,
-        coalesce(per_rule.held_out_converted, 0) as held_out_converted,
-        per_rule.acted_converted / nullif(per_rule.acted_closed, 0) as conversion_acted,
-        per_rule.held_out_converted / nullif(per_rule.held_out_closed, 0) as conversion_held_out,
-        coalesce(per_rule.assigned_acted, 0) as assigned_acted,
-        coalesce(per_rule.assigned_held_out, 0) as assigned_held_out,
+        {%- for column in ['candidates', 'sent', 'held_out', 'suppressed', 'reviewed', 'approved', 'rejected',
+                           'expired', 'acted_closed', 'acted_converted', 'acted_open', 'held_out_closed',
+                           'held_out_converted', 'held_out_open', 'assigned_acted', 'assigned_held_out'] %}
+        coalesce(per_rule.{{ column }}, 0) as {{ column }},
+        {%- endfor %}
         rule_catalog.holdout_share
     from rules
     left join per_rule using (rule_id)
@@ -68,25 +40,7 @@ performance as (
 ),
 
 final as (
-    select
-        performance.*,
-        {{ proportion_difference('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as uplift,
-        {{ newcombe_lower('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as uplift_ci_lower,
-        {{ newcombe_upper('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as uplift_ci_upper,
-        {{ two_proportion_p_value('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as p_value,
-        {{ minimum_detectable_effect('conversion_held_out', 'acted_closed', 'held_out_closed') }}
-            as minimum_detectable_effect,
-        {{ srm_p_value('assigned_acted', 'assigned_held_out', 'holdout_share') }} as srm_p_value,
-        {{ srm_flag('assigned_acted', 'assigned_held_out', 'holdout_share') }} as srm_flag,
-        {{ uplift_verdict(
-            'acted_closed', 'held_out_closed',
-            newcombe_lower('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed'),
-            newcombe_upper('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed'),
-        ) }} as verdict
+    select performance.*, {{ uplift_statistics() }}
     from performance
 )
 
