@@ -24,8 +24,10 @@ with nothing committed ahead of it.
 
 Due actions: current state `approved` at maturity level 3 or higher (a level-2 approval is for the
 owner to act on by hand), `failed` with `retryable` and fewer than `max_attempts` attempts (or marked
-`not_sent`), and interrupted `sending`. Dispatch assumes it is the only writer (DuckDB allows one writer
-process, and the orchestration serialises writers), so a `sending` seen at the start is an interrupted one.
+`not_sent`), and interrupted `sending`. A level-5 action whose proposal chose a send window
+(`details.not_before`, actionlayer/learning.py) later than the dispatch's as-of waits, untouched, for a
+later dispatch. Dispatch assumes it is the only writer (DuckDB allows one writer process, and the
+orchestration serialises writers), so a `sending` seen at the start is an interrupted one.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class DispatchReport:
     deferred: int = 0
     expired: int = 0  # stale: the condition no longer held right before sending
     held_by_gate: int = 0  # the rule's inputs failed the quality gate; sent once a build passes
+    waiting: int = 0  # level 5: its send window opens later (details.not_before); sent by a later dispatch
+    next_window_at: datetime | None = None  # the earliest not_before among the waiting ones
     by_channel: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[DispatchFailure] = field(default_factory=list)
     circuits: dict[str, str] = field(default_factory=dict)
@@ -109,6 +113,11 @@ class DispatchReport:
             + (f", {self.deferred} left for the next pass (circuit open)" if self.deferred else "")
             + (f", {self.expired} expired as stale (condition no longer holds)" if self.expired else "")
             + (f", {self.held_by_gate} waiting for the quality gate" if self.held_by_gate else "")
+            + (
+                f", {self.waiting} waiting for its send window (next opens {self.next_window_at:%Y-%m-%d %H:%M} UTC)"
+                if self.waiting and self.next_window_at is not None
+                else ""
+            )
         ]
         for channel, counts in sorted(self.by_channel.items()):
             parts = ", ".join(
@@ -193,6 +202,38 @@ def _due(rows: list[dict[str, Any]], max_attempts: int) -> list[dict[str, Any]]:
         if state in {"approved", "sending"} or retry:
             due.append(row)
     return due
+
+
+def _send_windows(
+    con: duckdb.DuckDBPyConnection, due: list[dict[str, Any]], as_of: datetime
+) -> dict[str, datetime]:
+    """Due level-5 actions whose send window has not opened yet: action id → not_before (naive UTC).
+
+    One query for all of them (the proposal's `details.not_before`; ops.action_state only carries the latest
+    event's details), and none at all when no level-5 action is due."""
+    ids = [
+        str(row["action_id"])
+        for row in due
+        if row.get("maturity_level") == 5 and row["event_type"] in {"approved", "failed"}
+    ]
+    if not ids:
+        return {}
+    found = con.execute(
+        "select action_id, json_extract_string(details, '$.not_before') from ops.action_ledger "
+        "where event_type = 'proposed' and action_id in (select unnest(?::varchar[])) "
+        "and json_extract_string(details, '$.not_before') is not null",
+        [ids],
+    ).fetchall()
+    waiting: dict[str, datetime] = {}
+    for action_id, text in found:
+        try:
+            not_before = parse_as_of(text)
+        except ValueError:
+            log.warning("action %s: unreadable details.not_before %r; sent without waiting", action_id, text)
+            continue
+        if not_before > as_of:
+            waiting[action_id] = not_before
+    return waiting
 
 
 def _message(row: dict[str, Any], channel: str, recipient: str) -> OutboundMessage:
@@ -438,9 +479,16 @@ class _Pass:
         self.report.expired += 1
         self.report._count(row.get("channel") or "", "expired")
 
-    def plan(self, due: list[dict[str, Any]], freshness: Freshness | None = None) -> None:
-        """Queue each sendable action on its channel's lane; settle the rest (unknown/failed/expired)."""
+    def plan(
+        self,
+        due: list[dict[str, Any]],
+        freshness: Freshness | None = None,
+        waiting: Mapping[str, datetime] | None = None,
+    ) -> None:
+        """Queue each sendable action on its channel's lane; settle the rest (unknown/failed/expired);
+        leave the ones whose send window opens later (`waiting`) untouched."""
         freshness = freshness or Freshness()
+        waiting = waiting or {}
         settled: list[tuple[ledger.LedgerEvent, Callable[[], None]]] = []
         for row in due:
             if row["event_type"] != "sending" and row.get("rule_id") in freshness.blocked_rules:
@@ -450,6 +498,12 @@ class _Pass:
             stale = freshness.stale.get(row["action_id"]) if row["event_type"] != "sending" else None
             if stale is not None:
                 settled.append((self.stale_event(row, stale), lambda row=row: self.count_expired(row)))
+                continue
+            not_before = waiting.get(row["action_id"]) if row["event_type"] != "sending" else None
+            if not_before is not None:
+                self.report.waiting += 1
+                self.report.next_window_at = min(not_before, self.report.next_window_at or not_before)
+                self._advance()
                 continue
             channel = (row.get("channel") or "").strip()
             recipient = (row.get("proposed_recipient") or row.get("recipient") or "").strip()
@@ -674,7 +728,7 @@ def dispatch(
         progress=progress,
     )
     # right before sending: is the condition still true in the latest candidate build?
-    one_pass.plan(due, freshness.check(con, due) if check_freshness else None)
+    one_pass.plan(due, freshness.check(con, due) if check_freshness else None, _send_windows(con, due, as_of))
     one_pass.run()
     return report
 

@@ -285,6 +285,243 @@ def ledger_show(
     console.print(table)
 
 
+def _replay_progress():
+    """A rich progress display on stderr (stdout stays clean for --json) and the callback that feeds it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=err,
+    )
+    tasks: dict[str, object] = {}
+
+    def update(phase: str, done: int, total: int, note: str) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(phase, total=total, note=note)
+        progress.update(tasks[phase], completed=done, total=total, note=note)
+
+    return progress, update
+
+
+def _replay_window(date_from: str | None, date_to: str | None, at: str):
+    from actionlayer.backtest import BacktestError, parse_day, parse_pass_time
+
+    try:
+        start = parse_day(date_from, "--from") if date_from else None
+        end = parse_day(date_to, "--to") if date_to else None
+        if start and end and start > end:
+            raise BacktestError(f"--from {start} is after --to {end}")
+        return start, end, parse_pass_time(at)
+    except BacktestError as exc:
+        _fail(str(exc), 2)
+        raise AssertionError("unreachable") from exc
+
+
+def _number_text(value: object, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+@app.command("backtest")
+def backtest_command(
+    rule: str = typer.Option(..., "--rule", help="The rule id, e.g. post_quote_followup."),
+    date_from: str = typer.Option(
+        None, "--from", help="First day, YYYY-MM-DD (default: 27 days before --to, within the history)."
+    ),
+    date_to: str = typer.Option(
+        None, "--to", help="Last day, YYYY-MM-DD (default: the day of the latest load)."
+    ),
+    at: str = typer.Option("09:00", "--at", help="Pass time of each replayed day, HH:MM UTC."),
+    variables: list[str] = typer.Option(
+        None, "--var", help="Replay with a var the rule reads set to a value: NAME=VALUE (repeatable)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON on stdout."),
+    keep_scratch: bool = typer.Option(
+        False, "--keep-scratch", help="Leave the scratch schemas backtest and backtest_sor for inspection."
+    ),
+) -> None:
+    """Replay a rule as of each day over the SoR history: what it would have fired, its collisions with the
+    journey context, and what happened afterwards. Nothing is sent; the ledger is untouched."""
+    import json as jsonlib
+
+    from actionlayer.backtest import BacktestError, parse_values
+    from actionlayer.backtest import backtest as run_backtest
+
+    start, end, pass_time = _replay_window(date_from, date_to, at)
+    overrides: dict[str, int | float] = {}
+    try:
+        for item in variables or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise BacktestError(f"--var {item!r}: use NAME=VALUE, e.g. followup_min_days_since_quote=10")
+            overrides[name.strip()] = parse_values([value])[0]
+        progress, update = _replay_progress()
+        with progress:
+            report = run_backtest(
+                rule,
+                start,
+                end,
+                pass_time=pass_time,
+                variables=overrides,
+                progress=update,
+                keep_scratch=keep_scratch,
+            )
+    except BacktestError as exc:
+        _fail(str(exc), 2)
+    except DatabaseBusy as exc:
+        _fail(str(exc), 75)
+    if as_json:
+        print(jsonlib.dumps(report.to_dict(), indent=2))
+        return
+    overridden = ", ".join(f"{k}={v}" for k, v in report.variables.items())
+    console.print(
+        f"[bold]backtest {report.rule_id}[/bold] {report.period_from} … {report.period_to}, passes at "
+        f"{report.pass_time:%H:%M} UTC{f' with {overridden}' if overridden else ''}: {len(report.days)} day(s) "
+        f"replayed (compile {report.compile_seconds:.1f} s, replay {report.replay_seconds:.1f} s)"
+    )
+    if report.skipped_days:
+        err.print(
+            f"[yellow]skipped {len(report.skipped_days)} day(s) outside the history:[/yellow] "
+            + ", ".join(str(day) for day in report.skipped_days[:10])
+            + (" …" if len(report.skipped_days) > 10 else "")
+        )
+    days = Table("day", "fired", "new", "eligible", "held out", "suppressed", "quality gate")
+    for day in report.days:
+        days.add_row(
+            str(day.day),
+            str(day.fired),
+            str(day.new),
+            str(day.eligible),
+            str(day.held_out),
+            str(day.suppressed),
+            f"skipped: {day.blocked_reason}" if day.blocked_reason else "",
+        )
+    console.print(days)
+    journey = report.journey_counts()
+    collisions = report.collisions()
+    console.print(
+        f"{report.fires} would-be action(s) ({report.candidate_days} candidate-days): "
+        f"{journey.get('eligible', 0)} eligible, {journey.get('held_out', 0)} held out, "
+        f"{journey.get('suppressed', 0)} suppressed on the day they first fired"
+    )
+    console.print(
+        "collisions with the journey context: "
+        + (", ".join(f"{kind} {count}" for kind, count in collisions.items()) or "none")
+    )
+    counts = report.outcome_counts()
+    console.print(
+        f"afterwards ({report.outcome_kind} within {report.outcome_window_days} days of the first fire, history as "
+        f"of {report.outcomes_evaluated_at:%Y-%m-%d %H:%M}): {counts['closed']} window(s) closed, "
+        f"{counts['closed_achieved']} achieved → outcome rate {_share(report.outcome_rate)}; "
+        f"{report.fires - counts['closed'] - counts['not_applicable']} still open (not counted as failures)"
+    )
+    if report.actions:
+        shown = report.actions[:20]
+        table = Table("record", "first fired", "days", "journey", "outcome", "outcome at")
+        for action in shown:
+            table.add_row(
+                f"{action.record_type} {action.record_id}",
+                f"{action.first_fired_at:%Y-%m-%d %H:%M}",
+                str(action.fire_days),
+                action.journey_reason or action.journey_status,
+                action.outcome_status,
+                f"{action.outcome_at:%Y-%m-%d %H:%M}" if action.outcome_at else "",
+            )
+        console.print(table)
+        if len(report.actions) > len(shown):
+            console.print(f"… {len(report.actions) - len(shown)} more (--json lists them all)")
+
+
+@app.command("tune")
+def tune_command(
+    rule: str = typer.Option(..., "--rule", help="The rule id, e.g. post_quote_followup."),
+    param: str = typer.Option(
+        ...,
+        "--param",
+        help="A dbt var the rule reads (dbt_project.yml vars), e.g. followup_min_days_since_quote.",
+    ),
+    values: list[str] = typer.Option(
+        ..., "--values", help="Numbers to try: 3,7,14 or a range 3..21:3 (inclusive; repeatable)."
+    ),
+    date_from: str = typer.Option(
+        None, "--from", help="First day, YYYY-MM-DD (default: 27 days before --to, within the history)."
+    ),
+    date_to: str = typer.Option(
+        None, "--to", help="Last day, YYYY-MM-DD (default: the day of the latest load)."
+    ),
+    at: str = typer.Option("09:00", "--at", help="Pass time of each replayed day, HH:MM UTC."),
+    as_json: bool = typer.Option(False, "--json", help="Print the mart rows as JSON on stdout."),
+) -> None:
+    """Sweep a rule threshold (a dbt var): per value the fires, collisions, historical outcome rate and the
+    measured uplift where holdouts exist; writes ops.rule_tuning_* and builds main.mart_rule_tuning."""
+    import json as jsonlib
+
+    from actionlayer.backtest import BacktestError, parse_values, tune
+
+    start, end, pass_time = _replay_window(date_from, date_to, at)
+    try:
+        numbers = parse_values(values)
+        progress, update = _replay_progress()
+        with progress:
+            report = tune(rule, param, numbers, start, end, pass_time=pass_time, progress=update)
+    except BacktestError as exc:
+        _fail(str(exc), 2)
+    except DatabaseBusy as exc:
+        _fail(str(exc), 75)
+    if as_json:
+        print(jsonlib.dumps(report.to_dict(), indent=2, default=str))
+        return
+    first = report.mart_rows[0] if report.mart_rows else {}
+    console.print(
+        f"[bold]tune {report.rule_id} {report.param}[/bold] (now {report.current_value}) over "
+        f"{first.get('period_from')} … {first.get('period_to')} at {first.get('pass_time')} UTC, "
+        f"{first.get('replayed_days')} day(s); outcomes as of {first.get('outcomes_evaluated_at')}; run {report.run_id}"
+    )
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("value", "fires", "/day", "collisions", "held out", "closed", "achieved", "rate"):
+        table.add_column(name, no_wrap=True)
+    for name in ("acted", "held-out", "uplift", "95% CI", "verdict"):
+        table.add_column(name, no_wrap=True)
+    for row in report.mart_rows:
+        interval = (
+            "" if row["uplift"] is None else f"[{row['uplift_ci_lower']:+.0%}, {row['uplift_ci_upper']:+.0%}]"
+        )
+        table.add_row(
+            _number_text(row["value"]) + (" ◀ current" if row["is_current_value"] else ""),
+            str(row["fires"]),
+            _number_text(row["fires_per_day"]),
+            str(row["collisions"]),
+            str(row["held_out"]),
+            str(row["outcomes_closed"]),
+            str(row["outcomes_achieved"]),
+            _share(row["outcome_rate"]),
+            str(row["acted_closed"]),
+            str(row["held_out_closed"]),
+            "–" if row["uplift"] is None else f"{row['uplift']:+.0%}",
+            interval,
+            row["uplift_verdict"],
+        )
+    console.print(table)
+    if not report.ledger_outcomes_available:
+        err.print(
+            "[yellow]no uplift:[/yellow] main.fct_outcomes does not exist yet (run the loop with its marts first)"
+        )
+    console.print("written to ops.rule_tuning_runs, ops.rule_tuning_results and main.mart_rule_tuning")
+
+
 @app.command()
 def dev(
     port: int = typer.Option(3000, "--port"),

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import duckdb
@@ -217,32 +218,40 @@ def append(con: duckdb.DuckDBPyConnection, events: Iterable[LedgerEvent]) -> int
         return 0
     recorded_at = _wall_clock()
     first_seq = _scalar(con, "select coalesce(max(seq), 0) + 1 from ops.action_ledger")
-    columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+    getters = [attrgetter(name) for name in _COLUMNS]
+    details_at = _COLUMNS.index("details")
+    rows = []
     for event in batch:
-        for name in _COLUMNS:
-            value = getattr(event, name)
-            if name == "details":
-                value = json.dumps(value, sort_keys=True, default=str) if value else None
-            columns[name].append(value)
+        row = [get(event) for get in getters]
+        if row[details_at]:
+            row[details_at] = json.dumps(row[details_at], sort_keys=True, default=str)
+        else:
+            row[details_at] = None
+        rows.append(row)
+    columns: dict[str, list[Any]] = {
+        name: list(values) for name, values in zip(_COLUMNS, zip(*rows, strict=True), strict=True)
+    }
     columns["seq"] = list(range(first_seq, first_seq + len(batch)))
     columns["recorded_at"] = [recorded_at] * len(batch)
     frame = pa.table({name: pa.array(values, type=_ARROW_TYPES[name]) for name, values in columns.items()})
-    before = _scalar(con, "select count(*) from ops.action_ledger")
+    names = ", ".join(columns)
+    # one batch may legitimately name the same event twice (idempotent writers): keep the first; a batch of
+    # distinct ids (the usual case) skips that window
+    distinct = len(set(columns["event_id"])) == len(batch)
+    first_only = "" if distinct else "qualify row_number() over (partition by event_id order by seq) = 1"
     con.register("_ledger_batch", frame)
     try:
-        names = ", ".join(columns)
-        # distinct on event_id: one batch may legitimately name the same event twice (idempotent writers)
-        con.execute(
+        # the insert reports the rows it added: events already in the ledger are skipped by the conflict
+        inserted = con.execute(
             f"""insert into ops.action_ledger ({names})
             select {names} from _ledger_batch
-            qualify row_number() over (partition by event_id order by seq) = 1
+            {first_only}
             order by seq
             on conflict do nothing"""
-        )
+        ).fetchall()
     finally:
         con.unregister("_ledger_batch")
-    after = _scalar(con, "select count(*) from ops.action_ledger")
-    return after - before
+    return int(inserted[0][0]) if inserted else 0
 
 
 def next_event(

@@ -15,12 +15,13 @@ from typing import Any
 import duckdb
 
 from action_sinks.templates import TemplateError, render_message
-from actionlayer import alerts, ledger
+from actionlayer import alerts, learning, ledger
 from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, evaluate
 from actionlayer.rules import Rule
 from actionlayer.settings import EscalationRoutes, load_escalation_routes
 
 CANDIDATES_TABLE = "main.action_candidates"
+OUTCOMES_TABLE = "main.fct_outcomes"
 RULE_RUNS_DDL = """
 create schema if not exists ops;
 create table if not exists ops.rule_runs (
@@ -45,6 +46,8 @@ class ProposalReport:
     held: dict[str, str] = field(default_factory=dict)  # rule_id → why its automatic actions were held
     escalated: int = 0
     alerts: int = 0
+    learned: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule_id, arm) → decisions
+    learning_source: str | None = None  # where this pass's level-5 posteriors came from
 
     def summary_lines(self) -> list[str]:
         lines = [f"{self.candidates} candidates in this build, {self.new_events} new ledger events"]
@@ -58,6 +61,13 @@ class ProposalReport:
             lines.append(f"guardrail: {rule_id}: automatic actions held for review — {why}")
         if self.escalated:
             lines.append(f"{self.escalated} action(s) escalated to a named person")
+        per_arm: dict[str, list[str]] = {}
+        for (rule_id, arm), count in sorted(self.learned.items()):
+            per_arm.setdefault(rule_id, []).append(f"{count} {arm}")
+        lines += [
+            f"learning: {rule_id}: {', '.join(parts)} (posteriors: {self.learning_source})"
+            for rule_id, parts in per_arm.items()
+        ]
         lines += [f"template failure: {failure}" for failure in self.template_failures]
         if self.unknown_rules:
             lines.append(
@@ -89,7 +99,11 @@ def template_variables(candidate: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _proposal(
-    candidate: dict[str, Any], rule: Rule, as_of: datetime, escalation: Escalation | None = None
+    candidate: dict[str, Any],
+    rule: Rule,
+    as_of: datetime,
+    escalation: Escalation | None = None,
+    learned: dict[str, Any] | None = None,
 ) -> tuple[ledger.LedgerEvent, str | None]:
     failure = None
     try:
@@ -117,14 +131,14 @@ def _proposal(
         holdout=bool(candidate.get("holdout")),
         reason=candidate.get("reason"),
         recommended_action=candidate.get("recommended_action") or rule.recommended_action,
-        channel=rule.channel,
+        channel=learned["arm_channel"] if learned else rule.channel,
         # an internal action that escalates goes to the person it escalated to
         recipient=escalation.to
         if escalation is not None and rule.audience == "owner"
         else candidate.get("recipient_email"),
         message_subject=subject,
         message_body=body,
-        next_action=_next_step(candidate, rule),
+        next_action=_next_step(candidate, rule, learned),
         details={
             "priority": ESCALATED_PRIORITY if escalation is not None else candidate.get("priority"),
             "escalate": bool(candidate.get("escalate")) or escalation is not None,
@@ -136,12 +150,13 @@ def _proposal(
             "outcome": rule.outcome,
             "mode": rule.mode,
             "format": rule.template_format,
+            **(learned or {}),
         },
     )
     return event, failure
 
 
-def _next_step(candidate: Mapping[str, Any], rule: Rule) -> str:
+def _next_step(candidate: Mapping[str, Any], rule: Rule, learned: Mapping[str, Any] | None = None) -> str:
     status = candidate.get("journey_status")
     if status == "held_out":
         return "none: held out to measure uplift"
@@ -152,8 +167,65 @@ def _next_step(candidate: Mapping[str, Any], rule: Rule) -> str:
         2: f"owner {candidate.get('owner_email')} reviews the recommendation",
         3: f"owner {candidate.get('owner_email')} approves or rejects in the review table",
         4: f"dispatch via {rule.channel}",
-        5: f"dispatch via {rule.channel}",
+        5: _dispatch_hint(learned["arm_channel"], learned["not_before"])
+        if learned
+        else f"dispatch via {rule.channel}",
     }[rule.maturity_level]
+
+
+def _dispatch_hint(channel: str, not_before: str | None) -> str:
+    return f"dispatch via {channel}" + (f", not before {not_before}" if not_before else "")
+
+
+def _learning_counts(
+    con: duckdb.DuckDBPyConnection, rule_ids: list[str], as_of: datetime
+) -> tuple[dict[str, dict[tuple[str, str], learning.ArmCounts]], str]:
+    """Closed outcomes of the level-5 rules' earlier acted decisions, per rule, segment and arm: one query
+    per pass. Before the outcome mart main.fct_outcomes exists (the first passes), the priors alone decide."""
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'fct_outcomes'"
+    ).fetchall()[0][0]
+    if not exists:
+        return {}, f"priors only ({OUTCOMES_TABLE} does not exist yet)"
+    rows = con.execute(
+        f"""select proposed.rule_id,
+               json_extract_string(proposed.details, '$.segment') as segment,
+               json_extract_string(proposed.details, '$.arm') as arm,
+               count(*) filter (where outcomes.outcome_achieved) as successes,
+               count(*) filter (where not outcomes.outcome_achieved) as failures
+        from {OUTCOMES_TABLE} as outcomes
+        join {ledger.LEDGER_TABLE} as proposed
+            on proposed.action_id = outcomes.action_id and proposed.event_type = 'proposed'
+        -- acted only (held-out and never-sent actions say nothing about an arm); closed windows only: an
+        -- early success counted before the failures of the same window would favour the most recent arm
+        where outcomes.arm_group = 'acted'
+            and outcomes.outcome_window_closed
+            and outcomes.outcome_achieved is not null
+            and proposed.rule_id in (select unnest(?::varchar[]))
+            and json_extract_string(proposed.details, '$.policy') = ?
+            and proposed.occurred_at < ?
+        group by all""",
+        [rule_ids, learning.POLICY, as_of],
+    ).fetchall()
+    counts: dict[str, dict[tuple[str, str], learning.ArmCounts]] = {}
+    for rule_id, segment, arm, successes, failures in rows:
+        counts.setdefault(rule_id, {})[(segment, arm)] = learning.ArmCounts(int(successes), int(failures))
+    return counts, f"{OUTCOMES_TABLE}, {sum(s + f for *_, s, f in rows)} closed outcomes"
+
+
+def _decide(policy: learning.ThompsonPolicy, candidate: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
+    """The arm of one level-5 action and the ledger fields that record it (see learning.Decision)."""
+    config = policy.config
+    decision = policy.decide(candidate["action_id"], learning.segment_of(candidate, config.segment_by))
+    # action_candidates carries no contact timezone today (raw.contacts has one, the candidate build does not
+    # select it): without a `contact_timezone`/`timezone` column the window is read in UTC, and the ledger says so
+    zone = learning.contact_timezone(candidate)
+    opening = config.window(decision.arm.send_window).next_opening(as_of, zone)
+    return decision.details(config) | {
+        "not_before": learning.iso_utc(opening),
+        "send_timezone": zone or "UTC",
+        "send_timezone_known": zone is not None,
+    }
 
 
 def _review_request(
@@ -309,7 +381,7 @@ def _continue_flow(
                 as_of,
                 f"auto:{rule.rule_id}",
                 approver_email="auto",
-                next_action=f"dispatch via {rule.channel}",
+                next_action=_dispatch_hint(state.get("channel") or rule.channel, state.get("not_before")),
                 details={"why": why, "policy": f"level {rule.maturity_level} rule, journey context passed"},
             )
         ]
@@ -340,6 +412,7 @@ def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
         "recipient": event.recipient,
         "recommended_action": event.recommended_action,
         "reason": event.reason,
+        "not_before": (event.details or {}).get("not_before"),
     }
 
 
@@ -371,6 +444,7 @@ def propose(
         if c["action_id"] not in known and c.get("journey_status") in (None, "eligible")
     )
     guard = _Guard(con, as_of, rules, new_counts, routes, report)
+    policies = _policies(con, as_of, rules, candidates, known, report)
     events: list[ledger.LedgerEvent] = []
     for candidate in candidates:
         rule = rules.get(candidate["rule_id"])
@@ -385,7 +459,13 @@ def propose(
                 # a person must hear about an escalation: it is not withheld to measure uplift
                 # (outcome marts leave escalated actions out of both arms)
                 status = "eligible"
-            proposal, failure = _proposal(candidate, rule, as_of, escalation)
+            policy = policies.get(rule.rule_id)
+            learned = (
+                _decide(policy, candidate, as_of) if policy is not None and status != "held_out" else None
+            )
+            if learned is not None:
+                report.learned[(rule.rule_id, learned["arm"])] += 1
+            proposal, failure = _proposal(candidate, rule, as_of, escalation, learned)
             events.append(proposal)
             state = _state_of(proposal)
             if failure:
@@ -449,6 +529,35 @@ def propose(
         con.execute("rollback")
         raise
     return report
+
+
+def _policies(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    rules: Mapping[str, Rule],
+    candidates: list[dict[str, Any]],
+    known: Mapping[str, Any],
+    report: ProposalReport,
+) -> dict[str, learning.ThompsonPolicy]:
+    """This pass's Thompson policy of every level-5 rule with a new candidate (posteriors read once)."""
+    learners = sorted(
+        {
+            c["rule_id"]
+            for c in candidates
+            if c["action_id"] not in known
+            and (rule := rules.get(c["rule_id"])) is not None
+            and rule.learning is not None
+        }
+    )
+    if not learners:
+        return {}
+    counts, report.learning_source = _learning_counts(con, learners, as_of)
+    policies = {}
+    for rule_id in learners:
+        config = rules[rule_id].learning
+        assert config is not None
+        policies[rule_id] = learning.ThompsonPolicy(rule_id, config, counts.get(rule_id, {}))
+    return policies
 
 
 def _review_deadline(state: Mapping[str, Any], expiry_days: int) -> datetime:

@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actionlayer import learning
 from actionlayer.config import dbt_project_dir
 
 LEVELS = {1: "view", 2: "recommend", 3: "approve then execute", 4: "auto", 5: "learn"}
 CHANNELS = ("email", "task", "notify")
 AUDIENCES = ("contact", "owner")
+#: Channels a level-5 rule may learn over: the rule channels plus those with a dedicated sink in
+#: action_sinks/registry.py (SINK_NAMES: line, slack, webhook, crm_task; smtp serves email, file any channel).
+LEARNING_CHANNELS = (*CHANNELS, "line", "slack", "webhook", "crm_task")
+_LEARNING_KEYS = {"segment_by", "arms", "windows", "exploration_floor", "prior"}
 
 
 class RuleConfigError(ValueError):
@@ -77,6 +82,7 @@ class Rule:
     guardrails: Guardrails | None = None
     escalation: EscalationRule = field(default_factory=EscalationRule)
     template_format: str = "text"  # text | html (the body is rendered with autoescaping)
+    learning: learning.LearningConfig | None = None  # level 5 only: what the policy learns over
 
     @property
     def mode(self) -> str:
@@ -131,6 +137,7 @@ def rule_from_meta(model_name: str, meta: dict[str, Any], description: str = "")
         )
     guardrails = _guardrails(model_name, meta.get("guardrails"), level)
     escalation = _escalation(model_name, meta.get("escalate_when"))
+    learning_config = _learning(model_name, meta.get("learning"), level, channel)
     return Rule(
         rule_id=_require(meta, "rule_id", model_name, str),
         model_name=model_name,
@@ -151,6 +158,7 @@ def rule_from_meta(model_name: str, meta: dict[str, Any], description: str = "")
         guardrails=guardrails,
         escalation=escalation,
         template_format=template_format,
+        learning=learning_config,
     )
 
 
@@ -249,6 +257,125 @@ def _escalation(model: str, raw: Any) -> EscalationRule:
     if not isinstance(severity, bool):
         raise RuleConfigError(f"rule model {model}: config.meta.escalate_when.severity must be true or false")
     return EscalationRule(severity=severity, keywords=keywords, patterns=patterns, fields=fields, to=to)
+
+
+def _learning(model: str, raw: Any, level: int, rule_channel: str) -> learning.LearningConfig | None:
+    """A level-5 rule learns its channel and send window, so it must say over which arms:
+
+    learning:
+      segment_by: tier                       # candidate column or reason key (optional)
+      arms:
+        channel: [email, line]               # optional: default the rule's channel
+        send_window: [morning, afternoon]    # optional: default anytime
+      windows: {morning: [8, 12], afternoon: [13, 17]}   # optional: defaults in learning.DEFAULT_WINDOWS
+      exploration_floor: 0.1                 # optional, in [0, 1)
+      prior: {alpha: 1, beta: 1}             # optional, both > 0
+    """
+    where = f"rule model {model}: config.meta.learning"
+    if raw is None:
+        if level == 5:
+            raise RuleConfigError(
+                f"rule model {model}: a level-5 rule learns its channel and send time and must declare "
+                "config.meta.learning with at least learning.arms (channel and/or send_window); the rule was refused"
+            )
+        return None
+    if level != 5:
+        raise RuleConfigError(
+            f"{where} is only for level-5 rules (this one is level {level}); remove it or raise maturity_level"
+        )
+    if not isinstance(raw, dict):
+        raise RuleConfigError(f"{where} must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - _LEARNING_KEYS)
+    if unknown:
+        raise RuleConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {sorted(_LEARNING_KEYS)}"
+        )
+    segment_by = raw.get("segment_by")
+    if segment_by is not None and (not isinstance(segment_by, str) or not segment_by.strip()):
+        raise RuleConfigError(f"{where}.segment_by must be a column or reason key name, got {segment_by!r}")
+
+    arms = raw.get("arms")
+    if not isinstance(arms, dict) or not arms:
+        raise RuleConfigError(
+            f"{where}.arms must be a mapping with channel and/or send_window lists, got {arms!r}"
+        )
+    unknown = sorted(set(arms) - {"channel", "send_window"})
+    if unknown:
+        raise RuleConfigError(
+            f"{where}.arms: unknown key(s) {', '.join(unknown)}; expected channel and/or send_window"
+        )
+    channels = _arm_list(where, "channel", arms.get("channel", [rule_channel]))
+    bad = [name for name in channels if name not in LEARNING_CHANNELS]
+    if bad:
+        raise RuleConfigError(
+            f"{where}.arms.channel: {', '.join(map(repr, bad))} is not a channel the sink registry knows "
+            f"({', '.join(LEARNING_CHANNELS)})"
+        )
+    window_names = _arm_list(where, "send_window", arms.get("send_window", [learning.ANYTIME]))
+
+    declared = raw.get("windows") or {}
+    if not isinstance(declared, dict):
+        raise RuleConfigError(
+            f"{where}.windows must map window name → [start hour, end hour], got {declared!r}"
+        )
+    hours = {**learning.DEFAULT_WINDOWS, **{str(k): v for k, v in declared.items()}}
+    windows = []
+    for name in window_names:
+        if name not in hours:
+            raise RuleConfigError(
+                f"{where}.arms.send_window: window {name!r} is neither declared in learning.windows nor one of "
+                f"the defaults ({', '.join(learning.DEFAULT_WINDOWS)})"
+            )
+        windows.append(_window(where, name, hours[name]))
+    for name in declared:  # a declared but unused window is still checked: it is probably about to be used
+        _window(where, str(name), declared[name])
+
+    floor = raw.get("exploration_floor", 0.1)
+    if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor < 1:
+        raise RuleConfigError(f"{where}.exploration_floor = {floor!r} must be a number in [0, 1)")
+    prior = raw.get("prior") or {}
+    if not isinstance(prior, dict):
+        raise RuleConfigError(f"{where}.prior must be a mapping {{alpha, beta}}, got {prior!r}")
+    unknown = sorted(set(prior) - {"alpha", "beta"})
+    if unknown:
+        raise RuleConfigError(f"{where}.prior: unknown key(s) {', '.join(unknown)}; expected alpha and beta")
+    alpha, beta = prior.get("alpha", 1), prior.get("beta", 1)
+    for key, value in (("alpha", alpha), ("beta", beta)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise RuleConfigError(f"{where}.prior.{key} = {value!r} must be a number > 0")
+    return learning.LearningConfig(
+        channels=channels,
+        windows=tuple(windows),
+        segment_by=segment_by.strip() if segment_by else None,
+        exploration_floor=float(floor),
+        prior_alpha=float(alpha),
+        prior_beta=float(beta),
+    )
+
+
+def _arm_list(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise RuleConfigError(f"{where}.arms.{key} must be a non-empty list, got {value!r}")
+    if not all(isinstance(item, str) and item.strip() and "@" not in item for item in value):
+        raise RuleConfigError(f"{where}.arms.{key} must list names (texts without '@'), got {value!r}")
+    names = tuple(item.strip() for item in value)
+    if len(set(names)) != len(names):
+        raise RuleConfigError(f"{where}.arms.{key} lists a name twice: {value!r}")
+    return names
+
+
+def _window(where: str, name: str, value: Any) -> learning.SendWindow:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(h, int) and not isinstance(h, bool) for h in value)
+        or not 0 <= value[0] < value[1] <= 24
+    ):
+        raise RuleConfigError(
+            f"{where}.windows.{name} = {value!r} must be [start hour, end hour] with whole hours "
+            "0 <= start < end <= 24 (local time; windows across midnight are not supported)"
+        )
+    return learning.SendWindow(name, int(value[0]), int(value[1]))
 
 
 def load_rules(path: Path | None = None) -> dict[str, Rule]:

@@ -34,6 +34,7 @@ saying the split itself is suspect, so the verdict should not be trusted until t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
@@ -242,3 +243,23 @@ def uplift_evidence(
         srm_flag=None if srm_p is None else srm_p < SRM_THRESHOLD,
         verdict=verdict(n1, n0, lo, hi, min_per_arm),
     )
+
+
+def normal_mean_interval(
+    values: Sequence[float], z: float = Z_95
+) -> tuple[float | None, float | None, float | None]:
+    """Mean of `values` with the normal-approximation interval mean ± z * s / sqrt(n): (mean, lo, hi).
+
+    s is the sample standard deviation (n - 1 in the denominator). (None, None, None) when there are no values;
+    (mean, None, None) for a single value (no spread to estimate). The SQL twin is `avg(x)` ± z * `stddev_samp(x)`
+    / sqrt(n) (dbt_project/macros/learning.sql).
+    """
+    n = len(values)
+    if n == 0:
+        return None, None, None
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, None, None
+    variance = math.fsum((value - mean) ** 2 for value in values) / (n - 1)
+    half_width = z * math.sqrt(variance / n)
+    return mean, mean - half_width, mean + half_width

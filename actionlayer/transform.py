@@ -69,15 +69,18 @@ def _dbt_env() -> None:
     os.environ["ACTIONLAYER_DB"] = str(db_path())
 
 
-def invoke(args: Sequence[str]) -> Any:
-    """One in-process dbt invocation against the project; returns dbt's own result object."""
+def invoke(args: Sequence[str], manifest: Any = None) -> Any:
+    """One in-process dbt invocation against the project; returns dbt's own result object.
+
+    `manifest`: a Manifest an earlier `parse` returned, reused instead of parsing again (the backtest compiles
+    one parsed project with several var values this way)."""
     _dbt_env()
     from dbt.cli.main import dbtRunner  # lazy: importing dbt costs seconds
 
     project = str(dbt_project_dir())
     full = [*args, "--project-dir", project, "--profiles-dir", project]
     try:
-        return dbtRunner().invoke(full)
+        return dbtRunner(manifest=manifest).invoke(full)
     finally:
         _release_database()
 

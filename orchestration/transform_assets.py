@@ -16,7 +16,7 @@ from actionlayer.reports import blocked_rules
 from orchestration.project import actionlayer_dbt
 from orchestration.resources import ActionlayerSettings
 
-MARTS = "path:models/marts"
+MARTS = "path:models/marts path:models/learning"
 # the marts read the ledger after dispatch wrote it; mapping the ledger source onto the dispatch
 # asset orders them after it in every run
 LEDGER_SOURCE_ASSET = dg.AssetKey("action_dispatch")

@@ -7,12 +7,15 @@
      the time from a table rather than a var keeps dbt's partial parse valid from one pass to the next (a
      changed var forces a full re-parse, about 2 s per pass).
   3. Otherwise (a hand run with neither) the current UTC time.
+  The schema of that run_context table is the var `run_context_schema` (default 'ops'): a backtest
+  (actionlayer/backtest.py) replays past days with its own one-row table in its scratch schema, so the live
+  loop's ops.run_context is never touched.
 #}
 {% macro as_of() -%}
     {%- set value = var('as_of', none) -%}
     {%- set text = (value | string | trim) if value is not none else '' -%}
     {%- if text == '' or text | lower == 'none' -%}
-        {%- set context_table = adapter.get_relation(database=target.database, schema='ops', identifier='run_context') if execute else none -%}
+        {%- set context_table = adapter.get_relation(database=target.database, schema=var('run_context_schema', 'ops'), identifier='run_context') if execute else none -%}
         {%- if context_table is not none -%}
             (select max(as_of) from {{ context_table }})
         {%- else -%}
