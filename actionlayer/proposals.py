@@ -217,8 +217,8 @@ def _decide(policy: learning.ThompsonPolicy, candidate: Mapping[str, Any], as_of
     """The arm of one level-5 action and the ledger fields that record it (see learning.Decision)."""
     config = policy.config
     decision = policy.decide(candidate["action_id"], learning.segment_of(candidate, config.segment_by))
-    # action_candidates carries no contact timezone today (raw.contacts has one, the candidate build does not
-    # select it): without a `contact_timezone`/`timezone` column the window is read in UTC, and the ledger says so
+    # action_candidates carries the contact's IANA zone (contact_timezone); without one the window is read in
+    # UTC, and the ledger says so
     zone = learning.contact_timezone(candidate)
     opening = config.window(decision.arm.send_window).next_opening(as_of, zone)
     return decision.details(config) | {

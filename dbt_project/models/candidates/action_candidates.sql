@@ -17,7 +17,7 @@ with candidates as (
 ),
 
 contacts as (
-    select contact_id, first_name, last_name, email from {{ ref('stg_files__contacts') }}
+    select contact_id, first_name, last_name, email, timezone from {{ ref('stg_files__contacts') }}
 ),
 
 accounts as (
@@ -92,6 +92,7 @@ with_context as (
         contacts.first_name as contact_first_name,
         contacts.last_name as contact_last_name,
         contacts.email as contact_email,
+        contacts.timezone as contact_timezone,
         accounts.account_name
     from candidates
     left join journey_state on journey_state.contact_id = candidates.contact_id
@@ -176,6 +177,7 @@ final as (
         journey_reason,
         contact_first_name,
         contact_last_name,
+        contact_timezone,
         account_name,
         {{ as_of() }} as as_of
     from journey
