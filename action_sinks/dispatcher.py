@@ -306,6 +306,7 @@ class _Lane:
         self.window = min(chunk, breaker_threshold)
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight = 0  # rounds of this lane sent but not yet settled
+        self.closing = False  # set when the pass ends: workers take no further items
         self.proven = False  # the last settled round ended without a failure streak
 
     def take(self) -> list[_Send]:
@@ -334,12 +335,28 @@ class _Lane:
             self.proven = False
             self.window = self.breaker.headroom()
 
-    def submit(self, item: _Send) -> Future[SendResult | None]:
+    def submit(self, items: list[_Send]) -> _Sends:
+        """Start sending this lane's share of a round: up to `concurrency` workers take its items in
+        order, so a round costs a few pool tasks instead of one future per action."""
         if self.executor is None:
             self.executor = ThreadPoolExecutor(
                 self.concurrency, thread_name_prefix=f"dispatch-{self.channel}"
             )
-        return self.executor.submit(self._send, item)
+        sends = _Sends(items)
+        sends.workers = [
+            self.executor.submit(self._drain, sends) for _ in range(min(self.concurrency, len(items)))
+        ]
+        return sends
+
+    def _drain(self, sends: _Sends) -> None:
+        pending = sends.pending
+        results = sends.results
+        while not self.closing:
+            try:
+                index, item = pending.popleft()  # atomic: each item goes to exactly one worker
+            except IndexError:
+                return
+            results[index] = self._send(item)
 
     def _send(self, item: _Send) -> SendResult | None:
         # checked per call: sends queued on this pool after the circuit opened are not made
@@ -350,8 +367,27 @@ class _Lane:
         return result
 
     def close(self) -> None:
+        # no worker takes another item; sends already under way finish
+        self.closing = True
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _Sends:
+    """One lane's share of a round on the wire: the items, which worker takes which next, the results
+    by position (None: not sent, the circuit opened first) and the pool tasks working through them."""
+
+    def __init__(self, items: list[_Send]) -> None:
+        self.items = items
+        self.pending: deque[tuple[int, _Send]] = deque(enumerate(items))
+        self.results: list[SendResult | None] = [None] * len(items)
+        self.workers: list[Future[None]] = []
+
+    def wait(self) -> list[SendResult | None]:
+        """The results once every item is done (re-raises what a worker raised)."""
+        for worker in self.workers:
+            worker.result()
+        return self.results
 
 
 class _Pass:
@@ -383,6 +419,9 @@ class _Pass:
         self.lanes: dict[str, _Lane] = {}
 
     def _advance(self, count: int = 1) -> None:
+        if self.progress is None:
+            self.done += count
+            return
         for _ in range(count):
             self.done += 1
             if self.progress is not None:
@@ -556,7 +595,7 @@ class _Pass:
     def run(self) -> None:
         """Rounds, pipelined: the next round's `sending`s are committed and its sends queued while the
         current round is still on the wire, and the current round's results are committed after."""
-        in_flight: list[tuple[_Lane, _Send, Future[SendResult | None]]] | None = None
+        in_flight: list[tuple[_Lane, _Sends]] | None = None
         try:
             while True:
                 shares = [(lane, lane.take()) for lane in self.lanes.values()]
@@ -581,9 +620,7 @@ class _Pass:
                     )
                     lane.queue.clear()
 
-    def launch(
-        self, shares: list[tuple[_Lane, list[_Send]]]
-    ) -> list[tuple[_Lane, _Send, Future[SendResult | None]]] | None:
+    def launch(self, shares: list[tuple[_Lane, list[_Send]]]) -> list[tuple[_Lane, _Sends]] | None:
         """Commit the `sending` events of a round in one transaction, then queue its sends."""
         if not shares:
             return None
@@ -593,27 +630,27 @@ class _Pass:
         if present:
             self.report.skipped += len(present)
             self._advance(len(present))
-        planned = [
-            (lane, item, lane.submit(item))
-            for lane, items in shares
-            for item in items
-            if item.sending.event_id not in present
-        ]
-        for lane, _ in shares:
-            if not any(planned_lane is lane for planned_lane, _, _ in planned):
+        planned = []
+        for lane, items in shares:
+            if present:
+                items = [item for item in items if item.sending.event_id not in present]
+            if items:
+                planned.append((lane, lane.submit(items)))
+            else:
                 lane.in_flight -= 1  # everything of this lane was already handled elsewhere
         return planned
 
-    def settle(self, planned: list[tuple[_Lane, _Send, Future[SendResult | None]]]) -> None:
+    def settle(self, planned: list[tuple[_Lane, _Sends]]) -> None:
         """Wait for a round's sends and commit all their results in one transaction."""
         outcomes: list[tuple[ledger.LedgerEvent, Callable[[], None]]] = []
-        for lane, item, future in planned:
-            outcomes.append(self.outcome(lane, item, future.result()))
+        for lane, sends in planned:
+            for item, result in zip(sends.items, sends.wait(), strict=True):
+                outcomes.append(self.outcome(lane, item, result))
         _commit(self.con, [event for event, _ in outcomes])
         for _, count in outcomes:
             count()
         self._advance(len(outcomes))
-        for lane in {id(lane): lane for lane, _, _ in planned}.values():
+        for lane, _ in planned:
             lane.after_round()
 
     def outcome(

@@ -19,7 +19,7 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +43,9 @@ SETTINGS_KEYS = frozenset({"sink", "url", "secret_env", "timeout", "rate_per_sec
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_ATTEMPTS = 4
 REASON_BODY_CHARS = 200
+EXPECTED_STATUSES = frozenset({*range(200, 300), 409})
+# the body encoding httpx uses for `json=` (compact, UTF-8, no NaN); `default=str` for non-JSON values
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
 
 
 class WebhookVerificationError(ValueError):
@@ -96,23 +99,6 @@ def verify_webhook(
         )
 
 
-class _SigningAuth(httpx.Auth):
-    """Signs each request as it leaves, so a retry after a long Retry-After gets a fresh timestamp."""
-
-    def __init__(self, secret: Callable[[], str], clock: Callable[[], float]) -> None:
-        self._secret = secret
-        self._clock = clock
-
-    def __repr__(self) -> str:
-        return "_SigningAuth(<secret from environment>)"
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        timestamp = str(int(self._clock()))
-        request.headers[TIMESTAMP_HEADER] = timestamp
-        request.headers[SIGNATURE_HEADER] = sign(self._secret(), timestamp, request.read())
-        yield request
-
-
 class _SecretMissing(RuntimeError):
     pass
 
@@ -162,10 +148,11 @@ class WebhookSink:
         self.rate_per_second = rate_per_second
         self.max_attempts = max_attempts
         self._environ = os.environ if environ is None else environ
+        self._clock = clock
+        self._where_for: tuple[str, str] | None = None  # (url, how results name it), see `_where`
         self.transport = HttpTransport(
             "webhook",
             url,
-            auth=_SigningAuth(self._secret, clock),
             timeout=timeout,
             retry=RetryPolicy(
                 max_attempts=max_attempts,
@@ -263,17 +250,39 @@ class WebhookSink:
             "metadata": message.metadata,
         }
 
+    def _where(self) -> str:
+        """How results name the endpoint (secrets in its query redacted), worked out once per URL."""
+        cached = self._where_for
+        if cached is None or cached[0] is not self.url:
+            cached = self._where_for = (self.url, f"webhook {redact_url(self.url)}")
+        return cached[1]
+
+    def _signed_headers(self, body: bytes, key: str) -> Callable[[], dict[str, str]]:
+        """The headers of one HTTP attempt, built right before it leaves: a retry after a long
+        Retry-After gets a fresh timestamp and signature, and the secret is read at that moment."""
+
+        def headers() -> dict[str, str]:
+            timestamp = str(int(self._clock()))
+            return {
+                IDEMPOTENCY_HEADER: key,
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: sign(self._secret(), timestamp, body),
+            }
+
+        return headers
+
     def send(self, message: OutboundMessage) -> SendResult:
-        where = f"webhook {redact_url(self.url)}"
-        # a plain JSON document: metadata values the dispatcher passes are already text/numbers
-        document = json.loads(json.dumps(self.payload(message), default=str))
+        where = self._where()
+        # encoded once, as the exact bytes that are signed and sent (the same bytes httpx's `json=` makes);
+        # values that are not JSON types (a date in metadata) are sent as text
+        body = _ENCODER.encode(self.payload(message)).encode("utf-8")
         try:
             response = self.transport.request(
                 "POST",
                 self.url,
-                json=document,
-                headers={IDEMPOTENCY_HEADER: message.action_id},
-                expected=(*range(200, 300), 409),
+                content=body,
+                attempt_headers=self._signed_headers(body, message.action_id),
+                expected=EXPECTED_STATUSES,
             )
         except _SecretMissing as exc:
             return SendResult(

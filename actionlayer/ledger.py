@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
@@ -205,6 +205,9 @@ _ARROW_TYPES: dict[str, pa.DataType] = {name: pa.string() for name in _COLUMNS} 
     "retryable": pa.bool_(),
     "seq": pa.int64(),
 }
+_ROW_OF = attrgetter(*_COLUMNS)
+# what json.dumps(details, sort_keys=True, default=str) writes, without building an encoder per event
+_DETAILS_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def append(con: duckdb.DuckDBPyConnection, events: Iterable[LedgerEvent]) -> int:
@@ -218,19 +221,14 @@ def append(con: duckdb.DuckDBPyConnection, events: Iterable[LedgerEvent]) -> int
         return 0
     recorded_at = _wall_clock()
     first_seq = _scalar(con, "select coalesce(max(seq), 0) + 1 from ops.action_ledger")
-    getters = [attrgetter(name) for name in _COLUMNS]
-    details_at = _COLUMNS.index("details")
-    rows = []
-    for event in batch:
-        row = [get(event) for get in getters]
-        if row[details_at]:
-            row[details_at] = json.dumps(row[details_at], sort_keys=True, default=str)
-        else:
-            row[details_at] = None
-        rows.append(row)
+    # one C call per event for all its fields, then one transpose into columns
+    rows = [_ROW_OF(event) for event in batch]
     columns: dict[str, list[Any]] = {
         name: list(values) for name, values in zip(_COLUMNS, zip(*rows, strict=True), strict=True)
     }
+    columns["details"] = [
+        _DETAILS_JSON.encode(details) if details else None for details in columns["details"]
+    ]
     columns["seq"] = list(range(first_seq, first_seq + len(batch)))
     columns["recorded_at"] = [recorded_at] * len(batch)
     frame = pa.table({name: pa.array(values, type=_ARROW_TYPES[name]) for name, values in columns.items()})
@@ -258,17 +256,50 @@ def next_event(
     state: dict[str, Any], event_type: str, occurred_at: datetime, actor: str, **values: Any
 ) -> LedgerEvent:
     """The next event of an action, its identity copied from the action's current state row."""
-    identity = {name: state.get(name) for name in IDENTITY_FIELDS}
-    for carried in ("channel", "recipient", "recommended_action", "reason"):
-        values.setdefault(carried, state.get(carried))
-    return LedgerEvent(
-        action_id=state["action_id"],
-        event_type=event_type,
-        occurred_at=occurred_at,
-        actor=actor,
-        **identity,
-        **values,
-    )
+    if not values.keys() <= _NEXT_EVENT_VALUES:
+        # an identity field or an unknown name among the values: the constructor says what is wrong
+        identity = {name: state.get(name) for name in IDENTITY_FIELDS}
+        for carried in _CARRIED_FIELDS:
+            values.setdefault(carried, state.get(carried))
+        return LedgerEvent(
+            action_id=state["action_id"],
+            event_type=event_type,
+            occurred_at=occurred_at,
+            actor=actor,
+            **identity,
+            **values,
+        )
+    # the dispatcher makes two of these per action: every field set in one dict, no per-field __init__
+    event = dict(_FIELD_DEFAULTS)
+    for name in IDENTITY_FIELDS:
+        event[name] = state.get(name)
+    for name in _CARRIED_FIELDS:
+        event[name] = state.get(name)
+    event.update(values)
+    event["action_id"] = state["action_id"]
+    event["event_type"] = event_type
+    event["occurred_at"] = occurred_at
+    event["actor"] = actor
+    return _event_from(event)
+
+
+# fields a later event takes from the action's state unless the caller gives them
+_CARRIED_FIELDS = ("channel", "recipient", "recommended_action", "reason")
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(LedgerEvent) if f.default is not MISSING}
+_NEXT_EVENT_VALUES = frozenset(_FIELD_DEFAULTS) - frozenset(IDENTITY_FIELDS)
+if set(_FIELD_DEFAULTS) | {"action_id", "event_type", "occurred_at", "actor", "rule_id"} != set(_COLUMNS):
+    # next_event's fast path sets every field from these defaults; a new field without one needs it there
+    raise TypeError("LedgerEvent's required fields changed; update next_event in actionlayer/ledger.py")
+
+
+def _event_from(values: dict[str, Any]) -> LedgerEvent:
+    """A LedgerEvent from a dict holding every one of its fields: the instance's attributes are set in
+    one step instead of the frozen dataclass's one call per field, then it is checked and its id derived
+    by the same `__post_init__` as any other event (LedgerEvent has no slots, so it has a `__dict__`)."""
+    event = object.__new__(LedgerEvent)
+    event.__dict__.update(values)
+    event.__post_init__()
+    return event
 
 
 def _rows(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

@@ -169,12 +169,42 @@ class HttpTransport:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         data: Mapping[str, Any] | None = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        attempt_headers: Callable[[], Mapping[str, str]] | None = None,
         expected: Iterable[int] = (200,),
     ) -> httpx.Response:
         """Send with retries on 429, 5xx, timeouts and connection errors; other statuses not in
-        `expected` raise `HTTPStatusError` at once (the caller decides, e.g. 401 → refresh a token)."""
+        `expected` raise `HTTPStatusError` at once (the caller decides, e.g. 401 → refresh a token).
+
+        `content` is a body already encoded; `attempt_headers()` is called right before every attempt and
+        its headers are added to `headers` (e.g. a signature over `content` with a fresh timestamp, so a
+        retry after a long Retry-After is not signed with a stale one)."""
         allowed = frozenset(expected)
+
+        def once() -> httpx.Response:
+            return self._send_once(
+                method, path, params, json, data, content, headers, attempt_headers, allowed
+            )
+
+        try:
+            # the first attempt runs without building a tenacity loop: most requests succeed at once
+            try:
+                return once()
+            except (TransientHTTPError, *self.retry_transport_errors) as exc:
+                first_failure = exc
+            return self._retry(once, first_failure)
+        except httpx.TransportError as exc:
+            url = redact_url(self.client.base_url.join(path))
+            raise ConnectorError(
+                f"{self.source}: {method} {url} failed after {self.retry.max_attempts} attempts: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _retry(self, once: Callable[[], httpx.Response], first_failure: Exception) -> httpx.Response:
+        """The tenacity loop after a retryable first attempt: that failure is attempt 1 of the loop, so the
+        attempt count, the stop, the backoff (or Retry-After) before attempt 2 and the log lines are what
+        they would be had the loop run from the start."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry.max_attempts),
             wait=self._wait,
@@ -183,16 +213,13 @@ class HttpTransport:
             before_sleep=self._log_retry,
             reraise=True,
         )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._send_once(method, path, params, json, data, headers, allowed)
-        except httpx.TransportError as exc:
-            url = redact_url(self.client.base_url.join(path))
-            raise ConnectorError(
-                f"{self.source}: {method} {url} failed after {self.retry.max_attempts} attempts: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        pending: Exception | None = first_failure
+        for attempt in retrying:
+            with attempt:
+                if pending is not None:
+                    failure, pending = pending, None
+                    raise failure  # attempt 1, already made: its outcome, not a second request
+                return once()
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _send_once(
@@ -202,13 +229,19 @@ class HttpTransport:
         params: Mapping[str, Any] | None,
         json: Any,
         data: Mapping[str, Any] | None,
+        content: bytes | None,
         headers: Mapping[str, str] | None,
+        attempt_headers: Callable[[], Mapping[str, str]] | None,
         allowed: frozenset[int],
     ) -> httpx.Response:
         if self.limiter:
             self.limiter.acquire()
         self.attempts += 1
-        response = self.client.request(method, path, params=params, json=json, data=data, headers=headers)
+        if attempt_headers is not None:
+            headers = {**headers, **attempt_headers()} if headers else attempt_headers()
+        response = self.client.request(
+            method, path, params=params, json=json, data=data, content=content, headers=headers
+        )
         if response.status_code in allowed:
             return response
         url = redact_url(response.request.url)
