@@ -584,6 +584,7 @@ def test_marts_on_seeded_ledger(built):
         "important_inquiry",
         "contract_renewal",
         "dormant_customer",
+        "invoice_due_reminder",
     }
     pq = perf["post_quote_followup"]
     assert (pq["candidates"], pq["sent"], pq["held_out"], pq["reviewed"]) == (3, 1, 1, 2)

@@ -13,6 +13,8 @@ import polars as pl
 import pytest
 
 from actionlayer.demo.world import (
+    DEFAULT_CONFIG_PATH,
+    RULE_IDS,
     ActionFact,
     World,
     advance_day,
@@ -253,9 +255,27 @@ def test_default_size_is_the_promised_company() -> None:
     )
     assert len(config.owners) == 8 and config.manager["email"].endswith("@demo-company.example")
     effects = config.effects
+    assert set(effects) == set(RULE_IDS)
     assert effects["nps_detractor"].baseline == effects["nps_detractor"].treated
     for rule_id in ("post_quote_followup", "overdue_invoice", "important_inquiry", "contract_renewal"):
         assert effects[rule_id].treated > effects[rule_id].baseline
+    # the planted harmful rule: the reminder lowers the share of invoices paid by their due date
+    assert effects["invoice_due_reminder"].treated < effects["invoice_due_reminder"].baseline
+
+
+def test_sizes_may_set_their_own_days(tmp_path: Path) -> None:
+    coverage = load_demo_config(size="coverage")
+    assert (coverage.days, coverage.observe_days) == (4, 14)
+    assert coverage.day_one_minimum > load_demo_config().day_one_minimum
+    # the observation period outlasts every planted outcome window, so every window closes before the final pass
+    assert coverage.observe_days >= max(effect.window_days for effect in coverage.effects.values())
+    broken = tmp_path / "demo.yml"
+    text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
+    broken.write_text(
+        text.replace("day_one_minimum: 3}", "day_one_minimum: 3, weeks: 2}", 1), encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match="unknown key.*weeks"):
+        load_demo_config(broken, size="small")
 
 
 def test_every_rule_has_candidates_on_day_one(day_one_folder: tuple[Path, datetime]) -> None:
@@ -282,6 +302,9 @@ def test_every_rule_has_candidates_on_day_one(day_one_folder: tuple[Path, dateti
 
     invoices = parse(read["invoices"], "due_at")
     overdue = invoices.filter((ts("status") == "open") & (ts("due_at") <= as_of - timedelta(days=30)))
+    due_soon = invoices.filter(
+        (ts("status") == "open") & (ts("due_at") > as_of) & (ts("due_at") <= as_of + timedelta(days=14))
+    )
 
     nps = parse(read["nps_responses"], "responded_at").with_columns(ts("score").cast(pl.Int64))
     detractors = nps.filter((ts("score") < 7) & (ts("responded_at") >= as_of - timedelta(days=2)))
@@ -315,6 +338,7 @@ def test_every_rule_has_candidates_on_day_one(day_one_folder: tuple[Path, dateti
         "important_inquiry": inquiries.height,
         "contract_renewal": renewals.height,
         "dormant_customer": dormant.height,
+        "invoice_due_reminder": due_soon.height,
     }
     assert all(count >= 1 for count in counts.values()), counts
 
@@ -324,7 +348,7 @@ def _fact_for(
 ) -> ActionFact:
     if rule_id == "post_quote_followup":
         record_type, contact_id = "deal", world.deals[record_id]["contact_id"]
-    elif rule_id == "overdue_invoice":
+    elif rule_id in ("overdue_invoice", "invoice_due_reminder"):
         record_type, contact_id = "invoice", world.invoices[record_id]["contact_id"]
     elif rule_id == "nps_detractor":
         record_type = "nps_response"
@@ -350,6 +374,7 @@ def test_planted_draws_match_the_configured_rates() -> None:
         "important_inquiry": list(world.tickets),
         "contract_renewal": list(world.contracts),
         "dormant_customer": list(world.accounts),
+        "invoice_due_reminder": list(world.invoices),
     }
     facts = []
     for rule_id, pool in pools.items():
@@ -429,7 +454,7 @@ def test_the_loop_sees_the_planted_effects_in_the_records(tmp_path: Path) -> Non
             if fact.status == "delivered":
                 emails = [at for kind, at in touches_by_deal[fact.record_id] if kind == "email_out"]
                 assert fact.at in emails, "a delivered follow-up shows as an email_out on the deal"
-        elif fact.rule_id == "overdue_invoice":
+        elif fact.rule_id in ("overdue_invoice", "invoice_due_reminder"):
             paid = invoices[fact.record_id]["paid_at"]
             happened = bool(paid) and fact.at < _ts(paid) <= end
         elif fact.rule_id == "important_inquiry":

@@ -16,6 +16,7 @@ SHIPPED = {
     "important_inquiry": 4,
     "contract_renewal": 3,
     "dormant_customer": 4,
+    "invoice_due_reminder": 4,
 }
 
 
@@ -24,10 +25,12 @@ def manifest():
     return json.loads(ensure_manifest().read_text())
 
 
-def test_the_six_rules_load_with_their_declared_levels(manifest):
+def test_the_shipped_rules_load_with_their_declared_levels(manifest):
     rules = load_rules()
     assert {rule_id: rule.maturity_level for rule_id, rule in rules.items()} == SHIPPED
-    assert rules["dormant_customer"].holdout_share == pytest.approx(0.2)
+    assert rules["dormant_customer"].holdout_share == pytest.approx(0.3)
+    # the demo's planted harmful rule holds out half, so the damage is measured with power
+    assert rules["invoice_due_reminder"].holdout_share == pytest.approx(0.5)
     for rule in rules.values():
         assert rule.template_subject and rule.template_body
         assert rule.outcome.get("kind") and rule.outcome.get("window_days")

@@ -100,7 +100,10 @@ RULE_IDS: tuple[str, ...] = (
     "important_inquiry",
     "contract_renewal",
     "dormant_customer",
+    "invoice_due_reminder",
 )
+# The rules' thresholds as dbt_project.yml sets them (the simulator's own view of who is a candidate).
+REMINDER_DAYS_BEFORE_DUE = 14
 
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"
 DAY = timedelta(days=1)
@@ -229,31 +232,61 @@ class DemoConfig:
     approvers: dict[str, Any]
     # days the company keeps living after the last acting pass, so outcome windows can close
     observe_days: int = 0
+    # per-rule exceptions to day_one_minimum
+    day_one_minimum_per_rule: dict[str, int] = field(default_factory=dict)
 
     @property
     def start_at(self) -> datetime:
         return datetime.combine(self.start, time())
 
 
+SIZE_KEYS = frozenset(
+    {
+        "accounts",
+        "contacts",
+        "broken_rows",
+        "day_one_minimum",
+        "day_one_minimum_per_rule",
+        "days",
+        "observe_days",
+    }
+)
+
+
 def load_demo_config(path: Path | None = None, size: str = "default") -> DemoConfig:
-    """Read demo.yml (or `path`) and pick a size preset (`small` or `default`)."""
+    """Read demo.yml (or `path`) and pick a size preset (`small`, `default`, or a benchmark size).
+
+    A preset sets accounts, contacts, broken_rows and day_one_minimum (optionally per rule in
+    day_one_minimum_per_rule), and may override days and observe_days.
+    """
     source = Path(path) if path else DEFAULT_CONFIG_PATH
     raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     sizes = raw["sizes"]
     if size not in sizes:
         raise ValueError(f"{source}: unknown size {size!r}; presets are {sorted(sizes)}")
     preset = sizes[size]
+    unknown = sorted(set(preset) - SIZE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{source}: size {size!r} has unknown key(s) {unknown}; allowed are {sorted(SIZE_KEYS)}"
+        )
     start = raw["start"]
     if isinstance(start, str):
         start = date.fromisoformat(start)
     effects = {rule_id: Effect(**spec) for rule_id, spec in raw["effects"].items()}
+    unknown_rules = sorted(set(preset.get("day_one_minimum_per_rule") or {}) - set(RULE_IDS))
+    if unknown_rules:
+        raise ValueError(
+            f"{source}: size {size!r}: day_one_minimum_per_rule names unknown rule(s) {unknown_rules}"
+        )
     return DemoConfig(
         seed=int(raw["seed"]),
         size=size,
         start=start,
         history_days=int(raw["history_days"]),
-        days=int(raw["days"]),
-        observe_days=int(raw.get("observe_days", 0)),
+        # a size may shorten or lengthen the run (the coverage benchmark's sizes do)
+        days=int(preset.get("days", raw["days"])),
+        observe_days=int(preset.get("observe_days", raw.get("observe_days", 0))),
         company_domain=raw["company_domain"],
         owners=tuple(dict(owner) for owner in raw["owners"]),
         manager=dict(raw["manager"]),
@@ -261,6 +294,10 @@ def load_demo_config(path: Path | None = None, size: str = "default") -> DemoCon
         contacts=int(preset["contacts"]),
         broken_rows=int(preset.get("broken_rows", 0)),
         day_one_minimum=int(preset.get("day_one_minimum", 0)),
+        day_one_minimum_per_rule={
+            str(rule_id): int(count)
+            for rule_id, count in (preset.get("day_one_minimum_per_rule") or {}).items()
+        },
         account_mix=dict(raw["account_mix"]),
         tiers=dict(raw["tiers"]),
         currencies=dict(raw["currencies"]),
@@ -1053,10 +1090,14 @@ def day_one_candidates(world: World, as_of: datetime) -> dict[str, list[str]]:
             )
             if touch <= changed:
                 result["post_quote_followup"].append(deal["deal_id"])
+    reminder_horizon = as_of + timedelta(days=REMINDER_DAYS_BEFORE_DUE)
     for invoice in world.invoices.values():
-        overdue = invoice["due_at"] <= as_of - timedelta(days=30)
-        if overdue and invoice["issued_at"] <= as_of and _invoice_status(invoice, as_of) == "open":
+        if invoice["issued_at"] > as_of or _invoice_status(invoice, as_of) != "open":
+            continue
+        if invoice["due_at"] <= as_of - timedelta(days=30):
             result["overdue_invoice"].append(invoice["invoice_id"])
+        elif as_of < invoice["due_at"] <= reminder_horizon:
+            result["invoice_due_reminder"].append(invoice["invoice_id"])
     for response in world.nps_responses:
         if as_of - timedelta(days=2) <= response["responded_at"] <= as_of and response["score"] < 7:
             result["nps_detractor"].append(response["response_id"])
@@ -1078,7 +1119,18 @@ def day_one_candidates(world: World, as_of: datetime) -> dict[str, list[str]]:
 
 
 def _ensure_day_one_candidates(world: World) -> None:
-    """Top up any rule with fewer than `day_one_minimum` candidates at the start (matters for tiny worlds)."""
+    """Top up any rule with fewer than `day_one_minimum` candidates at the start.
+
+    Matters for tiny worlds, and builds the large go-live backlog of the coverage benchmark's sizes. Where the
+    backlog lands is chosen so the measurement stays clean and the arms stay large:
+      * rules whose outcome is any inbound activity of a person (nps_detractor, contract_renewal) do not share
+        people: two such actions on one contact share one outcome, so neither would be its own planted draw
+        and the measured uplift would drift from the planted one. At most one renewal per account, and
+        detractors and renewals go to different accounts;
+      * sales actions (post_quote_followup, contract_renewal) are suppressed on accounts with an overdue
+        invoice or an open urgent ticket, so their backlog goes to accounts without such trouble, and the
+        backlog that makes trouble (overdue and soon-due invoices, urgent tickets) stays off those accounts.
+    """
     cfg, rng = world.config, world.rng
     start = cfg.start_at
     # Judge the stock in the middle of day one, so a pass at any hour of that day sees it.
@@ -1086,31 +1138,93 @@ def _ensure_day_one_candidates(world: World) -> None:
     customers = [
         a for a in world.accounts.values() if a["kind"] == "customer" and a["quiet_from"] is None
     ] or [a for a in world.accounts.values() if a["quiet_from"] is None]
+    renewing = _renewal_frozen_accounts(world, start.date())
+    detracting: dict[str, None] = {}
+    selling: dict[str, None] = {}
+    troubled = _troubled_accounts(world, start + timedelta(days=max(cfg.days, 1)))
+
+    def pick(*avoid: dict[str, None]) -> dict[str, Any]:
+        free = [a for a in customers if not any(a["account_id"] in taken for taken in avoid)]
+        return rng.choice(free or customers)
+
     for rule_id in RULE_IDS:
-        for _ in range(max(0, cfg.day_one_minimum - len(found[rule_id]))):
-            account = rng.choice(customers)
-            contact_ids = world.contacts_by_account[account["account_id"]]
+        minimum = cfg.day_one_minimum_per_rule.get(rule_id, cfg.day_one_minimum)
+        for _ in range(max(0, minimum - len(found[rule_id]))):
             if rule_id == "post_quote_followup":
+                account = pick(troubled)
+                contact_ids = world.contacts_by_account[account["account_id"]]
                 free = [
                     c for c in contact_ids if not _deal_open_for(world, c, start) and c not in world.no_touch
                 ]
                 if not free:
                     account = _new_account(world, start - _days(rng, 200, 400), "prospect")
                     free = [_new_contact(world, account, account["created_at"])["contact_id"]]
+                selling[account["account_id"]] = None
                 _stalled_deal(world, account, free[0], start - _days(rng, 7.5, 20))
             elif rule_id == "overdue_invoice":
+                account = pick(selling)
+                troubled[account["account_id"]] = None
+                contact_id = world.contacts_by_account[account["account_id"]][0]
                 issued = start - _days(rng, 61, 90)
-                _new_invoice(world, account, contact_ids[0], issued, rng.uniform(500, 9000), fate="stuck")
+                _new_invoice(world, account, contact_id, issued, rng.uniform(500, 9000), fate="stuck")
             elif rule_id == "nps_detractor":
-                _new_nps(world, rng.choice(contact_ids), start - _days(rng, 0.05, 0.9), "detractor")
+                account = pick(renewing)
+                detracting[account["account_id"]] = None
+                contact_id = rng.choice(world.contacts_by_account[account["account_id"]])
+                _new_nps(world, contact_id, start - _days(rng, 0.05, 0.9), "detractor")
             elif rule_id == "important_inquiry":
-                _new_ticket(world, account, rng.choice(contact_ids), start - _days(rng, 0.05, 1.5), "urgent")
+                account = pick(selling)
+                troubled[account["account_id"]] = None
+                contact_id = rng.choice(world.contacts_by_account[account["account_id"]])
+                _new_ticket(world, account, contact_id, start - _days(rng, 0.05, 1.5), "urgent")
             elif rule_id == "contract_renewal":
+                free_accounts = [
+                    a
+                    for a in customers
+                    if not any(a["account_id"] in taken for taken in (renewing, detracting, troubled))
+                ] or [a for a in customers if a["account_id"] not in renewing]
+                if not free_accounts:
+                    break  # every customer already has a contract up for renewal
+                account = rng.choice(free_accounts)
+                renewing[account["account_id"]] = None
+                selling[account["account_id"]] = None
                 end = start + _days(rng, 5, 55)
                 contract = _new_contract(world, account, end - timedelta(days=365), False)
                 contract["end_at"], contract["cancelled_at"] = end, None
-            else:
+            elif rule_id == "dormant_customer":
                 _dormant_account(world, start + _days(rng, -200, -95))
+            elif rule_id == "invoice_due_reminder":
+                # issued 17-29 days ago, so it falls due within the reminder window; paid late by nature
+                account = pick(selling)
+                troubled[account["account_id"]] = None
+                contact_id = world.contacts_by_account[account["account_id"]][0]
+                issued = start - _days(rng, 17, 29)
+                _new_invoice(world, account, contact_id, issued, rng.uniform(500, 9000), fate="late")
+            else:
+                raise ValueError(f"no day-one top-up for rule {rule_id!r}")
+
+
+def _troubled_accounts(world: World, until: datetime) -> dict[str, None]:
+    """Accounts whose sales actions the journey context suppresses before `until`: an open invoice past due
+    by then, or an open urgent ticket at the start."""
+    start = world.config.start_at
+    troubled: dict[str, None] = {}
+    for invoice in world.invoices.values():
+        if (
+            invoice["issued_at"] <= start
+            and invoice["due_at"] < until
+            # overdue at some moment before `until`: still open once past due (and past the start)
+            and _invoice_status(invoice, max(invoice["due_at"], start)) == "open"
+        ):
+            troubled[invoice["account_id"]] = None
+    for ticket in world.tickets.values():
+        if (
+            ticket["priority"] == "urgent"
+            and ticket["opened_at"] <= start
+            and _ticket_status(ticket, start) == "open"
+        ):
+            troubled[ticket["account_id"]] = None
+    return troubled
 
 
 def _stalled_deal(world: World, account: dict[str, Any], contact_id: str, quote: datetime) -> None:
@@ -1330,6 +1444,9 @@ def _make_delivery_visible(world: World, experiment: dict[str, Any]) -> None:
         _add_activity(world, at + _days(rng, 0.02, 0.2), contact_id, "task", "Follow up on NPS feedback")
     elif rule_id == "important_inquiry" and rng.random() < 0.5:
         _add_activity(world, at + _days(rng, 0.02, 0.2), contact_id, "note", "Looked into the open ticket")
+    elif rule_id == "invoice_due_reminder":
+        # Billing logs the reminder as a note: no touch, so no other rule's condition moves because of it.
+        _add_activity(world, at, contact_id, "note", f"Payment reminder sent for {experiment['record_id']}")
 
 
 def _realise_outcome(world: World, action_id: str, day: date, report: DayReport | None) -> None:

@@ -8,6 +8,7 @@ with unioned as (
         'rule_important_inquiry',
         'rule_contract_renewal',
         'rule_dormant_customer',
+        'rule_invoice_due_reminder',
     ]) }}
 ),
 

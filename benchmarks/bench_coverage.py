@@ -1,0 +1,294 @@
+"""Coverage of the uplift intervals on the demo world, over many seeds.
+
+Each seed runs the real demo loop (world, SoR folder, Dagster job, dbt rules and marts, ledger, review files,
+dispatch) in its own process and its own temporary ACTIONLAYER_DATA / ACTIONLAYER_DB / DAGSTER_HOME, then reads
+main.mart_rule_performance and compares every rule's 95% interval with the effect demo.yml planted
+(treated - baseline). Prints the coverage table and a PASS/FAIL line against issue 6's criteria:
+
+  * every rule with a held-out arm: its interval covers the planted effect in at least 90% of the seeds
+    (18 of 20; a seed whose run gives that rule no interval counts as not covered);
+  * the no-effect rule(s) (treated == baseline, nps_detractor): the interval covers 0 in at least 90% of seeds;
+  * the harmful rule(s) (treated < baseline): verdict `harmful` in at least 90% of the seeds.
+
+A rule with holdout_share 0 has no control arm and so no interval; it is listed and left out of the criteria.
+
+    .venv/bin/python benchmarks/bench_coverage.py [--seeds 20] [--first-seed 20260901] [--size coverage]
+                                                  [--jobs 1] [--json results.json] [--keep]
+
+Exit code 0 on PASS, 1 on FAIL, 2 when a seed could not be run (after one retry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from actionlayer.demo.coverage import (  # noqa: E402
+    RuleMeasurement,
+    harmful_rules,
+    no_effect_rules,
+    planted_effects,
+    read_measurements,
+)
+from actionlayer.demo.world import load_demo_config  # noqa: E402
+
+REQUIRED_SHARE = 0.9  # 18 of 20
+SEED_TIMEOUT_SECONDS = 1800
+
+
+def _seed_env(workdir: Path) -> dict[str, str]:
+    """The environment of one seed's process: nothing of the caller's Actionlayer settings leaks in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONLAYER_") and k != "DAGSTER_HOME"}
+    data = workdir / "data"
+    env.update(
+        {
+            "ACTIONLAYER_DATA": str(data),
+            "ACTIONLAYER_DB": str(data / "actionlayer.duckdb"),
+            "DAGSTER_HOME": str(data / "dagster_home"),
+            # a settings file that does not exist: defaults only (file outbox, no SMTP, default quality gate)
+            "ACTIONLAYER_CONFIG": str(workdir / "no-settings.yml"),
+            # dbt writes its target files (compiled SQL, run results, partial parse) here, not into the shared
+            # dbt_project/target that parallel seeds would overwrite under each other; the manifest the loop
+            # reads was parsed once by the parent before any seed started.
+            "DBT_TARGET_PATH": str(workdir / "dbt_target"),
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+            "GX_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+    )
+    return env
+
+
+def _worker(seed: int, size: str, workdir: Path) -> None:
+    """Runs in the seed's own process: the whole demo loop, then the mart rows as JSON."""
+    from rich.console import Console
+
+    from actionlayer import config
+    from actionlayer.demo.driver import run_demo
+
+    with (workdir / "demo.log").open("w", encoding="utf-8") as log:
+        run_demo(Console(file=log, width=160, force_terminal=False), size=size, seed=seed)
+    demo_config = load_demo_config(size=size)
+    demo_config.seed = seed
+    rows = read_measurements(config.db_path(), demo_config)
+    result = {"seed": seed, "size": size, "rules": {rule_id: asdict(row) for rule_id, row in rows.items()}}
+    (workdir / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+def _run_seed(seed: int, size: str, keep: bool) -> dict[str, Any]:
+    """One seed in a fresh temporary directory; one retry when the run itself fails."""
+    attempts: list[str] = []
+    for attempt in (1, 2):
+        workdir = Path(tempfile.mkdtemp(prefix=f"actionlayer-coverage-{seed}-"))
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", str(seed), "--size", size,
+                 "--workdir", str(workdir)],
+                cwd=ROOT,
+                env=_seed_env(workdir),
+                capture_output=True,
+                text=True,
+                timeout=SEED_TIMEOUT_SECONDS,
+            )  # fmt: skip
+            failure = None if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()[-2000:]
+        except subprocess.TimeoutExpired:
+            failure = f"timed out after {SEED_TIMEOUT_SECONDS} s"
+        elapsed = time.monotonic() - started
+        result_file = workdir / "result.json"
+        if failure is None and result_file.exists():
+            result = json.loads(result_file.read_text(encoding="utf-8"))
+            result.update(seconds=round(elapsed, 1), attempts=attempt, workdir=str(workdir) if keep else None)
+            if not keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            return result
+        attempts.append(f"attempt {attempt} ({workdir}): {failure or 'no result.json written'}")
+    return {"seed": seed, "size": size, "error": "\n".join(attempts)}
+
+
+def _fmt_pts(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:+.1f}"
+
+
+def _pooled(rows: list[RuleMeasurement], effect: Any) -> str:
+    """Conversion per arm over all seeds next to the planted probabilities: a bias shows here first."""
+
+    def rate(converted: int, closed: int) -> str:
+        return "–" if closed == 0 else f"{converted / closed:.0%}"
+
+    acted = rate(sum(r.acted_converted for r in rows), sum(r.acted_closed for r in rows))
+    held = rate(sum(r.held_out_converted for r in rows), sum(r.held_out_closed for r in rows))
+    if effect is None:
+        return f"{acted} / {held}"
+    return f"{acted} / {held} vs {effect.treated:.0%} / {effect.baseline:.0%}"
+
+
+def _report(results: list[dict[str, Any]], size: str) -> int:
+    config = load_demo_config(size=size)
+    planted = planted_effects(config)
+    harmful, no_effect = harmful_rules(config), no_effect_rules(config)
+    done = [r for r in results if "rules" in r]
+    failed = [r for r in results if "rules" not in r]
+    n = len(done)
+    if not done:
+        print("FAIL: no seed ran; the first error:\n" + failed[0]["error"])
+        return 2
+    required = math.ceil(REQUIRED_SHARE * len(results))
+    per_rule: dict[str, list[RuleMeasurement]] = {}
+    for result in done:
+        for rule_id, row in result["rules"].items():
+            per_rule.setdefault(rule_id, []).append(RuleMeasurement(**row))
+
+    headings = (
+        "rule",
+        "planted",
+        "covers",
+        "mean uplift",
+        "mean CI width",
+        "closed acted/held",
+        "pooled acted/held vs planted",
+        "verdicts",
+    )
+    lines: list[tuple[str, ...]] = []
+    problems: list[str] = []
+    unmeasurable: list[str] = []
+    for rule_id in sorted(per_rule):
+        rows = per_rule[rule_id]
+        effect = planted.get(rule_id)
+        measured = [r for r in rows if r.measured]
+        covered = sum(bool(r.covers(effect)) for r in rows)
+        uplifts = [r.uplift for r in measured if r.uplift is not None]
+        widths = [r.width for r in measured if r.width is not None]
+        verdicts: dict[str, int] = {}
+        for r in rows:
+            verdicts[r.verdict or "–"] = verdicts.get(r.verdict or "–", 0) + 1
+        no_holdout = all((r.holdout_share or 0) == 0 for r in rows)
+        lines.append(
+            (
+                rule_id,
+                _fmt_pts(effect),
+                "no holdout" if no_holdout else f"{covered}/{n}",
+                _fmt_pts(sum(uplifts) / len(uplifts)) if uplifts else "–",
+                _fmt_pts(sum(widths) / len(widths)).lstrip("+") if widths else "–",
+                f"{sum(r.acted_closed for r in rows) / max(n, 1):.0f} / "
+                f"{sum(r.held_out_closed for r in rows) / max(n, 1):.0f}",
+                _pooled(rows, config.effects.get(rule_id)),
+                ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())),
+            )
+        )
+        if effect is None:
+            continue
+        if no_holdout:
+            unmeasurable.append(rule_id)
+        elif covered < required:
+            problems.append(f"{rule_id}: covers its planted effect in {covered}/{len(results)} seeds")
+
+    widths_col = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headings)]
+
+    def row(cells: tuple[str, ...]) -> str:
+        padded = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths_col, strict=True))
+        ]
+        return "  ".join(padded)
+
+    print()
+    print(f"Coverage of the 95% uplift interval, {n} seed(s), size {size!r} (effects in percentage points)")
+    print(row(headings))
+    for line in lines:
+        print(row(line))
+    print()
+    for rule_id in harmful:
+        flagged = sum(r.verdict == "harmful" for r in per_rule.get(rule_id, []))
+        print(f"harmful rule {rule_id}: verdict harmful in {flagged}/{len(results)} seeds")
+        if flagged < required:
+            problems.append(f"{rule_id}: flagged harmful in only {flagged}/{len(results)} seeds")
+    for rule_id in no_effect:
+        zero = sum(bool(r.covers(0.0)) for r in per_rule.get(rule_id, []))
+        print(f"no-effect rule {rule_id}: interval covers 0 in {zero}/{len(results)} seeds")
+        if zero < required:
+            problems.append(f"{rule_id}: covers 0 in only {zero}/{len(results)} seeds")
+    for rule_id in unmeasurable:
+        print(f"not measurable: {rule_id} has holdout_share 0 (no control arm), left out of the criteria")
+    for result in failed:
+        problems.append(f"seed {result['seed']} did not run: {result['error'].splitlines()[-1][:300]}")
+    print(
+        f"Criterion: each rule with a holdout covers its planted effect, the no-effect rule covers 0 and the "
+        f"harmful rule is flagged harmful, each in at least {required} of {len(results)} seeds "
+        f"({REQUIRED_SHARE:.0%})."
+    )
+    if problems:
+        print("FAIL: " + "; ".join(problems))
+    else:
+        print("PASS")
+    if failed:
+        return 2
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
+    parser.add_argument("--first-seed", type=int, default=None, help="first seed (default demo.yml's seed)")
+    parser.add_argument("--size", default="coverage", help="demo.yml size preset (default coverage)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (default 1; 2 cores here)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every seed's rows to this file")
+    parser.add_argument("--keep", action="store_true", help="keep each seed's temporary directory")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        _worker(args.worker, args.size, args.workdir)
+        return 0
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be at least 1")
+    config = load_demo_config(size=args.size)  # fails early on an unknown size
+    first = config.seed if args.first_seed is None else args.first_seed
+    seeds = list(range(first, first + args.seeds))
+    print(
+        f"{len(seeds)} seed(s) from {first}, size {args.size!r} ({config.accounts} accounts, {config.days} acting "
+        f"days, {config.observe_days} observe days), {args.jobs} in parallel; each runs the whole demo loop."
+    )
+    from actionlayer.transform import ensure_manifest
+
+    ensure_manifest()  # once, before the seeds: they only read it
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(_run_seed, seed, args.size, args.keep): seed for seed in seeds}
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            if "rules" in result:
+                verdicts = ", ".join(
+                    f"{rule_id} {row['verdict']}" for rule_id, row in sorted(result["rules"].items())
+                    if rule_id in harmful_rules(config)
+                )  # fmt: skip
+                print(f"  seed {result['seed']}: {result['seconds']:.0f} s; {verdicts}", flush=True)
+            else:
+                print(f"  seed {result['seed']}: FAILED\n{result['error']}", flush=True)
+    results.sort(key=lambda r: r["seed"])
+    print(f"{len(seeds)} seed(s) in {time.monotonic() - started:.0f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return _report(results, args.size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
