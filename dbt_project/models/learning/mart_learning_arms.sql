@@ -6,19 +6,14 @@
 -- Beta(prior_alpha + successes, prior_beta + failures), the prior taken from the rule's latest decision.
 -- Every arm the rule offers (its latest decision's arm list) has a row in every segment it has seen, chosen or
 -- not; an arm no longer offered keeps its rows (is_offered false). Python mirror: actionlayer/learning.py.
-with ledger as (
-    select * from {{ source('ledger', 'action_ledger') }}
-    where occurred_at <= {{ as_of() }}
-),
-
-decisions as (
-    {{ learning_decisions('ledger') }}
+with decisions as (
+    select * exclude (closed_outcome_achieved) from {{ ref('int_learning_decisions') }}
 ),
 
 outcomes as (
-    select action_id, outcome_achieved
-    from {{ ref('fct_outcomes') }}
-    where arm_group = 'acted' and outcome_window_closed and outcome_achieved is not null
+    select action_id, closed_outcome_achieved as outcome_achieved
+    from {{ ref('int_learning_decisions') }}
+    where closed_outcome_achieved is not null
 ),
 
 latest as (

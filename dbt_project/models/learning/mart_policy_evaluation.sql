@@ -6,19 +6,14 @@
 -- uniform (IPW), paired per decision: mean(r (1 - w)) with its normal interval. best_arm_traffic_share: the
 -- share of all decisions that went to the arm the posteriors now favour in their segment (mart_learning_arms).
 -- Formulas and their Python twins: actionlayer/learning.py; SQL macros: macros/learning.sql, macros/stats.sql.
-with ledger as (
-    select * from {{ source('ledger', 'action_ledger') }}
-    where occurred_at <= {{ as_of() }}
-),
-
-decisions as (
-    {{ learning_decisions('ledger') }}
+with decisions as (
+    select * exclude (closed_outcome_achieved) from {{ ref('int_learning_decisions') }}
 ),
 
 outcomes as (
-    select action_id, outcome_achieved
-    from {{ ref('fct_outcomes') }}
-    where arm_group = 'acted' and outcome_window_closed and outcome_achieved is not null
+    select action_id, closed_outcome_achieved as outcome_achieved
+    from {{ ref('int_learning_decisions') }}
+    where closed_outcome_achieved is not null
 ),
 
 logged as (

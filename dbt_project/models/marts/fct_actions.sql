@@ -15,25 +15,12 @@ rule_catalog as (
 per_action as (
     select
         action_id,
-        arg_min(rule_id, seq) as rule_id,
+        {{ action_identity_columns() }},
         arg_min(rule_version, seq) as rule_version,
         arg_min(maturity_level, seq) as maturity_level,
-        arg_min(record_type, seq) as record_type,
-        arg_min(record_id, seq) as record_id,
-        arg_min(contact_id, seq) as contact_id,
-        arg_min(account_id, seq) as account_id,
-        arg_min(owner_email, seq) as owner_email,
-        arg_min(signal_at, seq) as signal_at,
-        arg_min(channel, seq) as channel,
-        min(occurred_at) filter (where event_type = 'proposed') as proposed_at,
         bool_or(event_type = 'pending_review') as was_reviewed,
         min(occurred_at) filter (where event_type = 'sending') as first_sent_at,
-        min(occurred_at) filter (where event_type = 'delivered') as delivered_at,
-        min(occurred_at) filter (where event_type = 'held_out') as held_out_at,
         bool_or(event_type = 'held_out') as holdout,
-        -- an escalated action is never held out, so it is left out of both arms of the uplift comparison
-        coalesce(bool_or(event_type = 'proposed' and json_extract_string(details, '$.escalated') = 'true'), false)
-            as escalated,
         arg_max(event_type, seq) as final_state,
         arg_max(result, seq) as result
     from ledger

@@ -18,19 +18,7 @@ rule_catalog as (
 per_action as (
     select
         action_id,
-        arg_min(rule_id, seq) as rule_id,
-        arg_min(record_type, seq) as record_type,
-        arg_min(record_id, seq) as record_id,
-        arg_min(contact_id, seq) as contact_id,
-        arg_min(account_id, seq) as account_id,
-        arg_min(owner_email, seq) as owner_email,
-        arg_min(channel, seq) as channel,
-        arg_min(signal_at, seq) as signal_at,
-        min(occurred_at) filter (where event_type = 'proposed') as proposed_at,
-        min(occurred_at) filter (where event_type = 'delivered') as delivered_at,
-        min(occurred_at) filter (where event_type = 'held_out') as held_out_at,
-        coalesce(bool_or(event_type = 'proposed' and json_extract_string(details, '$.escalated') = 'true'), false)
-            as escalated
+        {{ action_identity_columns() }}
     from ledger
     group by action_id
 ),
