@@ -265,7 +265,10 @@ select
     rule_id,
     {{ uplift_columns(
         'count(*) filter (where acted and converted)', 'count(*) filter (where acted)',
-        'count(*) filter (where not acted and converted)', 'count(*) filter (where not acted)') }},
+        'count(*) filter (where not acted and converted)', 'count(*) filter (where not acted)', 'uplift_') }},
+    {{ minimum_detectable_effect(
+        proportion('count(*) filter (where not acted and converted)', 'count(*) filter (where not acted)'),
+        'count(*) filter (where acted)', 'count(*) filter (where not acted)') }} as minimum_detectable_effect,
     {{ srm_p_value('count(*) filter (where acted)', 'count(*) filter (where not acted)', 'max(holdout_share)') }}
         as srm_p_value
 from events
@@ -434,17 +437,17 @@ def test_sql_uplift_columns_on_aggregates(compiled_sql):
     for rule_id, (s1, n1, s0, n0, share) in arms.items():
         row = rows[rule_id]
         evidence = stats.uplift_evidence(s1, n1, s0, n0, expected_control_share=share)
-        assert row["verdict"] == evidence.verdict, rule_id
+        assert row["uplift_verdict"] == evidence.verdict, rule_id
         for column, value in [
             ("uplift", evidence.uplift),
-            ("uplift_lower", evidence.uplift_lower),
-            ("uplift_upper", evidence.uplift_upper),
+            ("uplift_ci_lower", evidence.uplift_lower),
+            ("uplift_ci_upper", evidence.uplift_upper),
             ("uplift_p_value", evidence.p_value),
             ("minimum_detectable_effect", evidence.minimum_detectable_effect),
             ("srm_p_value", evidence.srm_p_value),
         ]:
             assert close(row[column], value), (rule_id, column, row[column], value)
-    assert [rows[r]["verdict"] for r in arms] == [
+    assert [rows[r]["uplift_verdict"] for r in arms] == [
         "works",
         "harmful",
         "no_evidence",

@@ -30,22 +30,24 @@
         approved / nullif(approved + rejected, 0) as approval_rate,
         acted_converted / nullif(acted_closed, 0) as conversion_acted,
         held_out_converted / nullif(held_out_closed, 0) as conversion_held_out,
-        {{ proportion_difference('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as uplift,
-        {{ newcombe_lower('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as uplift_ci_lower,
-        {{ newcombe_upper('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as uplift_ci_upper,
-        {{ two_proportion_p_value('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }}
-            as p_value,
+        {{ uplift_columns('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed') }},
         {{ minimum_detectable_effect(
             'held_out_converted / nullif(held_out_closed, 0)', 'acted_closed', 'held_out_closed'
         ) }} as minimum_detectable_effect,
         {{ srm_p_value('assigned_acted', 'assigned_held_out', 'holdout_share') }} as srm_p_value,
-        {{ srm_flag('assigned_acted', 'assigned_held_out', 'holdout_share') }} as srm_flag,
-        {{ uplift_verdict(
-            'acted_closed', 'held_out_closed',
-            newcombe_lower('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed'),
-            newcombe_upper('acted_converted', 'acted_closed', 'held_out_converted', 'held_out_closed'),
-        ) }} as verdict
+        {{ srm_flag('assigned_acted', 'assigned_held_out', 'holdout_share') }} as srm_flag
+{%- endmacro %}
+
+{#
+  Acted vs held out: uplift (absolute difference), Newcombe's 95% interval, the pooled two-proportion p-value and
+  the verdict, from converted/closed counts per arm. mart_rule_performance(_weekly) and mart_rule_tuning use it;
+  `prefix` names the p-value and verdict columns (e.g. 'uplift_' gives uplift_p_value, uplift_verdict).
+#}
+{% macro uplift_columns(converted1, n1, converted0, n0, prefix='') -%}
+        {{ proportion_difference(converted1, n1, converted0, n0) }} as uplift,
+        {{ newcombe_lower(converted1, n1, converted0, n0) }} as uplift_ci_lower,
+        {{ newcombe_upper(converted1, n1, converted0, n0) }} as uplift_ci_upper,
+        {{ two_proportion_p_value(converted1, n1, converted0, n0) }} as {{ prefix }}p_value,
+        {{ uplift_verdict(n1, n0, newcombe_lower(converted1, n1, converted0, n0),
+                          newcombe_upper(converted1, n1, converted0, n0)) }} as {{ prefix }}verdict
 {%- endmacro %}

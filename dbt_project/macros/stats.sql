@@ -203,16 +203,3 @@
     end)
 {%- endmacro %}
 
-{#
-  The whole evidence as select-list columns, for a mart row that already holds the four counts:
-    uplift, uplift_lower, uplift_upper, uplift_p_value, minimum_detectable_effect, verdict.
-  SRM needs the assignment counts and the rule's holdout share, so it is called separately (srm_p_value, srm_flag).
-#}
-{% macro uplift_columns(s1, n1, s0, n0, min_per_arm=30) -%}
-    {{ proportion_difference(s1, n1, s0, n0) }} as uplift,
-    {{ newcombe_lower(s1, n1, s0, n0) }} as uplift_lower,
-    {{ newcombe_upper(s1, n1, s0, n0) }} as uplift_upper,
-    {{ two_proportion_p_value(s1, n1, s0, n0) }} as uplift_p_value,
-    {{ minimum_detectable_effect(proportion(s0, n0), n1, n0) }} as minimum_detectable_effect,
-    {{ uplift_verdict(n1, n0, newcombe_lower(s1, n1, s0, n0), newcombe_upper(s1, n1, s0, n0), min_per_arm) }} as verdict
-{%- endmacro %}

@@ -137,19 +137,7 @@ final as (
         {{ wilson_upper('outcomes_achieved', 'outcomes_closed') }} as outcome_rate_ci_upper,
         {{ proportion('acted_achieved', 'acted_closed') }} as conversion_acted,
         {{ proportion('held_out_achieved', 'held_out_closed') }} as conversion_held_out,
-        {{ proportion_difference('acted_achieved', 'acted_closed', 'held_out_achieved', 'held_out_closed') }}
-            as uplift,
-        {{ newcombe_lower('acted_achieved', 'acted_closed', 'held_out_achieved', 'held_out_closed') }}
-            as uplift_ci_lower,
-        {{ newcombe_upper('acted_achieved', 'acted_closed', 'held_out_achieved', 'held_out_closed') }}
-            as uplift_ci_upper,
-        {{ two_proportion_p_value('acted_achieved', 'acted_closed', 'held_out_achieved', 'held_out_closed') }}
-            as uplift_p_value,
-        {{ uplift_verdict(
-            'acted_closed', 'held_out_closed',
-            newcombe_lower('acted_achieved', 'acted_closed', 'held_out_achieved', 'held_out_closed'),
-            newcombe_upper('acted_achieved', 'acted_closed', 'held_out_achieved', 'held_out_closed'),
-        ) }} as uplift_verdict
+        {{ uplift_columns('acted_achieved', 'acted_closed', 'held_out_achieved', 'held_out_closed', 'uplift_') }}
     from counts
 )
 
