@@ -7,12 +7,12 @@
 -- Every arm the rule offers (its latest decision's arm list) has a row in every segment it has seen, chosen or
 -- not; an arm no longer offered keeps its rows (is_offered false). Python mirror: actionlayer/learning.py.
 with decisions as (
-    select * exclude (closed_outcome_achieved) from {{ ref('int_learning_decisions') }}
+    select * exclude (closed_outcome_achieved) from {{ ref('fct_learning_decisions') }}
 ),
 
 outcomes as (
     select action_id, closed_outcome_achieved as outcome_achieved
-    from {{ ref('int_learning_decisions') }}
+    from {{ ref('fct_learning_decisions') }}
     where closed_outcome_achieved is not null
 ),
 

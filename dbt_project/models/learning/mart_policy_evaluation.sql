@@ -7,12 +7,12 @@
 -- share of all decisions that went to the arm the posteriors now favour in their segment (mart_learning_arms).
 -- Formulas and their Python twins: actionlayer/learning.py; SQL macros: macros/learning.sql, macros/stats.sql.
 with decisions as (
-    select * exclude (closed_outcome_achieved) from {{ ref('int_learning_decisions') }}
+    select * exclude (closed_outcome_achieved) from {{ ref('fct_learning_decisions') }}
 ),
 
 outcomes as (
     select action_id, closed_outcome_achieved as outcome_achieved
-    from {{ ref('int_learning_decisions') }}
+    from {{ ref('fct_learning_decisions') }}
     where closed_outcome_achieved is not null
 ),
 
