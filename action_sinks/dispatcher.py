@@ -26,7 +26,8 @@ Due actions: current state `approved` at maturity level 3 or higher (a level-2 a
 owner to act on by hand), `failed` with `retryable` and fewer than `max_attempts` attempts (or marked
 `not_sent`), and interrupted `sending`. A level-5 action whose proposal chose a send window
 (`details.not_before`, actionlayer/learning.py) later than the dispatch's as-of waits, untouched, for a
-later dispatch. Dispatch assumes it is the only writer (DuckDB allows one writer process, and the
+later dispatch; so does one whose daily window (`details.send_window_hours` in the contact's timezone) has
+closed again by the time it is due: it goes out at the window's next opening. Dispatch assumes it is the only writer (DuckDB allows one writer process, and the
 orchestration serialises writers), so a `sending` seen at the start is an interrupted one.
 """
 
@@ -49,6 +50,7 @@ from action_sinks.registry import build_sinks
 from actionlayer import freshness, ledger
 from actionlayer.config import parse_as_of
 from actionlayer.freshness import Freshness
+from actionlayer.learning import SendWindow
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +209,13 @@ def _due(rows: list[dict[str, Any]], max_attempts: int) -> list[dict[str, Any]]:
 def _send_windows(
     con: duckdb.DuckDBPyConnection, due: list[dict[str, Any]], as_of: datetime
 ) -> dict[str, datetime]:
-    """Due level-5 actions whose send window has not opened yet: action id → not_before (naive UTC).
+    """Due level-5 actions whose send window is not open at `as_of`: action id → when it next opens (naive UTC).
 
-    One query for all of them (the proposal's `details.not_before`; ops.action_state only carries the latest
-    event's details), and none at all when no level-5 action is due."""
+    From the proposal's details (ops.action_state only carries the latest event's): `not_before`, the first
+    opening after the decision, and `send_window_hours` in `send_timezone`, the daily window itself. An action
+    approved or retried after its window closed (a suppression lifted, a reviewer approved it the next morning)
+    waits for the window's next opening instead of going out at the wrong time of day. One query for all of
+    them, and none at all when no level-5 action is due."""
     ids = [
         str(row["action_id"])
         for row in due
@@ -219,21 +224,44 @@ def _send_windows(
     if not ids:
         return {}
     found = con.execute(
-        "select action_id, json_extract_string(details, '$.not_before') from ops.action_ledger "
+        "select action_id, json_extract_string(details, '$.not_before'), "
+        "json_extract(details, '$.send_window_hours'), json_extract_string(details, '$.send_timezone'), "
+        "json_extract_string(details, '$.arm_send_window') from ops.action_ledger "
         "where event_type = 'proposed' and action_id in (select unnest(?::varchar[])) "
         "and json_extract_string(details, '$.not_before') is not null",
         [ids],
     ).fetchall()
     waiting: dict[str, datetime] = {}
-    for action_id, text in found:
+    for action_id, text, hours, zone, name in found:
         try:
-            not_before = parse_as_of(text)
+            opening = parse_as_of(text)
         except ValueError:
             log.warning("action %s: unreadable details.not_before %r; sent without waiting", action_id, text)
             continue
-        if not_before > as_of:
-            waiting[action_id] = not_before
+        window = _daily_window(action_id, name, hours)
+        if window is not None and opening <= as_of:
+            opening = window.next_opening(as_of, zone)
+        if opening > as_of:
+            waiting[action_id] = opening
     return waiting
+
+
+def _daily_window(action_id: str, name: str | None, hours: Any) -> SendWindow | None:
+    """The proposal's `send_window_hours` as a window; None (not_before alone decides) when absent or unreadable
+    (proposals written before the field existed)."""
+    if hours is None:
+        return None
+    try:
+        start, end = json.loads(hours) if isinstance(hours, str) else hours
+        return SendWindow(name or "send_window", int(start), int(end))
+    except (TypeError, ValueError) as exc:
+        log.warning(
+            "action %s: unreadable details.send_window_hours %r (%s); not_before alone decides",
+            action_id,
+            hours,
+            exc,
+        )
+        return None
 
 
 def _message(row: dict[str, Any], channel: str, recipient: str) -> OutboundMessage:

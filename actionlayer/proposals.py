@@ -220,9 +220,12 @@ def _decide(policy: learning.ThompsonPolicy, candidate: Mapping[str, Any], as_of
     # action_candidates carries the contact's IANA zone (contact_timezone); without one the window is read in
     # UTC, and the ledger says so
     zone = learning.contact_timezone(candidate)
-    opening = config.window(decision.arm.send_window).next_opening(as_of, zone)
+    window = config.window(decision.arm.send_window)
+    opening = window.next_opening(as_of, zone)
     return decision.details(config) | {
         "not_before": learning.iso_utc(opening),
+        # the dispatcher sends only inside this daily window, however late the action is approved or retried
+        "send_window_hours": [window.start_hour, window.end_hour],
         "send_timezone": zone or "UTC",
         "send_timezone_known": zone is not None,
     }
@@ -406,6 +409,12 @@ def _escalation_alert(state: Mapping[str, Any], rule: Rule, escalation: Escalati
     )
 
 
+def _suppression_kind(reason: str | None) -> str:
+    """The kind of a journey reason: `frequency_cap`, `cooldown`, `do_not_contact`, `suppressed`... (the text
+    before the first colon)."""
+    return (reason or "").split(":", 1)[0].strip()
+
+
 def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in ("action_id", *ledger.IDENTITY_FIELDS)} | {
         "channel": event.channel,
@@ -505,7 +514,11 @@ def propose(
                     state, candidate, rule, as_of, f"suppression lifted ({state['result']})", guard
                 )
                 report.by_outcome[(rule.rule_id, "released")] += 1
-            elif status == "suppressed" and candidate["journey_reason"] != state["result"]:
+            elif status == "suppressed" and _suppression_kind(
+                candidate["journey_reason"]
+            ) != _suppression_kind(state["result"]):
+                # a new kind of suppression is news; the same kind in other words (the cap's winner now shows
+                # as delivered when the same pass runs again) is not, so a re-run appends nothing
                 events.append(
                     ledger.next_event(
                         state, "suppressed", as_of, "system:journey", result=candidate["journey_reason"]

@@ -23,13 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from demo_seeds import run_demo_to_log, run_seeds, write_result  # noqa: E402
 
 from actionlayer.demo.coverage import (  # noqa: E402
     RuleMeasurement,
@@ -48,78 +44,19 @@ from actionlayer.demo.coverage import (  # noqa: E402
 from actionlayer.demo.world import load_demo_config  # noqa: E402
 
 REQUIRED_SHARE = 0.9  # 18 of 20
-SEED_TIMEOUT_SECONDS = 1800
-
-
-def _seed_env(workdir: Path) -> dict[str, str]:
-    """The environment of one seed's process: nothing of the caller's Actionlayer settings leaks in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONLAYER_") and k != "DAGSTER_HOME"}
-    data = workdir / "data"
-    env.update(
-        {
-            "ACTIONLAYER_DATA": str(data),
-            "ACTIONLAYER_DB": str(data / "actionlayer.duckdb"),
-            "DAGSTER_HOME": str(data / "dagster_home"),
-            # a settings file that does not exist: defaults only (file outbox, no SMTP, default quality gate)
-            "ACTIONLAYER_CONFIG": str(workdir / "no-settings.yml"),
-            # dbt writes its target files (compiled SQL, run results, partial parse) here, not into the shared
-            # dbt_project/target that parallel seeds would overwrite under each other; the manifest the loop
-            # reads was parsed once by the parent before any seed started.
-            "DBT_TARGET_PATH": str(workdir / "dbt_target"),
-            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-            "DAGSTER_DISABLE_TELEMETRY": "1",
-            "GX_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-        }
-    )
-    return env
+TMP_PREFIX = "actionlayer-coverage-"
 
 
 def _worker(seed: int, size: str, workdir: Path) -> None:
     """Runs in the seed's own process: the whole demo loop, then the mart rows as JSON."""
-    from rich.console import Console
-
     from actionlayer import config
-    from actionlayer.demo.driver import run_demo
 
-    with (workdir / "demo.log").open("w", encoding="utf-8") as log:
-        run_demo(Console(file=log, width=160, force_terminal=False), size=size, seed=seed)
-    demo_config = load_demo_config(size=size)
-    demo_config.seed = seed
+    demo_config = run_demo_to_log(seed, size, workdir)
     rows = read_measurements(config.db_path(), demo_config)
-    result = {"seed": seed, "size": size, "rules": {rule_id: asdict(row) for rule_id, row in rows.items()}}
-    (workdir / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-
-
-def _run_seed(seed: int, size: str, keep: bool) -> dict[str, Any]:
-    """One seed in a fresh temporary directory; one retry when the run itself fails."""
-    attempts: list[str] = []
-    for attempt in (1, 2):
-        workdir = Path(tempfile.mkdtemp(prefix=f"actionlayer-coverage-{seed}-"))
-        started = time.monotonic()
-        try:
-            proc = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--worker", str(seed), "--size", size,
-                 "--workdir", str(workdir)],
-                cwd=ROOT,
-                env=_seed_env(workdir),
-                capture_output=True,
-                text=True,
-                timeout=SEED_TIMEOUT_SECONDS,
-            )  # fmt: skip
-            failure = None if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()[-2000:]
-        except subprocess.TimeoutExpired:
-            failure = f"timed out after {SEED_TIMEOUT_SECONDS} s"
-        elapsed = time.monotonic() - started
-        result_file = workdir / "result.json"
-        if failure is None and result_file.exists():
-            result = json.loads(result_file.read_text(encoding="utf-8"))
-            result.update(seconds=round(elapsed, 1), attempts=attempt, workdir=str(workdir) if keep else None)
-            if not keep:
-                shutil.rmtree(workdir, ignore_errors=True)
-            return result
-        attempts.append(f"attempt {attempt} ({workdir}): {failure or 'no result.json written'}")
-    return {"seed": seed, "size": size, "error": "\n".join(attempts)}
+    write_result(
+        workdir,
+        {"seed": seed, "size": size, "rules": {rule_id: asdict(row) for rule_id, row in rows.items()}},
+    )
 
 
 def _fmt_pts(value: float | None) -> str:
@@ -265,26 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(seeds)} seed(s) from {first}, size {args.size!r} ({config.accounts} accounts, {config.days} acting "
         f"days, {config.observe_days} observe days), {args.jobs} in parallel; each runs the whole demo loop."
     )
-    from actionlayer.transform import ensure_manifest
+    harmful = harmful_rules(config)
 
-    ensure_manifest()  # once, before the seeds: they only read it
-    started = time.monotonic()
-    results: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(_run_seed, seed, args.size, args.keep): seed for seed in seeds}
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            if "rules" in result:
-                verdicts = ", ".join(
-                    f"{rule_id} {row['verdict']}" for rule_id, row in sorted(result["rules"].items())
-                    if rule_id in harmful_rules(config)
-                )  # fmt: skip
-                print(f"  seed {result['seed']}: {result['seconds']:.0f} s; {verdicts}", flush=True)
-            else:
-                print(f"  seed {result['seed']}: FAILED\n{result['error']}", flush=True)
-    results.sort(key=lambda r: r["seed"])
-    print(f"{len(seeds)} seed(s) in {time.monotonic() - started:.0f} s")
+    def show(result: dict[str, Any]) -> None:
+        if "rules" in result:
+            verdicts = ", ".join(
+                f"{rule_id} {row['verdict']}" for rule_id, row in sorted(result["rules"].items())
+                if rule_id in harmful
+            )  # fmt: skip
+            print(f"  seed {result['seed']}: {result['seconds']:.0f} s; {verdicts}", flush=True)
+        else:
+            print(f"  seed {result['seed']}: FAILED\n{result['error']}", flush=True)
+
+    results = run_seeds(
+        Path(__file__), seeds, args.size, jobs=args.jobs, keep=args.keep, prefix=TMP_PREFIX, on_result=show
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
     return _report(results, args.size)

@@ -1,5 +1,8 @@
 """Suite-wide fixtures.
 
+`quick_demo` runs the real demo (`actionlayer demo --size coverage_quick`: Dagster job, dbt rules and marts,
+ledger, review files, dispatch) once per session; the coverage and the learning proofs both read its database.
+
 A module that sets `QUALITY_GATE_OFF = True` checks row-level quarantine on small fixtures, where one
 broken row is a large share of an object; for its tests the object-level quality gate is lifted
 (`quality.max_broken_share: 1`). The gate itself is tested in test_quality_gate.py.
@@ -7,9 +10,18 @@ broken row is a large share of an object; for its tests the object-level quality
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from actionlayer.config import PROJECT_ROOT
+from actionlayer.demo.world import DemoConfig, load_demo_config
+
+QUICK_DEMO_SIZE = "coverage_quick"
 
 
 @pytest.fixture(autouse=True)
@@ -21,3 +33,50 @@ def _quality_gate_off_where_asked(
     settings = Path(tmp_path_factory.mktemp("settings")) / "actionlayer.yml"
     settings.write_text("quality:\n  max_broken_share: 1\n", encoding="utf-8")
     monkeypatch.setenv("ACTIONLAYER_CONFIG", str(settings))
+
+
+@dataclass(frozen=True)
+class QuickDemo:
+    """A finished `actionlayer demo` run: its database, the world's config, and what it printed."""
+
+    data: Path
+    config: DemoConfig
+    stdout: str
+
+    @property
+    def db(self) -> Path:
+        return self.data / "actionlayer.duckdb"
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> QuickDemo:
+    workdir = tmp_path_factory.mktemp("quick_demo")
+    data = workdir / "data"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ACTIONLAYER_")},
+        "ACTIONLAYER_DATA": str(data),
+        "ACTIONLAYER_DB": str(data / "actionlayer.duckdb"),
+        "DAGSTER_HOME": str(data / "dagster_home"),
+        "ACTIONLAYER_CONFIG": str(workdir / "no-settings.yml"),
+        "ACTIONLAYER_REVIEW_SECRET": "c0ve" * 16,
+        "COLUMNS": "200",
+    }
+    config = load_demo_config(size=QUICK_DEMO_SIZE)
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("actionlayer")),
+            "demo",
+            "--size",
+            QUICK_DEMO_SIZE,
+            "--seed",
+            str(config.seed),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "What each rule did and what it was worth" in run.stdout
+    return QuickDemo(data=data, config=config, stdout=run.stdout)

@@ -585,6 +585,7 @@ def test_marts_on_seeded_ledger(built):
         "contract_renewal",
         "dormant_customer",
         "invoice_due_reminder",
+        "ticket_reply_nudge",
     }
     pq = perf["post_quote_followup"]
     assert (pq["candidates"], pq["sent"], pq["held_out"], pq["reviewed"]) == (3, 1, 1, 2)

@@ -544,3 +544,97 @@ def test_approver_decisions_follow_the_personas() -> None:
     assert sum(bool(r["decision"]) for r in first) < sum(bool(r["decision"]) for r in later)
     assert all(not a["decision"] or a["decision"] == b["decision"] for a, b in zip(first, later, strict=True))
     assert all(r["comment"] == "" for r in later if not r["decision"])
+
+
+# ----------------------------------------------------------------------------------------------- level 5
+
+
+def test_the_learning_effects_and_the_size_rates_load_from_demo_yml(tmp_path: Path) -> None:
+    config = load_demo_config()
+    effect = config.learning["ticket_reply_nudge"]
+    assert (effect.outcome, effect.window_days, effect.baseline) == ("ticket_closed", 2, 0.2)
+    # the planted best arm differs per segment, in channel and in time of day
+    assert effect.best_arm("smb") == "line@afternoon" and effect.best_arm("mid") == "email@morning"
+    assert effect.probability("smb", "line", "afternoon") > effect.uniform_value("smb") + 0.2
+    assert (
+        effect.daypart(8) == "morning" and effect.daypart(12) == "other" and effect.daypart(16) == "afternoon"
+    )
+    assert config.rates["waiting_tickets"] > 0
+    # the coverage benchmark's world leaves the flow out; a size may only set rates demo.yml knows
+    assert load_demo_config(size="coverage").rates["waiting_tickets"] == 0
+    assert load_demo_config(size="coverage").rates["tickets"] == config.rates["tickets"]
+    text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
+    bad = tmp_path / "demo.yml"
+    bad.write_text(
+        text.replace("rates: {waiting_tickets: 0}}", "rates: {waiting_tickts: 0}}"), encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"size 'coverage' sets unknown rate\(s\) \['waiting_tickts'\]"):
+        load_demo_config(bad, size="coverage")
+    bad.write_text(text.replace("  treated:\n      smb:\n        email: {morning: 0.25, afternoon: 0.20, other: 0.15}",
+                                "  treated:\n      smb:\n        email: {morning: 0.25, afternoon: 0.20}"),
+                   encoding="utf-8")  # fmt: skip
+    with pytest.raises(ValueError, match=r"treated.smb.email lacks daypart\(s\) \['other'\]"):
+        load_demo_config(bad)
+
+
+def test_the_waiting_ticket_flow_has_its_own_stream_and_leaves_the_rest_of_the_world_alone() -> None:
+    busy = load_demo_config(size="small")
+    busy.rates["waiting_tickets"] = 1.0  # every eligible customer writes one a day: plenty to look at
+    with_flow = generate_world(busy)
+    config = load_demo_config(size="small")
+    config.rates["waiting_tickets"] = 0.0
+    without = generate_world(config)
+    waiting = {k: t for k, t in with_flow.tickets.items() if k.startswith("TW")}
+    assert len(waiting) >= 20 and not any(k.startswith("TW") for k in without.tickets)
+    # every other record is exactly what it was without the flow
+    assert {k: t for k, t in with_flow.tickets.items() if not k.startswith("TW")} == without.tickets
+    assert with_flow.deals == without.deals and with_flow.invoices == without.invoices
+    assert with_flow.nps_responses == without.nps_responses
+    start = config.start_at
+    for ticket in waiting.values():
+        account = with_flow.accounts[ticket["account_id"]]
+        assert account["tier"] in ("smb", "mid") and ticket["priority"] in ("low", "normal")
+        assert ticket["opened_at"] >= start - timedelta(
+            days=busy.learning["ticket_reply_nudge"].flow_starts_days
+        )
+        assert ticket["opened_at"] < ticket["pending_at"] < ticket["closed_at"]
+
+
+def test_a_nudge_converts_by_segment_channel_and_the_local_hour_it_arrived() -> None:
+    config = load_demo_config(size="small")
+    config.rates["waiting_tickets"] = 1.0
+    world = generate_world(config)
+    effect = world.config.learning["ticket_reply_nudge"]
+    tickets = [t for t in world.tickets.values() if t["ticket_id"].startswith("TW")]
+    facts, expected = [], {}
+    for n, ticket in enumerate(tickets * 30):
+        # arrival hours spread over the day: the part of the day is read in the contact's own zone
+        at = world.config.start_at + timedelta(hours=(7 + 5 * n) % 24)
+        zone = zoneinfo.ZoneInfo(world.contacts[ticket["contact_id"]]["timezone"])
+        hour = at.replace(tzinfo=zoneinfo.ZoneInfo("UTC")).astimezone(zone).hour
+        part = "morning" if 8 <= hour < 12 else "afternoon" if 13 <= hour < 17 else "other"
+        channel = "line" if n % 3 else "email"
+        status = "held_out" if n % 5 == 0 else "delivered"
+        action_id = f"nudge-{n}"
+        facts.append(
+            ActionFact(action_id, "ticket_reply_nudge", "ticket", ticket["ticket_id"], ticket["contact_id"],
+                       ticket["account_id"], status, at, channel if status == "delivered" else None)
+        )  # fmt: skip
+        tier = world.accounts[ticket["account_id"]]["tier"]
+        delivered = status == "delivered"
+        expected[action_id] = (
+            effect.probability(tier, channel, part) if delivered else effect.baseline,
+            f"{channel}@{part}" if delivered else None,
+        )
+    advance_day(world, world.config.start, facts)
+    by_probability: dict[float, list[bool]] = defaultdict(list)
+    for action_id, (probability, arm) in expected.items():
+        experiment = world.experiments[action_id]
+        assert experiment["arm"] == arm
+        assert experiment["window_days"] == 2 and experiment["outcome"] == "ticket_closed"
+        by_probability[probability].append(experiment["happens"])
+    # each planted probability comes true at its own rate (several distinct ones, each well populated)
+    populated = {p: drawn for p, drawn in by_probability.items() if len(drawn) >= 60}
+    assert len(populated) >= 4, {p: len(d) for p, d in by_probability.items()}
+    for probability, drawn in populated.items():
+        assert abs(sum(drawn) / len(drawn) - probability) < 0.15, (probability, sum(drawn) / len(drawn))

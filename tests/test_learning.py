@@ -368,6 +368,28 @@ def test_the_dispatcher_holds_an_action_until_its_send_window_opens_then_sends_i
     assert dispatch(con, AS_OF.replace(hour=14), outbox).due == 0
 
 
+def test_an_action_approved_after_its_window_closed_waits_for_the_next_opening(con, outbox):
+    """not_before is only the first opening: a suppression lifted or a late review can approve the action the
+    next morning, and it must still arrive in the afternoon window it was chosen for."""
+    rules = {"learn": _learning_rule(arms={"channel": ["line"], "send_window": ["afternoon"]})}
+    write_candidates(
+        con, [candidate("late", "learn", level=5, tier="gold", contact_timezone="Europe/Berlin")]
+    )
+    propose(con, AS_OF, rules, ROUTES)
+    details = _proposed(con, "late")["details"]
+    # 13:00 in Berlin (CEST) is 11:00 UTC
+    assert details["not_before"] == "2026-09-10T11:00:00Z" and details["send_window_hours"] == [13, 17]
+
+    next_morning = AS_OF + timedelta(days=1)  # 09:00 UTC = 11:00 in Berlin: past not_before, window closed
+    report = dispatch(con, next_morning, outbox)
+    assert (report.waiting, report.delivered) == (1, 0)
+    assert report.next_window_at == next_morning.replace(hour=11)
+    assert dispatch(con, next_morning.replace(hour=14, minute=59), outbox).delivered == 1  # 16:59 in Berlin
+    assert "late" in _sent(outbox, "line")
+    # inside the window at the last minute it is open; a retry after 15:00 UTC would wait again
+    assert ledger.states(con, action_ids=["late"])[0]["event_type"] == "delivered"
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 
 

@@ -89,6 +89,27 @@ def test_suppression_lifts_and_the_flow_continues_without_rewriting_history(con)
     assert _snapshot(con)[: len(first)] == first
 
 
+def test_a_suppression_is_recorded_again_only_when_its_kind_changes(con):
+    _write_candidates(con, [_candidate("f1", "auto", "suppressed", "frequency_cap: lost to other_rule")])
+    propose(con, AS_OF, RULES)
+    # the same pass again, after the winner was delivered: the same suppression in other words adds nothing
+    _write_candidates(
+        con,
+        [
+            _candidate(
+                "f1", "auto", "suppressed", "frequency_cap: lost to other_rule (delivered 2026-09-10 09:00)"
+            )
+        ],
+    )
+    assert propose(con, AS_OF, RULES).new_events == 0
+    # a different kind of suppression later is recorded, with its reason
+    _write_candidates(con, [_candidate("f1", "auto", "suppressed", "cooldown: acted on 2026-09-09")])
+    assert propose(con, AS_OF + timedelta(days=1), RULES).new_events == 1
+    trail = ledger.trail(con, "f1")
+    assert [e["event_type"] for e in trail] == ["proposed", "suppressed", "suppressed"]
+    assert trail[-1]["result"] == "cooldown: acted on 2026-09-09"
+
+
 def test_undecided_reviews_expire_after_the_rules_window(con):
     _write_candidates(con, [_candidate("r1", "followup")])
     propose(con, AS_OF, RULES)

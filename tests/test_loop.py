@@ -16,12 +16,12 @@ import pytest
 from loopback import RecordingHandler, SmtpServer
 
 from actionlayer.config import PROJECT_ROOT
-from actionlayer.demo.world import RULE_IDS, generate_world, load_demo_config, write_sor
+from actionlayer.demo.world import LEARNING_RULE_IDS, RULE_IDS, generate_world, load_demo_config, write_sor
 from actionlayer.review import read_review_rows, write_review_csv
 
 pytestmark = pytest.mark.slow
 
-RULES = set(RULE_IDS)
+RULES = set(RULE_IDS) | set(LEARNING_RULE_IDS)
 DAY_ONE = datetime(2026, 9, 1, 9)
 DAY_TWO = datetime(2026, 9, 2, 9)
 BROKEN_ROWS = 6
@@ -147,12 +147,18 @@ def test_whole_loop_from_the_cli(world_env):
     assert all(states[a] == "approved" for a in approved_ids)
 
     before_dispatch = len(smtp.handler.messages)
+    delivered_before = {
+        a for a, e in _query(db, "select action_id, event_type from ops.action_state") if e == "delivered"
+    }
     dispatched = _cli(env, "dispatch", "--as-of", DAY_ONE.replace(hour=11).isoformat())
     assert dispatched.returncode == 0, dispatched.stdout + dispatched.stderr
     states = dict(_query(db, "select action_id, event_type from ops.action_state"))
     assert all(states[a] == "delivered" for a in approved_ids)
     channels = dict(_query(db, "select action_id, channel from ops.action_state"))
-    assert len(smtp.handler.messages) - before_dispatch == sum(channels[a] == "email" for a in approved_ids)
+    # the approved ones, and level-5 nudges whose send window opened by 11:00 (each email reaches aiosmtpd once)
+    newly = {a for a, e in states.items() if e == "delivered"} - delivered_before
+    assert approved_ids <= newly
+    assert len(smtp.handler.messages) - before_dispatch == sum(channels[a] == "email" for a in newly)
 
     one = next(iter(approved_ids))
     shown = _cli(env, "ledger", "show", one)

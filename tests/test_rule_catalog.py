@@ -17,6 +17,7 @@ SHIPPED = {
     "contract_renewal": 3,
     "dormant_customer": 4,
     "invoice_due_reminder": 4,
+    "ticket_reply_nudge": 5,
 }
 
 
@@ -31,6 +32,15 @@ def test_the_shipped_rules_load_with_their_declared_levels(manifest):
     assert rules["dormant_customer"].holdout_share == pytest.approx(0.3)
     # the demo's planted harmful rule holds out half, so the damage is measured with power
     assert rules["invoice_due_reminder"].holdout_share == pytest.approx(0.5)
+    # the demo's level-5 rule learns channel x send window per account tier
+    nudge = rules["ticket_reply_nudge"].learning
+    assert nudge is not None and nudge.segment_by == "tier"
+    assert [arm.id for arm in nudge.arms] == [
+        "email@morning",
+        "email@afternoon",
+        "line@morning",
+        "line@afternoon",
+    ]
     for rule in rules.values():
         assert rule.template_subject and rule.template_body
         assert rule.outcome.get("kind") and rule.outcome.get("window_days")

@@ -16,8 +16,10 @@ from rich.table import Table
 
 from actionlayer import config
 from actionlayer.db import connect
+from actionlayer.demo.learning_proof import LATE_PASSES, read_learning
 from actionlayer.demo.world import (
     ActionFact,
+    DemoConfig,
     advance_day,
     approver_decisions,
     generate_world,
@@ -25,8 +27,11 @@ from actionlayer.demo.world import (
     write_sor,
 )
 from actionlayer.review import manifest_path_for, read_review_rows, write_review_csv
+from actionlayer.rules import load_rules
 
 PASS_HOUR = 9
+# level-5 send windows: extra dispatch passes every this many hours between two loop passes (windows are 4 h)
+WINDOW_PASS_HOURS = 3
 FINAL_STATES = {
     "delivered": "delivered",
     "held_out": "held_out",
@@ -34,6 +39,8 @@ FINAL_STATES = {
     "expired": "not_acted",
 }
 MART_PREFIXES = ("fct_", "mart_")
+# built on every acting day: level-5 rules read their posteriors from it (actionlayer/proposals.py)
+DAILY_MARTS = ("fct_outcomes",)
 
 
 def _reset(paths: list[Path]) -> None:
@@ -63,10 +70,12 @@ def _answer_reviews(world: Any, day: date) -> int:
 
 
 def _facts(as_of: datetime) -> list[ActionFact]:
-    """Actions that reached a final state in this pass, as the world needs them to respond."""
+    """Actions that reached a final state in this pass, as the world needs them to respond (with the channel a
+    delivered one went out on: a level-5 rule's chosen arm)."""
     with connect() as con:
         rows = con.execute(
-            """select action_id, rule_id, record_type, record_id, contact_id, account_id, event_type, occurred_at
+            """select action_id, rule_id, record_type, record_id, contact_id, account_id, event_type, occurred_at,
+                      channel
             from ops.action_ledger
             where occurred_at = ? and event_type in ('delivered', 'held_out', 'rejected', 'expired')
             order by seq""",
@@ -82,9 +91,34 @@ def _facts(as_of: datetime) -> list[ActionFact]:
             account_id=acc,
             status=FINAL_STATES[event],
             at=at,
+            channel=channel if event == "delivered" else None,
         )
-        for a, r, rt, rid, c, acc, event, at in rows
+        for a, r, rt, rid, c, acc, event, at, channel in rows
     ]
+
+
+def _window_passes(as_of: datetime) -> list[ActionFact]:
+    """Level-5 actions wait for their send window (details.not_before, in the contact's local time). Between two
+    daily loop passes the demo runs the same dispatch `actionlayer dispatch` runs, every WINDOW_PASS_HOURS hours
+    while anything waits, so each message goes out within that many hours of its window opening (inside the
+    window: they are longer) and the world sees the hour it arrived. Returns the facts of those passes."""
+    from action_sinks.dispatcher import run_dispatch
+
+    facts: list[ActionFact] = []
+    moment = as_of + timedelta(hours=WINDOW_PASS_HOURS)
+    next_pass = as_of + timedelta(days=1)
+    while moment < next_pass:
+        with connect(wait_seconds=10) as con:
+            report, _ = run_dispatch(con, moment)
+        facts.extend(_facts(moment))
+        if not report.waiting or report.next_window_at is None or report.next_window_at >= next_pass:
+            break
+        # the next grid time at or after the earliest window that opens
+        steps = -(-(report.next_window_at - as_of) // timedelta(hours=WINDOW_PASS_HOURS))
+        moment = max(
+            moment + timedelta(hours=WINDOW_PASS_HOURS), as_of + steps * timedelta(hours=WINDOW_PASS_HOURS)
+        )
+    return facts
 
 
 def run_demo(
@@ -145,7 +179,7 @@ def run_demo(
             marts=True,
         )
         progress.update(final, advance=1)
-    print_summary(console)
+    print_summary(console, demo_config)
 
 
 def _acting_day(world: Any, demo_config: Any, sor: Path, day: date, marts: bool) -> tuple[int, int]:
@@ -168,6 +202,8 @@ def _acting_day(world: Any, demo_config: Any, sor: Path, day: date, marts: bool)
             + "; ".join(outcome.failures)
         )
     facts = _facts(as_of)
+    if not marts:
+        facts.extend(_window_passes(as_of))
     advance_day(world, day, facts)
     return sum(f.status == "delivered" for f in facts), answered
 
@@ -176,12 +212,18 @@ def _assets_without_marts() -> list[str]:
     from orchestration.definitions import defs
 
     keys = defs.resolve_all_asset_keys()
-    # every outcome mart (fct_*, mart_*) waits for the final pass: one dbt invocation a day saved
-    return [key.to_user_string() for key in keys if not key.path[-1].startswith(MART_PREFIXES)]
+    # the outcome marts (fct_*, mart_*) wait for the final pass, except the outcomes level-5 rules learn from
+    daily = DAILY_MARTS if any(rule.maturity_level == 5 for rule in load_rules().values()) else ()
+    return [
+        key.to_user_string()
+        for key in keys
+        if not key.path[-1].startswith(MART_PREFIXES) or key.path[-1] in daily
+    ]
 
 
-def print_summary(console: Console) -> None:
-    """Per rule: candidates, sent, held out, approval rate, conversion acted vs held out, latency."""
+def print_summary(console: Console, demo_config: DemoConfig | None = None) -> None:
+    """Per rule: candidates, sent, held out, approval rate, conversion acted vs held out, latency; then, when
+    the world plants level-5 effects, what each learning rule learned against the planted truth."""
     with connect(read_only=True) as con:
         performance = con.execute(
             """select p.rule_id, p.candidates, p.sent, p.held_out, p.approval_rate,
@@ -257,9 +299,70 @@ def print_summary(console: Console) -> None:
     console.print(
         "insufficient_data (fewer than 30 closed outcomes in an arm). Details in main.mart_rule_performance."
     )
+    if demo_config is not None and demo_config.learning:
+        print_learning(console, demo_config)
     console.print(f"{events} ledger events; {quarantined} SoR rows in quarantine (see ops.quarantine).")
     console.print(f"Database: {config.db_path()}")
     console.print(
         "Next: `make dev` opens the Dagster UI on http://127.0.0.1:3000 with every asset, check and sensor;"
     )
     console.print("      `.venv/bin/actionlayer status`, `.venv/bin/actionlayer ledger show <action_id>`.")
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _estimate(values: tuple[float | None, float | None, float | None]) -> str:
+    value, lower, upper = values
+    if value is None:
+        return "–"
+    if lower is None or upper is None:
+        return f"{value:.0%}"
+    return f"{value:.0%} ({lower:.0%}–{upper:.0%})"
+
+
+def print_learning(console: Console, demo_config: DemoConfig) -> None:
+    """Per level-5 rule and segment: the planted best arm, the arm the posteriors favour, the share of the last
+    passes' decisions on the best arm; then the logged conversion against the uniform policy's off-line estimate."""
+    measured = read_learning(config.db_path(), demo_config)
+    for rule_id, result in measured.items():
+        table = Table(title=f"Level 5: what {rule_id} learned (channel × send window, per segment)")
+        for heading in ("segment", "planted best arm", "favoured now", "decisions", "best arm, last passes"):
+            table.add_column(heading, justify="left" if heading != "decisions" else "right", no_wrap=True)
+        table.add_column("its propensity now", justify="right", no_wrap=True)
+        for seg in result.segments:
+            table.add_row(
+                seg.segment,
+                f"{seg.best_arm} ({seg.planted_best:.0%}; uniform {seg.planted_uniform:.0%})",
+                seg.favoured_arm or "–",
+                str(seg.decisions),
+                f"{_share(seg.late_best_share)} of {seg.late_decisions}",
+                _share(seg.final_best_propensity),
+            )
+        console.print(table)
+        difference = result.uplift_vs_uniform
+        console.print(
+            f"Logged conversion {_estimate(result.logged)} on {result.closed_outcomes} closed outcomes; the uniform "
+            f"policy, estimated off-line from the same log: IPW {_estimate(result.uniform_ipw)}, SNIPS "
+            f"{_estimate(result.uniform_snips)}."
+        )
+        console.print(
+            "Learned minus uniform: "
+            + (
+                "–"
+                if difference[0] is None
+                else f"{difference[0] * 100:+.1f} pts"
+                + (
+                    f" ({difference[1] * 100:+.1f}…{difference[2] * 100:+.1f})"
+                    if difference[1] is not None and difference[2] is not None
+                    else ""
+                )
+            )
+            + f", verdict {result.verdict or '–'}. Deliveries inside their chosen send window (local time): "
+            f"{_share(result.in_window_share)} of {result.delivered}."
+        )
+        console.print(
+            f"'Last passes' = the last {LATE_PASSES} loop passes. Details in main.mart_learning_arms and "
+            "main.mart_policy_evaluation."
+        )

@@ -17,9 +17,10 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -102,6 +103,9 @@ RULE_IDS: tuple[str, ...] = (
     "dormant_customer",
     "invoice_due_reminder",
 )
+# Level-5 rules the world plants channel and timing effects for (demo.yml `learning`); measured by the learning
+# proof (actionlayer/demo/learning_proof.py), not by the holdout coverage of RULE_IDS.
+LEARNING_RULE_IDS: tuple[str, ...] = ("ticket_reply_nudge",)
 # The rules' thresholds as dbt_project.yml sets them (the simulator's own view of who is a candidate).
 REMINDER_DAYS_BEFORE_DUE = 14
 
@@ -111,6 +115,7 @@ TOUCH_KINDS = ("email_out", "email_in", "call", "meeting")
 INBOUND_KINDS = ("email_in", "call", "meeting")
 CLOSED_STAGES = ("won", "lost")
 FACT_STATUSES = ("delivered", "held_out", "not_acted")
+OTHER_DAYPART = "other"
 # Far enough in the future to mean "never" without special-casing None in comparisons.
 NEVER = datetime(2999, 1, 1)
 
@@ -203,6 +208,53 @@ class Effect:
     treated: float
 
 
+@dataclass(frozen=True)
+class LearningEffect:
+    """A level-5 rule's planted effects: after a delivered action the outcome happens within `window_days` with
+    probability treated[segment][channel][daypart], where the daypart is the local hour the message arrived in
+    (`dayparts`: name → [start, end) hours; any other hour is `other`); otherwise with `baseline`."""
+
+    outcome: str
+    window_days: int
+    baseline: float
+    dayparts: dict[str, tuple[int, int]]
+    treated: dict[str, dict[str, dict[str, float]]]
+    flow_starts_days: int = 14
+    reply_days: tuple[float, float] = (0.3, 12.0)
+
+    def __post_init__(self) -> None:
+        for segment, channels in self.treated.items():
+            for channel, parts in channels.items():
+                missing = sorted({*self.dayparts, OTHER_DAYPART} - set(parts))
+                if missing:
+                    raise ValueError(
+                        f"demo.yml learning: treated.{segment}.{channel} lacks daypart(s) {missing}"
+                    )
+
+    def daypart(self, local_hour: int) -> str:
+        for name, (start, end) in self.dayparts.items():
+            if start <= local_hour < end:
+                return name
+        return OTHER_DAYPART
+
+    def probability(self, segment: str, channel: str | None, daypart: str) -> float:
+        """The planted outcome probability of a delivered action (baseline for an unknown segment/channel)."""
+        return self.treated.get(segment, {}).get(channel or "", {}).get(daypart, self.baseline)
+
+    def best_arm(self, segment: str) -> str:
+        """The planted best `channel@daypart` of a segment (dayparts only; `other` is no send window)."""
+        channels = self.treated[segment]
+        return max(
+            (f"{channel}@{part}" for channel in channels for part in self.dayparts),
+            key=lambda arm: channels[arm.split("@")[0]][arm.split("@")[1]],
+        )
+
+    def uniform_value(self, segment: str) -> float:
+        """The planted conversion of the uniform policy over channel × daypart in a segment."""
+        values = [parts[part] for parts in self.treated[segment].values() for part in self.dayparts]
+        return sum(values) / len(values)
+
+
 @dataclass
 class DemoConfig:
     """The demo world's settings (see demo.yml); fields may be overridden before `generate_world`."""
@@ -234,6 +286,8 @@ class DemoConfig:
     observe_days: int = 0
     # per-rule exceptions to day_one_minimum
     day_one_minimum_per_rule: dict[str, int] = field(default_factory=dict)
+    # level-5 rules' planted channel and timing effects (demo.yml `learning`)
+    learning: dict[str, LearningEffect] = field(default_factory=dict)
 
     @property
     def start_at(self) -> datetime:
@@ -249,6 +303,7 @@ SIZE_KEYS = frozenset(
         "day_one_minimum_per_rule",
         "days",
         "observe_days",
+        "rates",
     }
 )
 
@@ -274,6 +329,30 @@ def load_demo_config(path: Path | None = None, size: str = "default") -> DemoCon
     if isinstance(start, str):
         start = date.fromisoformat(start)
     effects = {rule_id: Effect(**spec) for rule_id, spec in raw["effects"].items()}
+    learning_effects = {
+        rule_id: LearningEffect(
+            outcome=spec["outcome"],
+            window_days=int(spec["window_days"]),
+            baseline=float(spec["baseline"]),
+            dayparts={str(k): (int(v[0]), int(v[1])) for k, v in spec["dayparts"].items()},
+            treated={
+                str(segment): {
+                    str(ch): {str(k): float(v) for k, v in parts.items()} for ch, parts in chans.items()
+                }
+                for segment, chans in spec["treated"].items()
+            },
+            flow_starts_days=int(spec.get("flow_starts_days", 14)),
+            reply_days=(float(spec["reply_days"][0]), float(spec["reply_days"][1])),
+        )
+        for rule_id, spec in (raw.get("learning") or {}).items()
+    }
+    unknown_learners = sorted(set(learning_effects) - set(LEARNING_RULE_IDS))
+    if unknown_learners:
+        raise ValueError(f"{source}: learning names rule(s) the world cannot simulate: {unknown_learners}")
+    rates = {**raw["rates"], **(preset.get("rates") or {})}
+    unknown_rates = sorted(set(preset.get("rates") or {}) - set(raw["rates"]))
+    if unknown_rates:
+        raise ValueError(f"{source}: size {size!r} sets unknown rate(s) {unknown_rates}")
     unknown_rules = sorted(set(preset.get("day_one_minimum_per_rule") or {}) - set(RULE_IDS))
     if unknown_rules:
         raise ValueError(
@@ -305,10 +384,11 @@ def load_demo_config(path: Path | None = None, size: str = "default") -> DemoCon
         contracts_per_customer={int(k): float(v) for k, v in raw["contracts_per_customer"].items()},
         contract_auto_renew_share=float(raw["contract_auto_renew_share"]),
         contract_natural_renewal_share=float(raw["contract_natural_renewal_share"]),
-        rates=dict(raw["rates"]),
+        rates={str(k): float(v) for k, v in rates.items()},
         process=dict(raw["process"]),
         effects=effects,
         approvers=dict(raw["approvers"]),
+        learning=learning_effects,
     )
 
 
@@ -328,6 +408,8 @@ class ActionFact:
     account_id: str | None
     status: str
     at: datetime
+    # the channel it went out on (a level-5 rule's chosen arm); None when not delivered
+    channel: str | None = None
 
 
 @dataclass
@@ -750,6 +832,59 @@ def _new_ticket(
     return ticket
 
 
+WAITING_TICKET_TEXTS = (
+    ("How do I export a report to PDF?", "Where can I find the PDF export for the monthly report?"),
+    ("Question about user roles", "Can a viewer role edit dashboards, or only see them?"),
+    (
+        "Setting up single sign-on",
+        "We would like to set up SSO with our identity provider. What do you need?",
+    ),
+    ("Changing the report schedule", "How can we move the weekly report from Monday to Friday?"),
+    ("Importing historical data", "Is there a template for importing last year's data?"),
+    ("Invoice copy needed", "Could you send us a copy of last month's invoice for our records?"),
+)
+
+
+def _waiting_tickets(world: World, day: date, customers: list[dict[str, Any]]) -> None:
+    """Routine tickets of smb and mid customers where support asked a question back and waits for the answer:
+    the level-5 rule ticket_reply_nudge's traffic (demo.yml `rates.waiting_tickets`, `learning`).
+
+    Drawn from a random stream of their own (and ids of their own, TW…), so switching the flow on or off leaves
+    every other record of the world as it was."""
+    effect = world.config.learning.get("ticket_reply_nudge")
+    rate = world.config.rates.get("waiting_tickets", 0.0)
+    if effect is None or rate <= 0 or day < world.config.start - timedelta(days=effect.flow_starts_days):
+        return
+    rng = random.Random(f"{world.config.seed}:waiting_tickets:{day.isoformat()}")
+    eligible = [a for a in customers if a["tier"] in effect.treated]
+    low, high = effect.reply_days
+    for _ in range(_poisson(rng, rate * len(eligible))):
+        account = rng.choice(eligible)
+        opened_at = _at(day, rng, 7, 19)
+        contacts = [
+            c
+            for c in world.contacts_by_account[account["account_id"]]
+            if world.contacts[c]["created_at"] <= opened_at
+        ]
+        if not contacts:
+            continue
+        subject, body = rng.choice(WAITING_TICKET_TEXTS)
+        pending_at = opened_at + _days(rng, 0.05, 0.5)
+        ticket = {
+            "ticket_id": world.next_id("TW", 5),
+            "account_id": account["account_id"],
+            "contact_id": rng.choice(contacts),
+            "priority": "low" if rng.random() < 0.4 else "normal",
+            "subject": subject,
+            "body": body,
+            "opened_at": opened_at,
+            "pending_at": pending_at,
+            "closed_at": pending_at + _days(rng, low, high),
+            "important": False,
+        }
+        world.tickets[ticket["ticket_id"]] = ticket
+
+
 def _new_nps(
     world: World, contact_id: str, responded_at: datetime, category: str | None = None
 ) -> dict[str, Any]:
@@ -991,6 +1126,7 @@ def _simulate_day(world: World, day: date, report: DayReport | None = None) -> N
         ]
         if contacts:
             _new_nps(world, rng.choice(contacts), at)
+    _waiting_tickets(world, day, customers)
 
     # Everyday correspondence, kept away from contacts whose quiet is part of a rule's condition.
     kind_weights = {
@@ -1318,18 +1454,27 @@ def _bump(counter: dict[str, int], key: str) -> None:
 
 def _register_fact(world: World, fact: ActionFact, day: date, report: DayReport) -> None:
     cfg = world.config
-    effect = cfg.effects.get(fact.rule_id)
+    effect: Effect | LearningEffect | None = cfg.effects.get(fact.rule_id) or cfg.learning.get(fact.rule_id)
     if effect is None or fact.status not in FACT_STATUSES:
         report.ignored_facts += 1
         return
     _bump(report.facts, fact.status)
     if fact.action_id in world.experiments:
         return  # one draw per action, however often the loop reports it
-    probability = effect.treated if fact.status == "delivered" else effect.baseline
+    contact_id = fact.contact_id or _record_contact(world, fact)
+    arm = None
+    if isinstance(effect, LearningEffect):
+        # the customer responds to the channel and to the local hour the message arrived at
+        segment = _segment_of(world, fact)
+        daypart = effect.daypart(_local_hour(world, contact_id, fact.at))
+        arm = f"{fact.channel}@{daypart}"
+        delivered = effect.probability(segment, fact.channel, daypart)
+    else:
+        delivered = effect.treated
+    probability = delivered if fact.status == "delivered" else effect.baseline
     happens = _unit(cfg.seed, "outcome", fact.action_id) < probability
     offset = 1 + int(_unit(cfg.seed, "offset", fact.action_id) * max(1, effect.window_days - 1))
     window_end = fact.at + timedelta(days=effect.window_days)
-    contact_id = fact.contact_id or _record_contact(world, fact)
     experiment = {
         "action_id": fact.action_id,
         "rule_id": fact.rule_id,
@@ -1342,6 +1487,7 @@ def _register_fact(world: World, fact: ActionFact, day: date, report: DayReport)
         "window_days": effect.window_days,
         "window_end": window_end,
         "happens": happens,
+        "arm": arm if fact.status == "delivered" else None,
         "scheduled_day": (fact.at.date() + timedelta(days=offset)) if happens else None,
         "realised": None,
     }
@@ -1353,6 +1499,23 @@ def _register_fact(world: World, fact: ActionFact, day: date, report: DayReport)
         scheduled = max(experiment["scheduled_day"], day)
         world.planned.setdefault(scheduled, []).append(("outcome", fact.action_id))
         _bump(report.outcomes_scheduled, fact.rule_id)
+
+
+def _segment_of(world: World, fact: ActionFact) -> str:
+    """The segment a level-5 effect depends on: the tier of the account the action is about."""
+    account_id = fact.account_id
+    if account_id is None:
+        record = _lookup(world, fact.record_type, fact.record_id) or {}
+        account_id = record.get("account_id")
+    account = world.accounts.get(account_id or "")
+    return account["tier"] if account else "unknown"
+
+
+def _local_hour(world: World, contact_id: str | None, at: datetime) -> int:
+    """The hour of the day at `at` (naive UTC) in the contact's timezone (UTC when unknown)."""
+    contact = world.contacts.get(contact_id or "")
+    zone = ZoneInfo(contact["timezone"]) if contact else UTC
+    return at.replace(tzinfo=UTC).astimezone(zone).hour
 
 
 def _record_contact(world: World, fact: ActionFact) -> str | None:
@@ -1447,6 +1610,9 @@ def _make_delivery_visible(world: World, experiment: dict[str, Any]) -> None:
     elif rule_id == "invoice_due_reminder":
         # Billing logs the reminder as a note: no touch, so no other rule's condition moves because of it.
         _add_activity(world, at, contact_id, "note", f"Payment reminder sent for {experiment['record_id']}")
+    elif rule_id == "ticket_reply_nudge":
+        # Support logs the nudge on the ticket's contact as a note (no touch, as above).
+        _add_activity(world, at, contact_id, "note", f"Reminded about ticket {experiment['record_id']}")
 
 
 def _realise_outcome(world: World, action_id: str, day: date, report: DayReport | None) -> None:

@@ -9,6 +9,7 @@ with unioned as (
         'rule_contract_renewal',
         'rule_dormant_customer',
         'rule_invoice_due_reminder',
+        'rule_ticket_reply_nudge',
     ]) }}
 ),
 
