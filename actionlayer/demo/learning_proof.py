@@ -188,7 +188,10 @@ def _measure(
     ).fetchall()
     in_window = 0
     for at, zone, hours in delivered:
-        start, end = json.loads(hours) if isinstance(hours, str) else (hours or (0, 24))
+        if hours is None:
+            continue  # a decision without its window cannot prove it arrived inside one: counted as outside
+        start, end = json.loads(hours) if isinstance(hours, str) else hours
+        # the zone the dispatcher used (UTC when the contact had none), as the proposal recorded it
         in_window += start <= _local_hour(at, zone) < end
     return LearningMeasurement(
         rule_id=rule_id,
