@@ -20,11 +20,9 @@ Exit code 0 on PASS, 1 on FAIL, 2 when a seed could not be run (after one retry)
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demo_seeds import run_demo_to_log, run_seeds, write_result  # noqa: E402
+from demo_seeds import bench_main  # noqa: E402
 
 from actionlayer.demo.coverage import (  # noqa: E402
     RuleMeasurement,
@@ -41,22 +39,10 @@ from actionlayer.demo.coverage import (  # noqa: E402
     planted_effects,
     read_measurements,
 )
-from actionlayer.demo.world import load_demo_config  # noqa: E402
+from actionlayer.demo.world import DemoConfig, load_demo_config  # noqa: E402
 
 REQUIRED_SHARE = 0.9  # 18 of 20
 TMP_PREFIX = "actionlayer-coverage-"
-
-
-def _worker(seed: int, size: str, workdir: Path) -> None:
-    """Runs in the seed's own process: the whole demo loop, then the mart rows as JSON."""
-    from actionlayer import config
-
-    demo_config = run_demo_to_log(seed, size, workdir)
-    rows = read_measurements(config.db_path(), demo_config)
-    write_result(
-        workdir,
-        {"seed": seed, "size": size, "rules": {rule_id: asdict(row) for rule_id, row in rows.items()}},
-    )
 
 
 def _fmt_pts(value: float | None) -> str:
@@ -179,47 +165,34 @@ def _report(results: list[dict[str, Any]], size: str) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
-    parser.add_argument("--first-seed", type=int, default=None, help="first seed (default demo.yml's seed)")
-    parser.add_argument("--size", default="coverage", help="demo.yml size preset (default coverage)")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (default 1; 2 cores here)")
-    parser.add_argument("--json", type=Path, default=None, help="also write every seed's rows to this file")
-    parser.add_argument("--keep", action="store_true", help="keep each seed's temporary directory")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker is not None:
-        _worker(args.worker, args.size, args.workdir)
-        return 0
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error("--seeds and --jobs must be at least 1")
-    config = load_demo_config(size=args.size)  # fails early on an unknown size
-    first = config.seed if args.first_seed is None else args.first_seed
-    seeds = list(range(first, first + args.seeds))
-    print(
-        f"{len(seeds)} seed(s) from {first}, size {args.size!r} ({config.accounts} accounts, {config.days} acting "
-        f"days, {config.observe_days} observe days), {args.jobs} in parallel; each runs the whole demo loop."
-    )
+def _seed_line(config: DemoConfig) -> Callable[[dict[str, Any]], str]:
     harmful = harmful_rules(config)
 
-    def show(result: dict[str, Any]) -> None:
-        if "rules" in result:
-            verdicts = ", ".join(
-                f"{rule_id} {row['verdict']}" for rule_id, row in sorted(result["rules"].items())
-                if rule_id in harmful
-            )  # fmt: skip
-            print(f"  seed {result['seed']}: {result['seconds']:.0f} s; {verdicts}", flush=True)
-        else:
-            print(f"  seed {result['seed']}: FAILED\n{result['error']}", flush=True)
+    def line(result: dict[str, Any]) -> str:
+        if "rules" not in result:
+            return f"  seed {result['seed']}: FAILED\n{result['error']}"
+        verdicts = ", ".join(
+            f"{rule_id} {row['verdict']}"
+            for rule_id, row in sorted(result["rules"].items())
+            if rule_id in harmful
+        )
+        return f"  seed {result['seed']}: {result['seconds']:.0f} s; {verdicts}"
 
-    results = run_seeds(
-        Path(__file__), seeds, args.size, jobs=args.jobs, keep=args.keep, prefix=TMP_PREFIX, on_result=show
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(
+        argv,
+        script=Path(__file__),
+        description=__doc__.split("\n\n")[0],
+        default_seeds=20,
+        default_size="coverage",
+        prefix=TMP_PREFIX,
+        measure=read_measurements,
+        seed_line=_seed_line,
+        report=_report,
     )
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    return _report(results, args.size)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,10 @@ Exit code 0 on PASS, 1 on FAIL, 2 when a seed could not be run (after one retry)
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demo_seeds import run_demo_to_log, run_seeds, write_result  # noqa: E402
+from demo_seeds import bench_main  # noqa: E402
 
 from actionlayer.demo.learning_proof import (  # noqa: E402
     LATE_PASSES,
@@ -50,22 +47,9 @@ from actionlayer.demo.learning_proof import (  # noqa: E402
     SegmentLearning,
     read_learning,
 )
-from actionlayer.demo.world import load_demo_config  # noqa: E402
 
 REQUIRED_SHARE = 0.9  # 9 of 10
 TMP_PREFIX = "actionlayer-learning-"
-
-
-def _worker(seed: int, size: str, workdir: Path) -> None:
-    """Runs in the seed's own process: the whole demo loop, then every level-5 rule's measurement as JSON."""
-    from actionlayer import config
-
-    demo_config = run_demo_to_log(seed, size, workdir)
-    measured = read_learning(config.db_path(), demo_config)
-    write_result(
-        workdir,
-        {"seed": seed, "size": size, "rules": {rule_id: asdict(m) for rule_id, m in measured.items()}},
-    )
 
 
 def measurement_from_dict(row: dict[str, Any]) -> LearningMeasurement:
@@ -272,40 +256,17 @@ def _report(results: list[dict[str, Any]], size: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
-    parser.add_argument("--first-seed", type=int, default=None, help="first seed (default demo.yml's seed)")
-    parser.add_argument("--size", default="default", help="demo.yml size preset (default default)")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (default 1; 2 cores here)")
-    parser.add_argument("--json", type=Path, default=None, help="also write every seed's measurements here")
-    parser.add_argument("--keep", action="store_true", help="keep each seed's temporary directory")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker is not None:
-        _worker(args.worker, args.size, args.workdir)
-        return 0
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error("--seeds and --jobs must be at least 1")
-    config = load_demo_config(size=args.size)  # fails early on an unknown size
-    first = config.seed if args.first_seed is None else args.first_seed
-    seeds = list(range(first, first + args.seeds))
-    print(
-        f"{len(seeds)} seed(s) from {first}, size {args.size!r} ({config.accounts} accounts, {config.days} acting "
-        f"days, {config.observe_days} observe days), {args.jobs} in parallel; each runs the whole demo loop."
-    )
-    results = run_seeds(
-        Path(__file__),
-        seeds,
-        args.size,
-        jobs=args.jobs,
-        keep=args.keep,
+    return bench_main(
+        argv,
+        script=Path(__file__),
+        description=__doc__.split("\n\n")[0],
+        default_seeds=10,
+        default_size="default",
         prefix=TMP_PREFIX,
-        on_result=lambda result: print(_seed_line(result), flush=True),
+        measure=read_learning,
+        seed_line=lambda _config: _seed_line,
+        report=_report,
     )
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    return _report(results, args.size)
 
 
 if __name__ == "__main__":

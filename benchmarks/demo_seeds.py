@@ -20,6 +20,7 @@ not be run even after the retry.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -27,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,21 @@ def run_demo_to_log(seed: int, size: str, workdir: Path) -> DemoConfig:
 def write_result(workdir: Path, result: SeedResult) -> None:
     """In the seed's own process: hand `result` (JSON-serialisable) back to `run_seed`."""
     (workdir / RESULT_FILE).write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+def run_worker(
+    seed: int, size: str, workdir: Path, measure: Callable[[Path, DemoConfig], Mapping[str, Any]]
+) -> None:
+    """In the seed's own process: the whole demo loop, then `measure(db, config)` (rule id → dataclass) written
+    back as this seed's result."""
+    from actionlayer import config
+
+    demo_config = run_demo_to_log(seed, size, workdir)
+    measured = measure(config.db_path(), demo_config)
+    write_result(
+        workdir,
+        {"seed": seed, "size": size, "rules": {rule_id: asdict(m) for rule_id, m in measured.items()}},
+    )
 
 
 def run_seed(
@@ -171,3 +188,58 @@ def run_seeds(
     results.sort(key=lambda r: r["seed"])
     print(f"{len(seeds)} seed(s) in {time.monotonic() - started:.0f} s")
     return results
+
+
+def bench_main(
+    argv: list[str] | None,
+    *,
+    script: Path,
+    description: str,
+    default_seeds: int,
+    default_size: str,
+    prefix: str,
+    measure: Callable[[Path, DemoConfig], Mapping[str, Any]],
+    seed_line: Callable[[DemoConfig], Callable[[SeedResult], str]],
+    report: Callable[[list[SeedResult], str], int],
+) -> int:
+    """The command line both demo benchmarks share: parse the options, run as a seed's worker when asked,
+    else run every seed (printing `seed_line(config)(result)` as each finishes) and return `report`'s exit code."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--seeds", type=int, default=default_seeds, help=f"number of seeds (default {default_seeds})"
+    )
+    parser.add_argument("--first-seed", type=int, default=None, help="first seed (default demo.yml's seed)")
+    parser.add_argument("--size", default=default_size, help=f"demo.yml size preset (default {default_size})")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (default 1; 2 cores here)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write every seed's results to this file"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep each seed's temporary directory")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        run_worker(args.worker, args.size, args.workdir, measure)
+        return 0
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be at least 1")
+    config = load_demo_config(size=args.size)  # fails early on an unknown size
+    first = config.seed if args.first_seed is None else args.first_seed
+    seeds = list(range(first, first + args.seeds))
+    print(
+        f"{len(seeds)} seed(s) from {first}, size {args.size!r} ({config.accounts} accounts, {config.days} acting "
+        f"days, {config.observe_days} observe days), {args.jobs} in parallel; each runs the whole demo loop."
+    )
+    line = seed_line(config)
+    results = run_seeds(
+        script,
+        seeds,
+        args.size,
+        jobs=args.jobs,
+        keep=args.keep,
+        prefix=prefix,
+        on_result=lambda result: print(line(result), flush=True),
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return report(results, args.size)
