@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -69,10 +70,12 @@ def run(
         _fail(f"SoR folder {folder} does not exist")
     when = _as_of(as_of)
     where = str(folder) if not sources else ", ".join(f"{s.name} ({s.type})" for s in sources)
-    with console.status(f"running the loop on {where} as of {when:%Y-%m-%d %H:%M:%S} …"):
-        from orchestration.runner import run_job
+    from actionlayer.progress import Progress
+    from orchestration.runner import run_job
 
-        outcome = run_job("actionlayer_loop", when, sor=folder)
+    stages = Progress(err)
+    with stages.running(f"running the loop on {where} as of {when:%Y-%m-%d %H:%M:%S} …"):
+        outcome = run_job("actionlayer_loop", when, sor=folder, progress=stages)
     problems = False
     try:
         with connect(read_only=True) as con:
@@ -134,11 +137,19 @@ def sync(
     except (ConnectorError, ValueError) as exc:
         _fail(f"source {source}: {exc}", 2)
 
+    from actionlayer.progress import Progress
+
+    stages = Progress(err)
+
     def progress(event) -> None:
-        status.update(f"syncing {event} …")
+        stage = f"sync {event.source}:{event.object}"
+        if event.done:
+            stages.finish(stage, {"pages": event.pages, "records": event.records})
+        else:
+            stages.start(stage, f"{event.pages} page(s), {event.records:,} record(s)")
 
     try:
-        with console.status(f"syncing {source} as of {when:%Y-%m-%d %H:%M:%S} …") as status:
+        with stages.running(f"syncing {source} as of {when:%Y-%m-%d %H:%M:%S} …"):
             report = sync_source(
                 lambda: connect(wait_seconds=30),
                 connector,
@@ -298,6 +309,13 @@ def _replay_progress():
         console=err,
     )
     tasks: dict[str, object] = {}
+    if not err.is_terminal:
+        # piped or in CI: one plain line per finished phase instead of a live display
+        def plain(phase: str, done: int, total: int, note: str) -> None:
+            if done:
+                print(f"{phase}: {done}/{total} {note}".rstrip(), file=sys.stderr, flush=True)
+
+        return nullcontext(), plain
 
     def update(phase: str, done: int, total: int, note: str) -> None:
         if phase not in tasks:

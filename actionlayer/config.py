@@ -44,6 +44,13 @@ def dbt_project_dir() -> Path:
     return PROJECT_ROOT / "dbt_project"
 
 
+def dbt_target_dir() -> Path:
+    """Where dbt writes the manifest and compiled SQL: DBT_TARGET_PATH (dbt's own setting, relative to the
+    project) or dbt_project/target. Parallel test workers each set their own, so none reads another's
+    half-written manifest."""
+    return dbt_project_dir() / os.environ.get("DBT_TARGET_PATH", "target")
+
+
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or data_dir() / "dagster_home")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from actionlayer import learning
-from actionlayer.config import dbt_project_dir
+from actionlayer.config import dbt_target_dir
 
 LEVELS = {1: "view", 2: "recommend", 3: "approve then execute", 4: "auto", 5: "learn"}
 CHANNELS = ("email", "task", "notify")
@@ -98,7 +98,7 @@ class Rule:
 
 
 def manifest_path() -> Path:
-    return dbt_project_dir() / "target" / "manifest.json"
+    return dbt_target_dir() / "manifest.json"
 
 
 def _require(meta: dict[str, Any], key: str, model: str, kind: type) -> Any:

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from actionlayer.config import db_path, dbt_project_dir, disable_telemetry
+from actionlayer.config import db_path, dbt_project_dir, dbt_target_dir, disable_telemetry
 
 
 class TransformError(RuntimeError):
@@ -51,7 +51,7 @@ class TransformRun:
 
 
 def manifest_path() -> Path:
-    return dbt_project_dir() / "target" / "manifest.json"
+    return dbt_target_dir() / "manifest.json"
 
 
 def _sources_newer_than(stamp: float) -> bool:

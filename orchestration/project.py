@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dagster_dbt import DbtProject
 
-from actionlayer.config import dbt_project_dir
+from actionlayer.config import dbt_project_dir, dbt_target_dir
 from actionlayer.transform import ensure_manifest
 
 ensure_manifest()
-actionlayer_dbt = DbtProject(project_dir=dbt_project_dir(), profiles_dir=dbt_project_dir())
+actionlayer_dbt = DbtProject(
+    project_dir=dbt_project_dir(), target_path=dbt_target_dir(), profiles_dir=dbt_project_dir()
+)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from actionlayer import config
+from actionlayer.progress import Progress
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 
@@ -40,18 +42,25 @@ def run_job(
     sor: Path | None = None,
     asset_names: Sequence[str] | None = None,
     tags: dict[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> JobOutcome:
-    """Execute one job in this process; `asset_names` narrows it to those assets (by key path)."""
+    """Execute one job in this process; `asset_names` narrows it to those assets (by key path).
+    With `progress`, every step is reported as a stage when it starts and ends."""
     ensure_dagster_home()
     import dagster as dg
 
     from orchestration.definitions import defs
+    from orchestration.progress import StepProgress
     from orchestration.resources import run_config_for
 
     job = defs.resolve_job_def(job_name)
     selection = [dg.AssetKey.from_user_string(name) for name in asset_names] if asset_names else None
+    run_id = str(uuid.uuid4())  # known before the run starts, so the listener can subscribe to it
     with dg.DagsterInstance.get() as instance:
+        if progress is not None:
+            instance.add_event_listener(run_id, StepProgress(progress))
         result = job.execute_in_process(
+            run_id=run_id,
             # the full event log is in the instance (and the UI); the CLI prints its own summary from the database
             run_config=run_config_for(
                 as_of=as_of, sor=sor, log_level=os.environ.get("ACTIONLAYER_LOG_LEVEL", "ERROR")

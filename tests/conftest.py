@@ -23,6 +23,28 @@ from actionlayer.demo.world import DemoConfig, load_demo_config
 
 QUICK_DEMO_SIZE = "coverage_quick"
 
+# `make test` runs the suite on pytest-xdist workers. Each worker gets its own dbt target folder (manifest,
+# compiled SQL, partial parse) and its own Dagster home, so no worker reads another's half-written files;
+# subprocesses inherit them. A test that sets its own keeps it.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    _scratch = PROJECT_ROOT / "dbt_project" / "target" / f"xdist-{_WORKER}"
+    os.environ.setdefault("DBT_TARGET_PATH", str(_scratch))
+    os.environ.setdefault("DBT_LOG_PATH", str(_scratch / "logs"))
+    os.environ.setdefault("DAGSTER_HOME", str(_scratch / "dagster_home"))
+
+# Files whose tests share a session fixture run on one worker, so it is built once; every other file is a
+# group of its own, so module fixtures are built once too (xdist's --dist loadgroup).
+_SHARED_GROUPS = {"test_demo_coverage.py": "quick_demo", "test_demo_learning.py": "quick_demo"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            name = item.path.name
+            item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, name)))
+
 
 @pytest.fixture(autouse=True)
 def _quality_gate_off_where_asked(

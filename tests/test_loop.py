@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -74,6 +75,22 @@ def test_whole_loop_from_the_cli(world_env):
     first = _cli(env, "run", "--sor", str(sor), "--as-of", DAY_ONE.isoformat())
     assert first.returncode == 0, first.stdout + first.stderr
     assert "quarantined" in first.stderr
+    # a pass of minutes is never silent: piped, every stage is one plain line with its time and rows
+    for stage in (
+        "load + quality gate",
+        "decision models",
+        "proposals / ledger",
+        "review export",
+        "dispatch",
+        "marts",
+    ):
+        assert re.search(rf"^{re.escape(stage)}: done in \d+\.\d s", first.stderr, re.M), (
+            stage,
+            first.stderr,
+        )
+    assert re.search(
+        r"^load \+ quality gate: .*\(\d[\d,]* rows loaded, [1-9]\d* rows quarantined\)", first.stderr, re.M
+    )
     quarantined = _query(
         db, "select object, record_key, source_file, row_number, reason_code from ops.quarantine"
     )
