@@ -795,7 +795,8 @@ class HubSpotConnector:
         meets the result cap."""
         mod = source.modified_property
         limit = min(self.page_size * 2, SEARCH_PAGE_MAX, self.search_cap)
-        pos_ms, pos_ids = since_ms, set[str]()
+        pos_ms = since_ms
+        pos_ids: set[str] = set()
         strict = False  # every record at pos_ms has been read
         tie = False  # walking the records at pos_ms by id
         last_id: str | None = None
