@@ -8,13 +8,20 @@ own low per-second limit), paging (`after` tokens), the incremental cursor (`Sou
 Reads:
 - Full read (cursor None): one cheap search for the newest modified time (the watermark the next
   incremental read starts from), then the list endpoint page by page with associations inline.
-- Incremental read: the search endpoint filtered on modified time >= the cursor, sorted ascending. After
-  every page the query restarts from the newest modified time seen (keyset paging), so a record modified
-  while we page cannot shift the result window and make us skip another one, and no query ever comes near
-  HubSpot's 10,000-result cap. Only a run of records sharing one millisecond is walked with `after`.
-  Search results carry no associations: they are read with the v4 batch associations endpoint.
-- Deletions: HubSpot archives records; archived records with `archivedAt` after the cursor's deletion
-  watermark become `deleted_keys`, after the upserts.
+- Incremental read: the search endpoint filtered on modified time >= the watermark minus
+  `overlap_seconds` (default 300), sorted ascending. HubSpot's search index trails writes, so an edit can
+  become searchable after a newer one was already read; the look-back re-reads that window and the cursor
+  remembers which (id, modified time) pairs it already delivered, so a late edit lands once and a re-read
+  one not at all. After every page the query restarts from the newest modified time seen (keyset paging),
+  so a record modified while we page cannot shift the result window and make us skip another one, and no
+  query comes near HubSpot's 10,000-result cap. More records sharing one millisecond than a page holds
+  are walked by `hs_object_id` within that millisecond (search takes one sort only, so the id is a filter
+  bound), so any number of ties completes. Search results carry no associations: they are read with the
+  v4 batch associations endpoint.
+- Deletions: HubSpot archives records; archived records with `archivedAt` after the deletion watermark
+  (minus the same look-back, de-duplicated the same way) become `deleted_keys`, after the upserts.
+- Owners: active and deactivated (archived) owners both resolve to their email; a read that meets records
+  of deactivated owners says so in a warning naming them.
 
 Values are converted to contract text but never validated: whatever does not parse passes through as
 text for the sync to quarantine, and unmapped picklist values pass through unchanged.
@@ -48,9 +55,10 @@ DEFAULT_MAPPING = Path(__file__).parent / "mappings" / "hubspot.yml"
 DEFAULT_API_BASE = "https://api.hubapi.com"
 LIST_PAGE_MAX = 100  # HubSpot's maximum `limit` for list endpoints
 SEARCH_PAGE_MAX = 200  # and for the search endpoint
-SEARCH_RESULT_CAP = 10_000  # a search query cannot page past this many results
+SEARCH_RESULT_CAP = 10_000  # a search query cannot page past this many results (400 beyond)
 ASSOCIATION_BATCH = 100
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2  # 2: the watermark keeps (id -> modified time) for the look-back window; 1 still loads
+DEFAULT_OVERLAP_SECONDS = 300.0
 
 # Properties HubSpot returns whether asked or not; they are not drift.
 ALWAYS_RETURNED = frozenset(
@@ -71,6 +79,7 @@ CONFIG_KEYS = frozenset(
         "search_cap",
         "max_attempts",
         "retry_wait",
+        "overlap_seconds",
     }
 )
 
@@ -326,23 +335,38 @@ def money_text(value: Any) -> str | None:
     return format(number, "f")
 
 
+# HubSpot spells an IANA name in lower case with its punctuation written out: "/" as _slash_ and "-" as
+# _hyphen_ (america_slash_port_hyphen_au_hyphen_prince). Its option list holds no "+"; an Etc/GMT+n zone
+# is written with _plus_ by the same rule, and _minus_ is read as "-" too. Underscores stay underscores.
+_TZ_CODES = (("/", "_slash_"), ("-", "_hyphen_"), ("+", "_plus_"))
+# Options HubSpot still offers whose zone left the tz database: the zone they were a link to.
+_TZ_RETIRED = {"us/pacific-new": "America/Los_Angeles"}
+
+
 @cache
 def _zones_by_lower() -> dict[str, str]:
-    return {zone.lower(): zone for zone in zoneinfo.available_timezones()}
+    zones = {zone.lower(): zone for zone in zoneinfo.available_timezones()}
+    return {**{k: v for k, v in _TZ_RETIRED.items() if v in zones.values()}, **zones}
 
 
 def timezone_text(value: Any) -> str | None:
-    """HubSpot's hs_timezone option (america_slash_new_york) as the IANA name (America/New_York)."""
+    """HubSpot's time zone option (america_slash_port_hyphen_au_hyphen_prince) as the IANA name
+    (America/Port-au-Prince); an IANA name passes as itself, anything else passes through unchanged."""
     raw = text(value)
     if raw is None:
         return None
-    candidate = raw.strip().lower().replace("_slash_", "/")
+    candidate = raw.strip().lower().replace("_minus_", "-")
+    for char, code in _TZ_CODES:
+        candidate = candidate.replace(code, char)
     return _zones_by_lower().get(candidate, raw)
 
 
 def hubspot_timezone(zone: str) -> str:
-    """The reverse of `timezone_text` (used by the test stand-in to store HubSpot's shape)."""
-    return zone.lower().replace("/", "_slash_")
+    """The reverse of `timezone_text`: an IANA name as HubSpot's option value."""
+    encoded = zone.lower()
+    for char, code in _TZ_CODES:
+        encoded = encoded.replace(char, code)
+    return encoded
 
 
 # --------------------------------------------------------------------------------------------- cursor
@@ -350,28 +374,44 @@ def hubspot_timezone(zone: str) -> str:
 
 @dataclass
 class Watermark:
-    """Newest time seen and the ids seen at exactly that millisecond: resuming at >= ms minus those ids
-    neither skips a record that shares the millisecond nor repeats one already stored."""
+    """Newest time seen (`ms`) and, per id, the newest time it was delivered at (`recent`).
+
+    A read re-reads from `ms` minus the look-back; a record is new unless `recent` holds its id at the
+    same or a later time, so a late-visible change lands once and a re-read one not at all. Entries older
+    than the look-back are dropped when the cursor is written (nothing older is re-read)."""
 
     ms: int = 0
-    ids: set[str] = field(default_factory=set)
+    recent: dict[str, int] = field(default_factory=dict)
 
-    def seen(self, ms: int, record_id: str) -> bool:
-        return ms < self.ms or (ms == self.ms and record_id in self.ids)
+    def floor(self, overlap_ms: int) -> int:
+        """Where a read starts: the look-back before the newest time seen."""
+        return max(self.ms - overlap_ms, 0)
+
+    def delivered(self, ms: int, record_id: str, floor: int) -> bool:
+        return ms < floor or self.recent.get(record_id, -1) >= ms
+
+    def note(self, ms: int, record_id: str) -> None:
+        """Remember a delivered (id, time) without moving the watermark (a full read's listed records)."""
+        if ms > self.recent.get(record_id, -1):
+            self.recent[record_id] = ms
 
     def advance(self, ms: int, record_id: str) -> None:
-        if ms > self.ms:
-            self.ms, self.ids = ms, {record_id}
-        elif ms == self.ms:
-            self.ids.add(record_id)
+        self.note(ms, record_id)
+        self.ms = max(self.ms, ms)
 
-    def dump(self) -> list[Any]:
-        return [self.ms, sorted(self.ids)]
+    def at_mark(self) -> list[str]:
+        return sorted(record_id for record_id, ms in self.recent.items() if ms == self.ms)
+
+    def dump(self, overlap_ms: int) -> list[Any]:
+        floor = self.floor(overlap_ms)
+        return [self.ms, {k: v for k, v in sorted(self.recent.items()) if v >= floor}]
 
     @classmethod
     def load(cls, raw: Any) -> Watermark:
-        ms, ids = raw
-        return cls(int(ms), {str(i) for i in ids})
+        ms, recent = raw
+        if isinstance(recent, list):  # cursor version 1: the ids seen at exactly `ms`
+            return cls(int(ms), {str(i): int(ms) for i in recent})
+        return cls(int(ms), {str(k): int(v) for k, v in recent.items()})
 
 
 @dataclass
@@ -383,12 +423,12 @@ class SourceState:
     modified: Watermark = field(default_factory=Watermark)
     archived: Watermark = field(default_factory=Watermark)
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self, overlap_ms: int = 0) -> dict[str, Any]:
         return {
             "phase": self.phase,
             "after": self.after,
-            "mod": self.modified.dump(),
-            "del": self.archived.dump(),
+            "mod": self.modified.dump(overlap_ms),
+            "del": self.archived.dump(overlap_ms),
         }
 
     @classmethod
@@ -399,9 +439,9 @@ class SourceState:
         return cls(phase, raw.get("after"), Watermark.load(raw["mod"]), Watermark.load(raw["del"]))
 
 
-def encode_cursor(states: Mapping[str, SourceState]) -> str:
+def encode_cursor(states: Mapping[str, SourceState], overlap_ms: int = 0) -> str:
     return json.dumps(
-        {"v": CURSOR_VERSION, "sources": {name: state.dump() for name, state in states.items()}},
+        {"v": CURSOR_VERSION, "sources": {name: state.dump(overlap_ms) for name, state in states.items()}},
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -409,7 +449,7 @@ def encode_cursor(states: Mapping[str, SourceState]) -> str:
 
 def decode_cursor(cursor: str) -> dict[str, SourceState]:
     document = json.loads(cursor)
-    if document.get("v") != CURSOR_VERSION:
+    if document.get("v") not in (1, CURSOR_VERSION):
         raise ValueError(f"cursor version {document.get('v')!r}, expected {CURSOR_VERSION}")
     return {name: SourceState.load(raw) for name, raw in document["sources"].items()}
 
@@ -458,6 +498,7 @@ class HubSpotConnector:
         page_size: int = LIST_PAGE_MAX,
         search_cap: int = SEARCH_RESULT_CAP,
         retry: RetryPolicy | None = None,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
     ) -> None:
         self.name = name
         self.mapping = mapping
@@ -466,6 +507,7 @@ class HubSpotConnector:
         self._objects = list(objects) if objects is not None else default
         self.page_size = page_size
         self.search_cap = search_cap
+        self.overlap_ms = round(overlap_seconds * 1000)
         auth = _BearerAuth(token)
         headers = {"Accept": "application/json"}
         self.http = HttpTransport(
@@ -488,6 +530,8 @@ class HubSpotConnector:
             headers=headers,
         )
         self._owners: dict[str, str] | None = None
+        self._deactivated: set[str] = set()  # ids of archived owners
+        self._deactivated_met: dict[str, int] = {}  # email -> records of this read owned by them
 
     @classmethod
     def from_config(
@@ -555,6 +599,7 @@ class HubSpotConnector:
             page_size=min(_int(name, config, "page_size", LIST_PAGE_MAX, 1), LIST_PAGE_MAX),
             search_cap=_int(name, config, "search_cap", SEARCH_RESULT_CAP, 1),
             retry=retry,
+            overlap_seconds=_overlap_seconds(name, config),
         )
 
     # ------------------------------------------------------------------------------ Connector protocol
@@ -568,7 +613,10 @@ class HubSpotConnector:
 
     def changed(self, cursors: Mapping[str, str | None]) -> list[str]:
         """Per object type: one limit-1 search for records modified after the watermark (or at exactly its
-        millisecond but not among the ids stored there), then the archived list for new deletions."""
+        millisecond but not among the ids stored there); then, with a look-back, the look-back window's
+        (id, modified time) pairs against those already delivered (a late-visible edit), one search page
+        of ids and times per 200 records in the window; then the archived list for new deletions. A window
+        holding only what was delivered reports nothing."""
         changed = []
         for obj in self._objects:
             cursor = cursors.get(obj)
@@ -581,17 +629,37 @@ class HubSpotConnector:
                 if state is None or state.phase == "list":
                     changed.append(obj)
                     break
-                data = self._post_search(obj, source, self._probe_body(source, state.modified))
-                if int(data.get("total", 0)) > 0 or self._archived_after(obj, source, state.archived):
+                if (
+                    int(
+                        self._post_search(obj, source, self._probe_body(source, state.modified)).get(
+                            "total", 0
+                        )
+                    )
+                    or self._late_in_window(obj, source, state.modified)
+                    or self._archived_after(obj, source, state.archived)
+                ):
                     changed.append(obj)
                     break
         return changed
 
+    def _late_in_window(self, obj: str, source: SourceSpec, mark: Watermark) -> bool:
+        if self.overlap_ms <= 0 or mark.ms <= 0:
+            return False
+        floor = mark.floor(self.overlap_ms)
+        return any(
+            record.modified_ms is not None and not mark.delivered(record.modified_ms, record.id, floor)
+            for records in self._search_window(
+                obj, source, floor, until_ms=mark.ms, properties=[source.modified_property]
+            )
+            for record in records
+        )
+
     def _archived_after(self, obj: str, source: SourceSpec, mark: Watermark) -> bool:
         # Search never returns archived records and the archived list cannot be filtered by time, so
         # the probe pages through the archived list (HubSpot keeps it for 90 days) until it finds one.
+        floor = mark.floor(self.overlap_ms)
         return any(
-            record.archived_ms is not None and not mark.seen(record.archived_ms, record.id)
+            record.archived_ms is not None and not mark.delivered(record.archived_ms, record.id, floor)
             for record in self._archived_records(obj, source)
         )
 
@@ -599,9 +667,10 @@ class HubSpotConnector:
         newer = {"propertyName": source.modified_property, "operator": "GT", "value": str(mark.ms)}
         groups: list[dict[str, Any]] = [{"filters": [newer]}]
         # HubSpot takes at most 100 values in NOT_IN; beyond that a tie is noticed with the next change
-        if mark.ids and len(mark.ids) <= 100:
+        at_mark = mark.at_mark()
+        if at_mark and len(at_mark) <= 100:
             same = {"propertyName": source.modified_property, "operator": "EQ", "value": str(mark.ms)}
-            others = {"propertyName": "hs_object_id", "operator": "NOT_IN", "values": sorted(mark.ids)}
+            others = {"propertyName": "hs_object_id", "operator": "NOT_IN", "values": at_mark}
             groups.append({"filters": [same, others]})
         return {"filterGroups": groups, "properties": ["hs_object_id"], "limit": 1}
 
@@ -613,6 +682,7 @@ class HubSpotConnector:
         spec = self.mapping.objects[plan.object]
         states = {} if plan.full else self._decode(plan.object, plan.cursor or "")
         self._owners = None  # owners change: read them again once per object read
+        self._deactivated_met = {}
         for source in spec.sources:
             state = states.get(source.object_type)
             if state is None:
@@ -620,12 +690,26 @@ class HubSpotConnector:
             states[source.object_type] = state
             if state.phase == "list":
                 for records in self._list_pages(plan.object, source, state):
-                    yield Page(plan.object, records, [], encode_cursor(states))
+                    yield Page(plan.object, records, [], encode_cursor(states, self.overlap_ms))
             else:
                 for records in self._search_pages(plan.object, source, state):
-                    yield Page(plan.object, records, [], encode_cursor(states))
+                    yield Page(plan.object, records, [], encode_cursor(states, self.overlap_ms))
                 for deleted in self._archived_since(plan.object, source, state):
-                    yield Page(plan.object, [], deleted, encode_cursor(states))
+                    yield Page(plan.object, [], deleted, encode_cursor(states, self.overlap_ms))
+        if self._deactivated_met:
+            named = ", ".join(
+                f"{email} ({n} record(s))" for email, n in sorted(self._deactivated_met.items())
+            )
+            log.warning(
+                "%s: %s: owned by deactivated HubSpot owner(s), resolved to their email: %s",
+                self.name,
+                plan.object,
+                named,
+            )
+
+    def deactivated_owners(self) -> dict[str, int]:
+        """Emails of deactivated (archived) owners met by the last object read, with their record counts."""
+        return dict(self._deactivated_met)
 
     # ------------------------------------------------------------------------------------- full reads
 
@@ -641,7 +725,7 @@ class HubSpotConnector:
         for raw in data.get("results", []):
             record = self._parse(source, raw)
             if record.modified_ms is not None:
-                state.modified = Watermark(record.modified_ms, set())
+                state.modified = Watermark(record.modified_ms)
         for record in self._archived_records(obj, source):
             if record.archived_ms is not None:
                 state.archived.advance(record.archived_ms, record.id)
@@ -661,10 +745,11 @@ class HubSpotConnector:
                 params["after"] = state.after
             data = self._get(obj, source, f"/crm/v3/objects/{source.object_type}", params)
             records = [self._parse(source, raw) for raw in data.get("results", [])]
+            floor = state.modified.floor(self.overlap_ms)
             for record in records:
-                # ids listed at exactly the watermark are stored: the next search must not repeat them
-                if record.modified_ms == state.modified.ms:
-                    state.modified.ids.add(record.id)
+                # listed records inside the look-back are stored: the next search must not repeat them
+                if record.modified_ms is not None and record.modified_ms >= floor:
+                    state.modified.note(record.modified_ms, record.id)
             after = _next_after(data)
             state.after = after
             if after is None:
@@ -676,58 +761,108 @@ class HubSpotConnector:
     # ------------------------------------------------------------------------------ incremental reads
 
     def _search_body(
-        self, source: SourceSpec, since_ms: int, *, limit: int, properties: list[str] | None = None
+        self,
+        source: SourceSpec,
+        filters: list[dict[str, Any]],
+        sort: str,
+        *,
+        limit: int,
+        properties: list[str] | None = None,
     ) -> dict[str, Any]:
         return {
-            "filterGroups": [
-                {
-                    "filters": [
-                        {"propertyName": source.modified_property, "operator": "GTE", "value": str(since_ms)}
-                    ]
-                }
-            ],
-            "sorts": [{"propertyName": source.modified_property, "direction": "ASCENDING"}],
+            "filterGroups": [{"filters": filters}],
+            "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
             "properties": properties if properties is not None else source.properties,
             "limit": limit,
         }
 
-    def _search_pages(self, obj: str, source: SourceSpec, state: SourceState) -> Iterator[list[Record]]:
+    def _search_window(
+        self,
+        obj: str,
+        source: SourceSpec,
+        since_ms: int,
+        *,
+        until_ms: int | None = None,
+        properties: list[str] | None = None,
+    ) -> Iterator[list[_HubSpotRecord]]:
+        """Every record modified at or after `since_ms` (and at or before `until_ms`), each once, oldest
+        first, one search page at a time.
+
+        Keyset paging on the modified time: each query restarts at the newest time read, skipping the ids
+        already read at exactly that millisecond. When a whole page is such ids (more ties than a page),
+        that millisecond is walked in `hs_object_id` order with an id bound (HubSpot search sorts on one
+        property only), then reading goes on strictly after it. No query pages with `after`, so none
+        meets the result cap."""
+        mod = source.modified_property
         limit = min(self.page_size * 2, SEARCH_PAGE_MAX, self.search_cap)
-        after: str | None = None
+        pos_ms = since_ms
+        pos_ids: set[str] = set()
+        strict = False  # every record at pos_ms has been read
+        tie = False  # walking the records at pos_ms by id
+        last_id: str | None = None
         while True:
-            body = self._search_body(source, state.modified.ms, limit=limit)
-            if after is not None:
-                body["after"] = after
+            if tie:
+                filters = [{"propertyName": mod, "operator": "EQ", "value": str(pos_ms)}]
+                if last_id is not None:
+                    filters.append({"propertyName": "hs_object_id", "operator": "GT", "value": last_id})
+                body = self._search_body(source, filters, "hs_object_id", limit=limit, properties=properties)
+            else:
+                operator = "GT" if strict else "GTE"
+                filters = [{"propertyName": mod, "operator": operator, "value": str(pos_ms)}]
+                if until_ms is not None:
+                    filters.append({"propertyName": mod, "operator": "LTE", "value": str(until_ms)})
+                body = self._search_body(source, filters, mod, limit=limit, properties=properties)
             data = self._post_search(obj, source, body)
-            results = data.get("results", [])
+            results = [self._parse(source, raw) for raw in data.get("results", [])]
             fresh = []
-            for raw in results:
-                record = self._parse(source, raw)
-                if record.modified_ms is not None and state.modified.seen(record.modified_ms, record.id):
+            for record in results:
+                ms = record.modified_ms
+                if ms is not None and ms == pos_ms and record.id in pos_ids:
                     continue
                 fresh.append(record)
+                if ms is not None and ms > pos_ms and not tie:
+                    pos_ms, pos_ids, strict = ms, {record.id}, False
+                elif ms == pos_ms:
+                    pos_ids.add(record.id)
             if fresh:
-                self._add_associations(obj, source, fresh)
-                for record in fresh:
-                    if record.modified_ms is not None:
-                        state.modified.advance(record.modified_ms, record.id)
-                yield [self._canonical(obj, source, record) for record in fresh]
-            next_after = _next_after(data)
-            offset = int(after or 0) + len(results)
-            # `total` tells whether the cap, not the end of the results, ended the paging
-            if next_after is None and int(data.get("total", 0)) <= offset:
+                yield fresh
+            complete = _next_after(data) is None and int(data.get("total", 0)) <= len(results)
+            if tie:
+                if complete:
+                    tie, strict, last_id = False, True, None
+                elif results:
+                    last_id = results[-1].id
+                else:
+                    raise self._stuck(obj, source, pos_ms)
+            elif complete:
                 return
-            if fresh:
-                # Restart from the new watermark (keyset paging): the window moves on every page.
-                after = None
-            elif next_after is not None and int(next_after) < self.search_cap:
-                after = next_after  # a page of ids already stored at one millisecond: step over it
-            else:
-                raise ConnectorError(
-                    f"{self.name}: {obj} ({source.object_type}): more than {self.search_cap} records share the "
-                    f"modified time {state.modified.ms}; the search cannot page past them. Kept: every page "
-                    "before this one."
-                )
+            elif not fresh:
+                if not results:
+                    raise self._stuck(obj, source, pos_ms)
+                tie, last_id = True, None
+
+    def _stuck(self, obj: str, source: SourceSpec, ms: int) -> ConnectorError:
+        return ConnectorError(
+            f"{self.name}: {obj} ({source.object_type}): the search reports more records from modified time "
+            f"{ms} but returns none; kept: every page before this one"
+        )
+
+    def _search_pages(self, obj: str, source: SourceSpec, state: SourceState) -> Iterator[list[Record]]:
+        floor = state.modified.floor(self.overlap_ms)
+        for records in self._search_window(obj, source, floor):
+            fresh = [
+                record
+                for record in records
+                if record.modified_ms is None
+                or not state.modified.delivered(record.modified_ms, record.id, floor)
+            ]
+            if not fresh:
+                continue  # the look-back re-read only what was delivered
+            self._add_associations(obj, source, fresh)
+            for record in fresh:
+                if record.modified_ms is not None:
+                    state.modified.advance(record.modified_ms, record.id)
+            yield [self._canonical(obj, source, record) for record in fresh]
 
     def _archived_records(self, obj: str, source: SourceSpec) -> Iterator[_HubSpotRecord]:
         after: str | None = None
@@ -749,10 +884,12 @@ class HubSpotConnector:
     def _archived_since(self, obj: str, source: SourceSpec, state: SourceState) -> Iterator[list[str]]:
         """Keys archived after the deletion watermark, oldest first. The archived list is not ordered by
         archive time, so it is read whole before the watermark moves."""
+        floor = state.archived.floor(self.overlap_ms)
         found = sorted(
             (record.archived_ms, record.id)
             for record in self._archived_records(obj, source)
-            if record.archived_ms is not None and not state.archived.seen(record.archived_ms, record.id)
+            if record.archived_ms is not None
+            and not state.archived.delivered(record.archived_ms, record.id, floor)
         )
         for start in range(0, len(found), self.page_size):
             chunk = found[start : start + self.page_size]
@@ -817,7 +954,14 @@ class HubSpotConnector:
     def _convert(self, obj: str, spec: ColumnSpec, value: Any) -> str | None:
         if spec.owner:
             raw = text(value)
-            return None if raw is None else self._owner_emails(obj).get(raw, raw)
+            if raw is None:
+                return None
+            email = self._owner_emails(obj).get(raw.strip())
+            if email is None:
+                return raw
+            if raw.strip() in self._deactivated:
+                self._deactivated_met[email] = self._deactivated_met.get(email, 0) + 1
+            return email
         if spec.transform == "timezone":
             return timezone_text(value)
         if spec.values:
@@ -832,21 +976,30 @@ class HubSpotConnector:
         return text(value)
 
     def _owner_emails(self, obj: str) -> dict[str, str]:
+        """Owner id -> email, active owners and deactivated ones (HubSpot lists those only with
+        archived=true; their records still carry their id)."""
         if self._owners is None:
             owners: dict[str, str] = {}
-            after: str | None = None
-            while True:
-                params: dict[str, Any] = {"limit": LIST_PAGE_MAX}
-                if after:
-                    params["after"] = after
-                data = self._call(obj, None, "GET", "/crm/v3/owners", params=params)
-                for owner in data.get("results", []):
-                    if owner.get("email"):
-                        owners[str(owner["id"])] = str(owner["email"])
-                after = _next_after(data)
-                if after is None:
-                    break
-            self._owners = owners
+            deactivated: set[str] = set()
+            for archived in ("true", "false"):  # active last: an id in both lists is active
+                after: str | None = None
+                while True:
+                    params: dict[str, Any] = {"limit": LIST_PAGE_MAX, "archived": archived}
+                    if after:
+                        params["after"] = after
+                    data = self._call(obj, None, "GET", "/crm/v3/owners", params=params)
+                    for owner in data.get("results", []):
+                        if owner.get("email"):
+                            owner_id = str(owner["id"])
+                            owners[owner_id] = str(owner["email"])
+                            if archived == "true":
+                                deactivated.add(owner_id)
+                            else:
+                                deactivated.discard(owner_id)
+                    after = _next_after(data)
+                    if after is None:
+                        break
+            self._owners, self._deactivated = owners, deactivated
         return self._owners
 
     # ------------------------------------------------------------------------------------------- http
@@ -932,6 +1085,16 @@ def _number(name: str, config: Mapping[str, Any], key: str, default: float) -> f
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConnectorConfigError(f"{name}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _overlap_seconds(name: str, config: Mapping[str, Any]) -> float:
+    value = config.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ConnectorConfigError(
+            f"{name}: overlap_seconds must be a non-negative number of seconds (the look-back re-read before "
+            f"the cursor for HubSpot's search index lag), got {value!r}"
+        )
     return float(value)
 
 

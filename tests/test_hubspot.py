@@ -3,21 +3,28 @@ deletions, associations, retries, rate limits, secrecy and config errors."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import zoneinfo
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pytest
 
 from connectors.base import ConnectorConfigError, ConnectorError, Page, Record, SyncPlan
-from connectors.hubspot import HubSpotConnector, load_mapping
-from tests.vendors.hubspot_server import TOKEN_ENV, HubSpotHarness, make_harness
+from connectors.hubspot import HubSpotConnector, hubspot_timezone, load_mapping, timezone_text
+from connectors.sync import mirror_table, stored_cursors, sync_source
+from tests.vendors.hubspot_server import TOKEN_ENV, HubSpotHarness, HubSpotServer, make_harness
 
 # small fixtures: one broken row is a large share of an object (see conftest.py)
 QUALITY_GATE_OFF = True
+AS_OF = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -255,24 +262,38 @@ def test_incremental_moves_window_past_small_cap_without_skips_or_repeats(harnes
     assert len(keys) == 121
     assert [r for r in server.requests if r.status == 400] == []
     searches = [r.body for r in server.requests if r.path.endswith("/search")]
-    assert all(int(b.get("after") or 0) < 50 for b in searches)
-    assert any(b.get("after") for b in searches)  # the tie was stepped over with `after`
+    assert not any(b.get("after") for b in searches)  # keyset only: no query pages toward the cap
+    # the 25 ties (more than a page of 20) were walked by id within their millisecond
+    assert any(b["sorts"][0]["propertyName"] == "hs_object_id" for b in searches)
     # nothing more: the next read returns nothing and the cursor did not skip the edited record
     assert records(read(connector, "accounts", pages[-1].cursor)) == []
     assert "accounts" not in connector.changed({"accounts": pages[-1].cursor})
 
 
-def test_more_ties_than_the_cap_raise_instead_of_skipping(harness: HubSpotHarness) -> None:
-    connector = connect(harness, page_size=10)
-    cursor = read(connector, "accounts")[-1].cursor
-    tie = harness.server.tick()
-    for i in range(60):
-        harness.server.put("companies", f"T{i:02d}", {"name": f"T{i}"}, modified_ms=tie)
-    seen: list[str] = []
-    with pytest.raises(ConnectorError, match="more than 50 records share"):
-        for page in connector.pages(SyncPlan("accounts", cursor)):
-            seen += [r["account_id"] for r in page.records]
-    assert len(seen) == len(set(seen)) == 50  # every page before the error is good and kept
+def test_more_ties_than_the_search_cap_complete_with_every_record_once(
+    harness: HubSpotHarness, tmp_path: Path
+) -> None:
+    assert HubSpotServer(token="t").search_cap == 10_000  # the stand-in's default is HubSpot's own cap
+    server = harness.server  # this one caps at 50
+    connector = connect(harness, objects=["accounts"], page_size=10)
+    con = duckdb.connect(str(tmp_path / "ties.duckdb"))
+    sync_source(con, connector, AS_OF)
+    before = server.tick()
+    tie = server.tick()
+    # a bulk edit: 120 records in one millisecond (numeric ids like HubSpot's: 9 < 10 < 100), around others
+    server.put("companies", "5000", {"name": "before"}, modified_ms=before)
+    for i in range(1, 121):
+        server.put("companies", str(i), {"name": f"T{i}"}, modified_ms=tie)
+    server.put("companies", "6000", {"name": "after"}, modified_ms=server.tick())
+    pages = read(connector, "accounts", stored_cursors(con, "hubspot")["accounts"])
+    keys = [r["account_id"] for r in records(pages)]
+    assert sorted(keys) == sorted(["5000", "6000", *(str(i) for i in range(1, 121))])  # each exactly once
+    assert keys[0] == "5000" and keys[-1] == "6000"
+    assert [r for r in server.requests if r.status == 400] == []  # nothing paged toward the cap
+    report = sync_source(con, connector, AS_OF + HOUR).objects["accounts"]
+    assert (report.status, report.inserted, report.updated) == ("synced", 122, 0)
+    again = sync_source(con, connector, AS_OF + 2 * HOUR).objects["accounts"]
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 0)
 
 
 def test_archived_records_become_deleted_keys(harness: HubSpotHarness) -> None:
@@ -338,8 +359,13 @@ def test_changed_probes_with_one_small_search_per_object(harness: HubSpotHarness
     assert connector.changed(cursors) == ["deals"]
     assert connector.changed({"accounts": None, "deals": cursors["deals"]}) == ["accounts", "deals"]
     probes = harness.server.requests[before:]
+    # a limit-1 search, the look-back window's ids and modified times only, or the archived list
     assert all(
-        (r.path.endswith("/search") and r.body["limit"] == 1) or r.query.get("archived") == ["true"]
+        (
+            r.path.endswith("/search")
+            and (r.body["limit"] == 1 or r.body["properties"] == ["hs_lastmodifieddate"])
+        )
+        or r.query.get("archived") == ["true"]
         for r in probes
     )
     harness.delete("accounts", "A1")
@@ -471,3 +497,181 @@ def test_custom_object_types_come_from_config(harness: HubSpotHarness) -> None:
         "hubspot", {"token_env": TOKEN_ENV, "api_base": harness.server.url}, environ=harness.environ
     )
     assert "contracts" not in default.objects() and "deals" in default.objects()  # customer-defined: opt in
+
+
+# ------------------------------------------------------------------ search index lag (look-back)
+
+
+@pytest.mark.parametrize("overlap", [300, 0], ids=["look-back-300s", "no-look-back-misses"])
+def test_fault_search_index_lag_late_visible_edit_lands_exactly_once(
+    harness: HubSpotHarness, tmp_path: Path, overlap: int
+) -> None:
+    harness.seed({"accounts": [account("A1")], "contacts": [CONTACT], "deals": [deal("D1"), deal("D2")]})
+    server = harness.server
+    connector = connect(harness, objects=["deals"], overlap_seconds=overlap)
+    con = duckdb.connect(str(tmp_path / "lag.duckdb"))
+    sync_source(con, connector, AS_OF)
+    # D1 is edited, but HubSpot's search index shows its old version for 40 s; D2's later edit is visible
+    server.freeze_search("deals", "D1")
+    harness.upsert("deals", deal("D1", name="late"))
+    server.tick(server.clock_ms + 40_000)
+    harness.upsert("deals", deal("D2", name="on time"))
+    first = sync_source(con, connector, AS_OF + HOUR).objects["deals"]
+    assert (first.inserted, first.updated, first.unchanged) == (0, 1, 0)  # D2; D1 not searchable yet
+    cursor = stored_cursors(con, "hubspot")["deals"]
+    assert connector.changed({"deals": cursor}) == []  # the look-back re-reads only what it delivered
+    server.thaw_search()  # the index catches up: D1's edit is visible, older than the cursor
+    assert connector.changed({"deals": cursor}) == (["deals"] if overlap else [])
+    second = sync_source(con, connector, AS_OF + 2 * HOUR).objects["deals"]
+    (name,) = con.execute(f"select name from {mirror_table('hubspot', 'deals')} where _key = 'D1'").fetchone()
+    if overlap:
+        assert (second.inserted, second.updated, second.unchanged) == (0, 1, 0)  # D1, once; D2 not again
+        assert name == "late"
+    else:  # the miss the look-back exists for: D1's edit never arrives without a full read
+        assert (second.inserted, second.updated, second.unchanged) == (0, 0, 0)
+        assert name == "Deal D1"
+    # an unchanged source: the probe stays quiet and a sync changes nothing
+    assert connector.changed({"deals": stored_cursors(con, "hubspot")["deals"]}) == []
+    third = sync_source(con, connector, AS_OF + 3 * HOUR).objects["deals"]
+    assert (third.pages, third.inserted, third.updated, third.unchanged, third.deleted) == (0, 0, 0, 0, 0)
+
+
+def test_fault_edit_in_the_cursor_millisecond_and_late_archive_land_once(harness: HubSpotHarness) -> None:
+    harness.seed({"accounts": [account("A1")], "contacts": [CONTACT], "deals": [deal("D1"), deal("D2")]})
+    server = harness.server
+    connector = connect(harness, objects=["deals"])
+    cursor = read(connector, "deals")[-1].cursor
+    # D3 is created in the very millisecond of D2's edit, but reaches the search index late
+    server.freeze_search("deals", "D3")
+    edited = harness.server.tick()
+    server.put(
+        "deals", "D2", dict(server.records["deals"]["D2"].properties, dealname="x"), modified_ms=edited
+    )
+    server.put("deals", "D3", dict(server.records["deals"]["D1"].properties), modified_ms=edited)
+    pages = read(connector, "deals", cursor)
+    assert [r["deal_id"] for r in records(pages)] == ["D2"]
+    server.thaw_search()
+    later = read(connector, "deals", pages[-1].cursor)
+    assert [r["deal_id"] for r in records(later)] == ["D3"]
+    # an archive re-read inside the look-back is not reported twice
+    harness.delete("deals", "D1")
+    gone = read(connector, "deals", later[-1].cursor)
+    assert [k for p in gone for k in p.deleted_keys] == ["D1"]
+    assert read(connector, "deals", gone[-1].cursor) == []
+
+
+@pytest.mark.parametrize("value", [-1, "300", float("nan"), True])
+def test_overlap_seconds_config_error_names_key_and_value(harness: HubSpotHarness, value: Any) -> None:
+    with pytest.raises(ConnectorConfigError, match="overlap_seconds") as caught:
+        connect(harness, overlap_seconds=value)
+    assert repr(value) in str(caught.value)
+    assert connect(harness, overlap_seconds=0).overlap_ms == 0
+    assert connect(harness).overlap_ms == 300_000
+
+
+def test_cursor_version_1_still_loads(harness: HubSpotHarness) -> None:
+    harness.seed({"accounts": [account("A1")], "contacts": [CONTACT], "deals": [deal("D1")]})
+    mark = harness.server.records["deals"]["D1"].modified_ms
+    state = {"after": None, "del": [0, []], "mod": [mark, ["D1"]], "phase": "search"}
+    old = json.dumps({"sources": {"deals": state}, "v": 1})
+    connector = connect(harness, objects=["deals"])
+    assert read(connector, "deals", old) == [] and connector.changed({"deals": old}) == []
+
+
+# ---------------------------------------------------------------------------------------- time zones
+
+
+def test_every_iana_zone_round_trips_through_hubspots_encoding() -> None:
+    zones = zoneinfo.available_timezones()
+    assert len(zones) > 400
+    assert [z for z in zones if timezone_text(hubspot_timezone(z)) != z] == []
+    # option values as HubSpot's hs_timezone property lists them
+    assert {
+        value: timezone_text(value)
+        for value in (
+            "america_slash_port_hyphen_au_hyphen_prince",
+            "america_slash_blanc_hyphen_sablon",
+            "africa_slash_porto_hyphen_novo",
+            "asia_slash_ust_hyphen_nera",
+            "us_slash_east_hyphen_indiana",
+            "us_slash_indiana_hyphen_starke",
+            "us_slash_pacific_hyphen_new",  # left the tz database; it was a link to Los Angeles
+            "america_slash_argentina_slash_comodrivadavia",
+            "america_slash_north_dakota_slash_new_salem",
+            "brazil_slash_denoronha",
+            "australia_slash_act",
+            "antarctica_slash_dumontdurville",
+            "navajo",
+        )
+    } == {
+        "america_slash_port_hyphen_au_hyphen_prince": "America/Port-au-Prince",
+        "america_slash_blanc_hyphen_sablon": "America/Blanc-Sablon",
+        "africa_slash_porto_hyphen_novo": "Africa/Porto-Novo",
+        "asia_slash_ust_hyphen_nera": "Asia/Ust-Nera",
+        "us_slash_east_hyphen_indiana": "US/East-Indiana",
+        "us_slash_indiana_hyphen_starke": "US/Indiana-Starke",
+        "us_slash_pacific_hyphen_new": "America/Los_Angeles",
+        "america_slash_argentina_slash_comodrivadavia": "America/Argentina/ComodRivadavia",
+        "america_slash_north_dakota_slash_new_salem": "America/North_Dakota/New_Salem",
+        "brazil_slash_denoronha": "Brazil/DeNoronha",
+        "australia_slash_act": "Australia/ACT",
+        "antarctica_slash_dumontdurville": "Antarctica/DumontDUrville",
+        "navajo": "Navajo",
+    }
+    assert hubspot_timezone("Etc/GMT+5") == "etc_slash_gmt_plus_5"
+    assert timezone_text("etc_slash_gmt_minus_3") == "Etc/GMT-3"
+    assert timezone_text("America/New_York") == "America/New_York"
+    assert timezone_text("mars_slash_olympus") == "mars_slash_olympus"  # not a zone: passes through
+
+
+def test_encoded_time_zones_load_not_quarantined(harness: HubSpotHarness, tmp_path: Path) -> None:
+    zones = {"C1": "America/Port-au-Prince", "C2": "Asia/Ust-Nera", "C3": "America/Argentina/Buenos_Aires"}
+    harness.seed(
+        {
+            "accounts": [account("A1")],
+            "contacts": [{**CONTACT, "contact_id": key, "timezone": zone} for key, zone in zones.items()],
+        }
+    )
+    stored = harness.server.records["contacts"]["C1"].properties["hs_timezone"]
+    assert stored == "america_slash_port_hyphen_au_hyphen_prince"
+    con = duckdb.connect(str(tmp_path / "tz.duckdb"))
+    report = sync_source(con, connect(harness, objects=["accounts", "contacts"]), AS_OF)
+    assert report.load is not None and not report.load.has_problems
+    assert con.execute("select count(*) from ops.quarantine where object = 'contacts'").fetchone() == (0,)
+    assert dict(con.execute("select contact_id, timezone from raw.contacts").fetchall()) == zones
+
+
+# ------------------------------------------------------------------------------------------- owners
+
+
+def test_deactivated_owner_resolves_to_email_and_is_named(
+    harness: HubSpotHarness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.seed(
+        {
+            "accounts": [account("A1", owner_email="gone@example.com")],
+            "contacts": [CONTACT],
+            "deals": [deal("D1", owner_email="gone@example.com"), deal("D2")],
+        }
+    )
+    server = harness.server
+    gone = server.deactivate_owner("gone@example.com")
+    # like HubSpot: the default owners list leaves deactivated owners out, archived=true lists only them
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}) as client:
+        active = [o["id"] for o in client.get("/crm/v3/owners").json()["results"]]
+        archived = client.get("/crm/v3/owners", params={"archived": "true"}).json()["results"]
+    assert gone not in active and [(o["id"], o["archived"]) for o in archived] == [(gone, True)]
+    assert server.records["deals"]["D1"].properties["hubspot_owner_id"] == gone
+
+    caplog.set_level(logging.WARNING, logger="connectors.hubspot")
+    con = duckdb.connect(str(tmp_path / "owners.duckdb"))
+    connector = connect(harness, objects=["accounts", "contacts", "deals"])
+    report = sync_source(con, connector, AS_OF)
+    assert con.execute("select count(*) from ops.quarantine").fetchone() == (0,)
+    owners = dict(con.execute("select deal_id, owner_email from raw.deals").fetchall())
+    assert owners == {"D1": "gone@example.com", "D2": "seller@example.com"}
+    assert report.load is not None and not report.load.has_problems
+    named = [r.getMessage() for r in caplog.records if "deactivated" in r.getMessage()]
+    assert any("deals" in m and "gone@example.com (1 record(s))" in m for m in named), named
+    assert any("accounts" in m and "gone@example.com" in m for m in named), named
+    assert not any("seller@example.com" in m for m in named)

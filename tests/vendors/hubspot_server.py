@@ -4,9 +4,12 @@ One responsibility: answer the HubSpot calls the connector makes the way HubSpot
 switches for the ways HubSpot misbehaves. Supported: bearer auth (401 with HubSpot's error body), list
 objects with `after` paging (limit capped at 100), `archived=true` with `archivedAt`, inline associations,
 search (filterGroups with EQ/NEQ/GT/GTE/LT/LTE/IN/NOT_IN/HAS_PROPERTY, one sort, `after` offsets,
-limit <= 200, and a configurable result cap like HubSpot's 10,000: nothing past it is returned and an
-`after` at it answers 400), v4 batch association reads (207 when some ids have none), owners, and a
-per-second limit on search answered with 429 RATE_LIMITS.
+limit <= 200, and a configurable result cap, `search_cap`, default HubSpot's 10,000: nothing past it is
+returned and an `after` at it answers 400), v4 batch association reads (207 when some ids have none),
+owners (`archived=true` lists only deactivated owners, as HubSpot does; `deactivate_owner`), and a
+per-second limit on search answered with 429 RATE_LIMITS. Search index lag: `freeze_search` keeps search
+answering with a record's current version (or without it, for a record not yet stored) until
+`thaw_search`, while the list endpoint shows every write at once, as HubSpot's search index trails writes.
 Switches: `fail_next` (429 with Retry-After, or 5xx), `delay_next` (timeouts), `empty_last_page`,
 `add_property` / `remove_property` / `set_raw` (schema drift), `after_requests` (e.g. archive a record
 between pages). Every request is recorded with its time.
@@ -22,6 +25,7 @@ created tasks per value of `external_id_property`.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -141,6 +145,7 @@ class HubSpotServer:
         self.creations: dict[str, int] = {}  # external id value -> tasks created with it
         self.custom_properties: dict[str, set[str]] = {}
         self._indexed_at: dict[tuple[str, str], float] = {}  # (type, id) -> monotonic time searchable
+        self._search_view: dict[tuple[str, str], StoredRecord | None] = {}  # frozen by freeze_search
         self._next_id = 9_100_000_000
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -229,8 +234,33 @@ class HubSpotServer:
                 if owner["email"] == email:
                     return owner_id
             owner_id = str(1000 + len(self.owners))
-            self.owners[owner_id] = {"id": owner_id, "email": email, "firstName": "", "lastName": ""}
+            self.owners[owner_id] = {
+                "id": owner_id,
+                "email": email,
+                "firstName": "",
+                "lastName": "",
+                "archived": False,
+            }
             return owner_id
+
+    def deactivate_owner(self, email: str) -> str:
+        """The user leaves: HubSpot archives the owner, its records keep the owner id."""
+        with self.lock:
+            owner_id = self.add_owner(email)
+            self.owners[owner_id]["archived"] = True
+            return owner_id
+
+    def freeze_search(self, object_type: str, record_id: str) -> None:
+        """Search keeps answering with the record as it is now (absent, if it does not exist yet) until
+        `thaw_search`: later writes are not yet indexed."""
+        with self.lock:
+            current = self.records.get(object_type, {}).get(record_id)
+            self._search_view[(object_type, record_id)] = None if current is None else copy.deepcopy(current)
+
+    def thaw_search(self) -> None:
+        """The search index catches up with every write."""
+        with self.lock:
+            self._search_view.clear()
 
     # ------------------------------------------------------------------------------------ switches
 
@@ -362,10 +392,11 @@ class HubSpotServer:
     def _owners(self, query: Mapping[str, list[str]]) -> tuple[int, dict[str, str], Any]:
         limit = min(int(_one(query, "limit", "100")), 100)
         start = int(_one(query, "after", "0"))
+        archived = _one(query, "archived", "false") == "true"  # true: only the deactivated owners
         with self.lock:
-            owners = list(self.owners.values())
+            owners = [o for o in self.owners.values() if o.get("archived", False) == archived]
         page = owners[start : start + limit]
-        body: dict[str, Any] = {"results": [dict(o, archived=False, userId=int(o["id"])) for o in page]}
+        body: dict[str, Any] = {"results": [dict(o, userId=int(o["id"])) for o in page]}
         if start + limit < len(owners):
             body["paging"] = {"next": {"after": str(start + limit)}}
         return 200, {}, body
@@ -407,12 +438,15 @@ class HubSpotServer:
         groups = body.get("filterGroups") or []
         with self.lock:
             now = time.monotonic()
+            indexed = [
+                self._search_view.get((object_type, r.id), r)
+                for r in self.records.get(object_type, {}).values()
+                if r.archived_ms is None and self._indexed_at.get((object_type, r.id), 0.0) <= now
+            ]
             rows = [
                 r
-                for r in self.records.get(object_type, {}).values()
-                if r.archived_ms is None
-                and self._indexed_at.get((object_type, r.id), 0.0) <= now
-                and (not groups or any(self._matches(object_type, r, g) for g in groups))
+                for r in indexed
+                if r is not None and (not groups or any(self._matches(object_type, r, g) for g in groups))
             ]
             rows.sort(key=lambda r: r.seq)
             sorts = body.get("sorts") or []
@@ -420,7 +454,9 @@ class HubSpotServer:
                 sort = sorts[0]
                 name = sort["propertyName"] if isinstance(sort, dict) else str(sort)
                 descending = isinstance(sort, dict) and sort.get("direction") == "DESCENDING"
-                rows.sort(key=lambda r: _sort_key(self._value(object_type, r, name)), reverse=descending)
+                rows.sort(
+                    key=lambda r: _sort_key(name, self._value(object_type, r, name)), reverse=descending
+                )
             end = min(after + limit, self.search_cap)  # nothing past the cap is ever returned
             page = rows[after:end]
             results = [self._shape(object_type, r, body.get("properties"), []) for r in page]
@@ -586,6 +622,12 @@ class HubSpotServer:
                 ok = value in (None, "")
             elif operator in ("IN", "NOT_IN"):
                 ok = (str(value) in {str(v) for v in flt.get("values", [])}) == (operator == "IN")
+            elif name == "hs_object_id" and operator in ("GT", "GTE", "LT", "LTE"):
+                # ids compare as HubSpot's numbers; the stand-in's text ids sort after them, as in sorts
+                left, right = _sort_key(name, value), _sort_key(name, flt.get("value"))
+                ok = {"GT": left > right, "GTE": left >= right, "LT": left < right, "LTE": left <= right}[
+                    operator
+                ]
             else:
                 left, right = _comparable(name, value), _comparable(name, flt.get("value"))
                 if left is None or right is None or type(left) is not type(right):
@@ -691,9 +733,14 @@ def _comparable(name: str, value: Any) -> Any:
         return str(value)
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    # dates sort as their ISO text; nulls last
-    return (1, "") if value is None else (0, str(value))
+def _sort_key(name: str, value: Any) -> tuple[int, Any]:
+    """Dates sort as their ISO text, ids as numbers (text ids after them); nulls last."""
+    if value is None:
+        return (2, "")
+    if name == "hs_object_id":
+        text = str(value)
+        return (0, int(text)) if text.isdigit() else (1, text)
+    return (0, str(value))
 
 
 class _Handler(BaseHTTPRequestHandler):
