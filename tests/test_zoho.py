@@ -120,6 +120,14 @@ def harness(tmp_path: Path) -> Iterator[ZohoHarness]:
 
 
 @pytest.fixture
+def exact(tmp_path: Path) -> Iterator[ZohoHarness]:
+    """Incremental reads start exactly after the cursor (no overlap re-read), to see only new changes."""
+    h = make_harness(tmp_path, overlap_seconds=0)
+    yield h
+    h.close()
+
+
+@pytest.fixture
 def small_pages(tmp_path: Path) -> Iterator[ZohoHarness]:
     h = make_harness(tmp_path, per_page=10, objects=["accounts"])
     yield h
@@ -199,7 +207,8 @@ def test_fault_empty_last_page(small_pages: ZohoHarness) -> None:
     connector.close()
 
 
-def test_incremental_read_uses_if_modified_since_and_returns_only_changes(harness: ZohoHarness) -> None:
+def test_incremental_read_uses_if_modified_since_and_returns_only_changes(exact: ZohoHarness) -> None:
+    harness = exact
     harness.seed(SEED)
     connector = harness.connector()
     cursor = read(connector, "accounts")[-1].cursor
@@ -218,7 +227,24 @@ def test_incremental_read_uses_if_modified_since_and_returns_only_changes(harnes
     connector.close()
 
 
-def test_deletes_arrive_as_deleted_keys(harness: ZohoHarness) -> None:
+def test_incremental_read_rereads_the_overlap_and_keeps_its_cursor(harness: ZohoHarness) -> None:
+    harness.seed(SEED)
+    connector = harness.connector()
+    cursor = read(connector, "accounts")[-1].cursor
+    assert "accounts" not in connector.changed({"accounts": cursor})
+    pages = read(connector, "accounts", cursor)
+    # A2 (the newest change) lies inside the 300 s overlap and is read again; A1 (a day older) is not
+    assert [r["account_id"] for r in records_of(pages)] == ["A2"]
+    since = [r.headers.get("If-Modified-Since") for r in harness.server.api_requests("/crm/v8/Accounts")][-1]
+    assert datetime.fromisoformat(since) == datetime(2026, 3, 2, 7, 55, tzinfo=UTC)
+    assert "accounts" not in connector.changed({"accounts": pages[-1].cursor})
+    again = read(connector, "accounts", pages[-1].cursor)
+    assert records_of(again) == records_of(pages) and again[-1].cursor == pages[-1].cursor
+    connector.close()
+
+
+def test_deletes_arrive_as_deleted_keys(exact: ZohoHarness) -> None:
+    harness = exact
     harness.seed(SEED)
     connector = harness.connector()
     cursor = read(connector, "activities")[-1].cursor
@@ -363,6 +389,9 @@ def test_bad_credentials_fail_without_leaking_secrets(
         ({"timeout": "soon"}, "timeout"),
         ({"per_page": 500}, "per_page"),
         ({"retry": {"attempts": 3}}, "retry"),
+        ({"overlap_seconds": -1}, "overlap_seconds"),
+        ({"overlap_seconds": "5m"}, "overlap_seconds"),
+        ({"overlap_seconds": True}, "overlap_seconds"),
     ],
 )
 def test_config_errors_name_the_key(harness: ZohoHarness, change: dict, key: str) -> None:
