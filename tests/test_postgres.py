@@ -244,7 +244,7 @@ def test_keyset_paging_neither_skips_nor_repeats_rows_with_equal_updated_at(serv
     create_invoices(db, 53)
     db.execute("update billing.invoices set updated_at = '2026-03-02 00:00:00+00' where invoice_no > 40")
     db.execute("update billing.invoices set updated_at = null where invoice_no between 7 and 12")
-    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, page_size=5, lookback_seconds=0)
+    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, page_size=5, overlap_seconds=0)
     pages = read_all(connector, "invoices")
     keys = keys_of(pages, "invoice_id")
     assert len(pages) == 11
@@ -275,8 +275,8 @@ def test_incremental_read_returns_changed_rows_and_lookback_rereads(server: Any,
     create_invoices(db, 6, updated_at="2026-03-01 12:00:00+00")
     db.execute("update billing.invoices set updated_at = '2026-03-01 11:58:00+00' where invoice_no = 2")
     db.execute("update billing.invoices set updated_at = '2026-03-01 10:00:00+00' where invoice_no = 1")
-    exact = make_connector(server, {"invoices": INVOICES_CONFIG}, lookback_seconds=0)
-    with_lookback = make_connector(server, {"invoices": INVOICES_CONFIG}, lookback_seconds=300)
+    exact = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=0)
+    with_lookback = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=300)
     cursor = read_all(exact, "invoices")[-1].cursor
     assert cursor is not None
     assert KeysetCursor.decode(cursor, "test") == KeysetCursor("2026-03-01 12:00:00+00", "6")
@@ -301,7 +301,7 @@ def test_incremental_read_returns_changed_rows_and_lookback_rereads(server: Any,
 def test_soft_delete_flag_becomes_deleted_keys(server: Any, db: Any) -> None:
     create_invoices(db, 4)
     db.execute("update billing.invoices set is_deleted = true where invoice_no = 2")
-    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, lookback_seconds=0)
+    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=0)
     pages = read_all(connector, "invoices")
     assert keys_of(pages, "invoice_id") == ["1", "3", "4"]
     assert [key for page in pages for key in page.deleted_keys] == ["2"]
@@ -326,7 +326,7 @@ def test_query_defined_object(server: Any, db: Any) -> None:
         " mail as email, null::text as phone, 'UTC' as timezone, false as do_not_contact,"
         " changed as created_at, changed as updated_at from billing.people where mail like '%@example.com';"
     )
-    connector = make_connector(server, {"contacts": {"query": query}}, lookback_seconds=0)
+    connector = make_connector(server, {"contacts": {"query": query}}, overlap_seconds=0)
     records = [record for page in read_all(connector, "contacts") for record in page.records]
     assert records == [
         {
@@ -361,7 +361,7 @@ def test_typed_columns_convert_to_contract_text(server: Any, db: Any) -> None:
     connector = make_connector(
         server,
         {"contracts": {"table": "billing.contracts", "updated_column": "modified"}},
-        lookback_seconds=0,
+        overlap_seconds=0,
     )
     records = [record for page in read_all(connector, "contracts") for record in page.records]
     assert records == [
@@ -493,6 +493,16 @@ def test_fault_missing_table_and_column_are_named(server: Any, db: Any) -> None:
             {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}, "lookback_seconds": "5m"},
             None,
             "sources.billing.lookback_seconds",
+        ),
+        (
+            {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}, "overlap_seconds": -5},
+            None,
+            "sources.billing.overlap_seconds",
+        ),
+        (
+            {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}, "overlap_seconds": "5m"},
+            None,
+            "sources.billing.overlap_seconds",
         ),
         (
             {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}, "connect_timeot": 3},
