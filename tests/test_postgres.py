@@ -6,14 +6,17 @@ import logging
 import re
 import traceback
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
+import duckdb
 import psycopg
 import pytest
 
 from actionlayer.contract import OBJECTS
 from connectors.base import Connector, ConnectorConfigError, ConnectorError, Page, SyncPlan
 from connectors.postgres import KeysetCursor, PostgresConnector
+from connectors.sync import stored_cursors, sync_source
 from tests.loopback import free_port
 from tests.vendors.postgres import PostgresHarness, start_server
 
@@ -524,3 +527,63 @@ def test_an_unparseable_dsn_is_not_quoted(caplog: pytest.LogCaptureFixture) -> N
             "billing", {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}}, environ={DSN_ENV: bad}
         )
     assert PASSWORD not in "".join(traceback.format_exception(caught.value)) and PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize("overlap", [300, 0], ids=["overlap-300s", "overlap-0-misses"])
+def test_fault_same_second_edit_and_late_commit_land_exactly_once(
+    server: Any, db: Any, tmp_path: Any, overlap: int
+) -> None:
+    """Rows committed after a sync read past them: invoice 2 edited with the cursor's own updated_at (a
+    smaller key than the cursor's row), invoice 4 inserted with an updated_at two minutes before the
+    cursor. Only the overlap re-read finds them; with overlap 0 they are lost, so this test can fail."""
+    create_invoices(db, 3, updated_at="2026-03-01 12:00:00+00")
+    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=overlap)
+    con = duckdb.connect(str(tmp_path / "mirror.duckdb"))
+    as_of = datetime(2026, 3, 2)
+    sync_source(con, connector, as_of)
+    with psycopg.connect(server.get_uri()) as late:  # one transaction, still open during the next sync
+        late.execute("update billing.invoices set status = 'paid' where invoice_no = 2")
+        late.execute(
+            "insert into billing.invoices values (4, 'acc-1', 'con-1', 4.50, 'EUR', '2026-01-01 10:00:00+01',"
+            " '2026-01-31', null, 'open', '2026-03-01 11:58:00+00')"
+        )
+        quiet = sync_source(con, connector, as_of + timedelta(hours=1))
+        late.commit()
+    assert quiet.objects["invoices"].upserted == 0
+    changed = connector.changed(stored_cursors(con, "billing"))
+    report = sync_source(con, connector, as_of + timedelta(hours=2))
+
+    def mirror() -> list[tuple]:
+        return con.execute(
+            "select invoice_id, status from src.billing__invoices where not _deleted order by 1"
+        ).fetchall()
+
+    if overlap == 0:
+        # the old behaviour: strictly after the cursor (12:00, '3') finds neither row
+        assert changed == []
+        assert mirror() == [("1", "open"), ("2", "open"), ("3", "open")]
+        con.close()
+        connector.close()
+        return
+
+    assert changed == ["invoices"]
+    assert mirror() == [("1", "open"), ("2", "paid"), ("3", "open"), ("4", "open")]
+    result = report.objects["invoices"]
+    # invoices 1 and 3, re-read unchanged, are unchanged and not updated
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (1, 1, 2, 0)
+    assert con.execute("select count(*) - count(distinct _key) from src.billing__invoices").fetchall() == [
+        (0,)
+    ]
+
+    # the probe is quiet again, and a re-run changes nothing, timestamps and cursor included
+    assert connector.changed(stored_cursors(con, "billing")) == []
+    tables = ["ops.sync_cursors", "src.billing__invoices", "hist.invoices"]
+    before = {table: con.execute(f"select * from {table} order by all").fetchall() for table in tables}
+    again = sync_source(con, connector, as_of + timedelta(hours=3))
+    result = again.objects["invoices"]
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (0, 0, 4, 0)
+    assert {
+        table: con.execute(f"select * from {table} order by all").fetchall() for table in tables
+    } == before
+    con.close()
+    connector.close()
