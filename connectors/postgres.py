@@ -277,10 +277,6 @@ class KeysetCursor:
             raise ConnectorError(f"{where}: stored cursor {text!r} is not a Postgres keyset cursor")
         return cls(updated, key, window if isinstance(window, str) else None)
 
-    @property
-    def position(self) -> tuple[str | None, str]:
-        return (self.updated, self.key)
-
     def moment(self) -> datetime | None:
         """The updated value as a datetime; None in the null section or for a non-temporal column."""
         if self.updated is None:
@@ -697,15 +693,14 @@ class PostgresConnector:
         """The cursor stored with a page: the stored one while the read is still inside its overlap
         (nothing new is past it yet), else the page's last row; with the digest of its window once
         everything up to it has been read."""
-        start_moment = start.moment() if start is not None else None
         last_moment = last.moment()
-        overlapping = self.overlap > timedelta(0) and start_moment is not None and last_moment is not None
-        if start is not None and overlapping and last_moment <= start_moment:  # type: ignore[operator]
-            if not final:
-                return start
-            return replace(start, window=_stored(window.digest(start_moment)))  # type: ignore[arg-type]
         if last_moment is None or self.overlap <= timedelta(0):
             return replace(last, window=None)
+        start_moment = start.moment() if start is not None else None
+        if start is not None and start_moment is not None and last_moment <= start_moment:
+            if not final:
+                return start
+            return replace(start, window=_stored(window.digest(start_moment)))
         return replace(last, window=_stored(window.digest(last_moment)))
 
     def pages(self, plan: SyncPlan) -> Iterator[Page]:

@@ -20,14 +20,23 @@ Decisions the sync relies on:
   cursor is L - 1 s (records at second L may continue on the next page and are re-read on resume; upserts
   are idempotent). The read's final cursor is L only when the server's `Date` shows that second L was over
   before it answered (no record can still appear at second L); otherwise L - 1 s.
-- Incremental reads first hand over the module's deleted ids since the deletion watermark (one Page), then
-  the changed records. Deleted lists are unordered, so all their pages are read before that Page.
+- Overlap: `Date` only shows Zoho's clock, not that every change stamped before it is visible (a change
+  stamped in second L may commit after the answer). So incremental reads ask for both lists from
+  `overlap_seconds` (default 300) before their watermarks. Records and deletions re-read there are handed
+  over again; the sync finds them unchanged (or already deleted) and changes nothing. While a read is
+  still inside the overlap its pages keep the stored cursor.
+- Incremental reads first hand over the module's deleted ids since the deletion watermark less the
+  overlap (one Page), then the changed records. Deleted lists are unordered, so all their pages are read
+  before that Page.
 - A full read's deletion watermark starts DELETION_LOOKBACK before its first answer, so deletions made
   while it ran arrive with the next incremental read (some may arrive twice; deletes are idempotent).
-- `changed()` sends per module one records probe (If-Modified-Since, per_page=1) and, only when that finds
-  nothing, one deleted-list probe: a deletion alone is a change. Objects made of several modules
-  (activities) cost up to two requests per module.
-- The cursor text is JSON: {"<Module>": {"modified": iso, "deleted": iso}} (UTC, ISO 8601 with offset).
+- `changed()` sends per module one records probe (If-Modified-Since the watermark less the overlap,
+  only id and Modified_Time, usually one request) and, only when that finds nothing, one deleted-list
+  probe: a deletion alone is a change. A record or deletion after a watermark is a change; so is a window
+  (overlap before a watermark) whose (id, time) digest differs from the one the last read stored in the
+  cursor: a late or same-second change. The unchanged window every read repeats is not.
+- The cursor text is JSON: {"<Module>": {"modified": iso, "deleted": iso, "window": digest,
+  "deleted_window": digest}} (UTC, ISO 8601 with offset; a digest is left out when its window is empty).
 - Unknown fields (in the module's field metadata, not mapped, not in `ignore_fields`) are requested and
   passed through under their Zoho names so the sync reports drift; Zoho returns at most 50 fields, mapped
   ones first.
