@@ -8,9 +8,13 @@ the sync (connectors/sync.py), so every source is judged by the same rules.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import hashlib
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from datetime import datetime, timedelta
+from typing import Any, Protocol, runtime_checkable
 
 # One record: canonical column name -> contract text (None = null). Timestamps as ISO 8601 with an offset
 # (or 'YYYY-MM-DD HH:MM:SS' UTC), booleans 'true'/'false', money as a plain decimal string. Vendor fields
@@ -24,6 +28,65 @@ class ConnectorError(RuntimeError):
 
 class ConnectorConfigError(ValueError):
     """A source's configuration is missing a key or holds an invalid value; the message names the key."""
+
+
+# Incremental reads re-read this much before their cursor: a change stamped at the cursor's second, or one
+# that became visible after the previous read (a late commit), lies there. Source config: overlap_seconds.
+DEFAULT_OVERLAP_SECONDS = 300
+
+
+def overlap_setting(config: Mapping[str, Any], label: str) -> timedelta:
+    """The source's `overlap_seconds` (default 300) as a timedelta; `label` names the key in errors."""
+    value = config.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConnectorConfigError(f"{label} must be a non-negative number of seconds, got {value!r}")
+    return timedelta(seconds=value)
+
+
+def window_digest(entries: Iterable[tuple[str, str]]) -> str:
+    """An order-free digest of (identity, version) pairs: '<count>-<sum of their hashes mod 2^64>'."""
+    count = total = 0
+    for identity, version in entries:
+        hashed = hashlib.sha256(f"{identity}\x1f{version}".encode()).digest()
+        total = (total + int.from_bytes(hashed[:8], "big")) % (1 << 64)
+        count += 1
+    return f"{count}-{total:016x}"
+
+
+EMPTY_WINDOW = window_digest(())
+
+
+class OverlapWindow:
+    """What a read handed over within `overlap` before its cursor, kept so the cursor can carry its digest.
+
+    Every incremental read re-reads that window, so a `changed()` probe that only asked "anything after
+    the cursor?" would miss a late change inside it, and one that asked "anything inside it?" would say
+    yes forever. The probe instead re-reads the window and compares its digest with the cursor's. An
+    identity seen again replaces its earlier version (a record changed during the read is one record).
+    """
+
+    def __init__(self, overlap: timedelta) -> None:
+        self.overlap = overlap
+        self._latest: dict[str, tuple[str, datetime]] = {}
+        self._arrivals: deque[tuple[datetime, str, str]] = deque()
+
+    def add(self, identity: str, version: str, moment: datetime) -> None:
+        self._latest[identity] = (version, moment)
+        self._arrivals.append((moment, identity, version))
+
+    def digest(self, watermark: datetime) -> str:
+        """The digest of what lies in (watermark - overlap, watermark]; older entries are forgotten
+        (watermarks only grow within a read)."""
+        edge = watermark - self.overlap
+        while self._arrivals and self._arrivals[0][0] <= edge:
+            moment, identity, version = self._arrivals.popleft()
+            if self._latest.get(identity) == (version, moment):
+                del self._latest[identity]
+        return window_digest(
+            (identity, version)
+            for identity, (version, moment) in self._latest.items()
+            if edge < moment <= watermark
+        )
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,17 @@ the sync. The module keeps three concerns apart:
 - cursor (`KeysetCursor`): the position after the last row of a page, as a JSON string.
 
 Decisions other parts rely on:
-- Cursor: `{"updated": <text of the updated column>, "key": <text of the key>}` of the page's last row.
-  Values go back to PostgreSQL as untyped parameters, so the server casts them to the column's own
-  type: timestamps, dates and integer versions all round-trip exactly. A cursor is valid once its page
-  is stored; reading resumes strictly after it.
-- Lookback: an incremental read restarts at `updated >= cursor.updated - lookback_seconds` (default
-  300 s) to catch rows committed late with an older updated value. Rows read again are upserted again
-  by key, which the sync makes idempotent. Lookback applies when the updated column holds timestamps or
-  dates; with any other type (an integer version) reading resumes exactly after the cursor.
+- Cursor: `{"updated": <text of the updated column>, "key": <text of the key>}` of the page's last row
+  (plus `"window"`, below). Values go back to PostgreSQL as untyped parameters, so the server casts
+  them to the column's own type: timestamps, dates and integer versions all round-trip exactly. A
+  cursor is valid once its page is stored.
+- Overlap: an incremental read restarts at `updated >= cursor.updated - overlap_seconds` (default 300 s,
+  connectors/base.py; `lookback_seconds` is its older name) to catch rows committed late with an older
+  or equal updated value. Rows read again are upserted again by key, which the sync makes idempotent
+  (unchanged content is counted unchanged). While a read is still inside that overlap its pages keep
+  the stored cursor, so re-reading an unchanged table changes nothing. The overlap applies when the
+  updated column holds timestamps or dates; with any other type (an integer version) reading resumes
+  exactly after the cursor.
 - Rows whose updated value is null come first (`nulls first`) and are read by full reads only.
   Rows whose key is null cannot be paged by key: a full read returns them in one last page (at most
   `page_size`, with a warning when there may be more) so the sync can quarantine them.
@@ -34,9 +37,12 @@ Decisions other parts rely on:
   `columns:` map (canonical name -> source column). Source columns without a canonical name pass under
   their own names (the sync reports them as drift), except the updated column and the deleted flag,
   which are paging machinery.
-- `changed()` asks per object whether any row lies after the cursor (`exists`, an index probe on
-  (updated, key)). A `max(updated)` comparison would miss rows with the same updated value and a later
-  key; neither sees hard deletes or late commits within the lookback window.
+- `changed()` asks per object whether any row has a later updated value than the cursor (`exists`, an
+  index probe), then reads the (key, updated) pairs of the overlap window and compares their digest
+  with the cursor's `window` (connectors.base.OverlapWindow): a late commit in the window, or one at
+  the cursor's own updated value, is a change; the unchanged rows every read repeats are not. Without
+  an overlap (or a temporal updated column) it asks for any row after the cursor's (updated, key).
+  Hard deletes are seen by neither.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -59,11 +65,20 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import TextLoader
 
 from actionlayer.contract import OBJECT_NAMES, OBJECTS
-from connectors.base import ConnectorConfigError, ConnectorError, Page, Record, SyncPlan
+from connectors.base import (
+    DEFAULT_OVERLAP_SECONDS,
+    EMPTY_WINDOW,
+    ConnectorConfigError,
+    ConnectorError,
+    OverlapWindow,
+    Page,
+    Record,
+    SyncPlan,
+    overlap_setting,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOOKBACK_SECONDS = 300
 DEFAULT_PAGE_SIZE = 5000
 DEFAULT_CONNECT_TIMEOUT = 10
 
@@ -72,7 +87,9 @@ DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_UPDATED_COLUMNS: dict[str, str] = {"activities": "occurred_at", "nps_responses": "responded_at"}
 
 OBJECT_KEYS = frozenset({"table", "query", "updated_column", "key_column", "columns", "deleted_flag"})
-SOURCE_KEYS = frozenset({"dsn_env", "objects", "lookback_seconds", "page_size", "connect_timeout"})
+SOURCE_KEYS = frozenset(
+    {"dsn_env", "objects", "overlap_seconds", "lookback_seconds", "page_size", "connect_timeout"}
+)
 # Keys the surrounding config may add to every source entry.
 IGNORED_SOURCE_KEYS = frozenset({"type", "kind", "connector"})
 
@@ -240,30 +257,41 @@ class KeysetCursor:
 
     updated: str | None
     key: str
+    window: str | None = None  # digest of the overlap window before `updated`; None: empty or unknown
 
     def encode(self) -> str:
-        return json.dumps({"updated": self.updated, "key": self.key}, separators=(",", ":"))
+        document: dict[str, Any] = {"updated": self.updated, "key": self.key}
+        if self.window is not None:
+            document["window"] = self.window
+        return json.dumps(document, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str, where: str) -> KeysetCursor:
         try:
             data = json.loads(text)
             updated, key = data["updated"], data["key"]
-        except (ValueError, TypeError, KeyError) as exc:
+            window = data.get("window")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConnectorError(f"{where}: stored cursor {text!r} is not a Postgres keyset cursor") from exc
         if not isinstance(key, str) or not (updated is None or isinstance(updated, str)):
             raise ConnectorError(f"{where}: stored cursor {text!r} is not a Postgres keyset cursor")
-        return cls(updated, key)
+        return cls(updated, key, window if isinstance(window, str) else None)
 
-    def lookback_start(self, lookback: timedelta) -> str | None:
-        """The updated value `lookback` before this cursor, or None when none applies (no lookback,
-        null section, or an updated column that does not hold timestamps)."""
-        if self.updated is None or lookback <= timedelta(0):
+    def moment(self) -> datetime | None:
+        """The updated value as a datetime; None in the null section or for a non-temporal column."""
+        if self.updated is None:
             return None
         try:
-            moment = datetime.fromisoformat(self.updated)
+            return datetime.fromisoformat(self.updated)
         except ValueError:
             return None  # an integer version or another non-temporal updated column
+
+    def lookback_start(self, lookback: timedelta) -> str | None:
+        """The updated value `lookback` before this cursor, or None when none applies (no overlap,
+        null section, or an updated column that does not hold timestamps)."""
+        moment = self.moment()
+        if moment is None or lookback <= timedelta(0):
+            return None
         return (moment - lookback).isoformat()
 
 
@@ -319,6 +347,27 @@ def null_key_query(spec: ObjectSpec, limit: int) -> tuple[sql.Composed, list[Any
     return sql.SQL("select * from {src} where {k} is null {order} limit %s").format(
         src=spec.source(), k=sql.Identifier(spec.key_column), order=_order(spec)
     ), [limit]
+
+
+def later_query(spec: ObjectSpec, after: KeysetCursor) -> tuple[sql.Composed, list[Any]]:
+    """Whether any keyed row has an updated value later than the cursor's (an index probe)."""
+    query = sql.SQL("select exists (select 1 from {src} where {k} is not null and {u} > %s)").format(
+        src=spec.source(), k=sql.Identifier(spec.key_column), u=sql.Identifier(spec.updated_column)
+    )
+    return query, [after.updated]
+
+
+def window_query(spec: ObjectSpec, after: KeysetCursor, lower_bound: str) -> tuple[sql.Composed, list[Any]]:
+    """The (key, updated) pairs of the overlap window up to the cursor's updated value."""
+    k, u = sql.Identifier(spec.key_column), sql.Identifier(spec.updated_column)
+    query = sql.SQL("select {k}, {u} from {src} where {k} is not null and {u} >= %s and {u} <= %s").format(
+        k=k, u=u, src=spec.source()
+    )
+    return query, [lower_bound, after.updated]
+
+
+def _window_entry(position: KeysetCursor) -> str:
+    return f"{position.key}\x1f{position.updated}"
 
 
 def probe_query(spec: ObjectSpec, after: KeysetCursor) -> tuple[sql.Composed, list[Any]]:
@@ -501,6 +550,11 @@ def to_page_rows(spec: ObjectSpec, table: pa.Table) -> tuple[list[Record], list[
     return records, deleted, positions
 
 
+def _stored(digest: str) -> str | None:
+    """An empty window is kept as no digest, so cursors of quiet objects stay as they always were."""
+    return None if digest == EMPTY_WINDOW else digest
+
+
 # ---------------------------------------------------------------------------------------------- connector
 
 
@@ -513,13 +567,13 @@ class PostgresConnector:
         dsn: str,
         specs: Mapping[str, ObjectSpec],
         *,
-        lookback: timedelta = timedelta(seconds=DEFAULT_LOOKBACK_SECONDS),
+        overlap: timedelta = timedelta(seconds=DEFAULT_OVERLAP_SECONDS),
         page_size: int = DEFAULT_PAGE_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.name = name
         self.specs = dict(specs)
-        self.lookback = lookback
+        self.overlap = overlap
         self.page_size = page_size
         self.transport = PgTransport(name, dsn, connect_timeout)
 
@@ -557,8 +611,15 @@ class PostgresConnector:
             raise _fail(f"{prefix}.objects", "must map at least one canonical object to a table or query")
         specs = {obj: _object_spec(str(obj), raw, f"{prefix}.objects.{obj}") for obj, raw in objects.items()}
 
-        lookback = _number(
-            config.get("lookback_seconds", DEFAULT_LOOKBACK_SECONDS), f"{prefix}.lookback_seconds", minimum=0
+        if "overlap_seconds" in config and "lookback_seconds" in config:
+            raise _fail(
+                f"{prefix}.lookback_seconds",
+                "is the older name of overlap_seconds; give only overlap_seconds",
+            )
+        older = "lookback_seconds" in config
+        key = "lookback_seconds" if older else "overlap_seconds"
+        overlap = overlap_setting(
+            {"overlap_seconds": config[key]} if key in config else {}, f"{prefix}.{key}: config key {key!r}"
         )
         page_size = _number(
             config.get("page_size", DEFAULT_PAGE_SIZE), f"{prefix}.page_size", minimum=1, integer=True
@@ -570,7 +631,7 @@ class PostgresConnector:
             name,
             dsn,
             specs,
-            lookback=timedelta(seconds=lookback),
+            overlap=overlap,
             page_size=int(page_size),
             connect_timeout=timeout,
         )
@@ -599,24 +660,65 @@ class PostgresConnector:
                 continue
             spec = self.specs[obj]
             after = KeysetCursor.decode(cursor, f"source {self.name}, object {obj}")
-            query, params = probe_query(spec, after)
-            table = self.transport.fetch(query, params, what=self._what(spec))
-            if table.column(0)[0].as_py():
+            if self._changed(spec, after):
                 result.append(obj)
         return result
+
+    def _changed(self, spec: ObjectSpec, after: KeysetCursor) -> bool:
+        what = self._what(spec)
+        lower_bound = after.lookback_start(self.overlap)
+        moment = after.moment()
+        if lower_bound is None or moment is None:
+            query, params = probe_query(spec, after)
+            return bool(self.transport.fetch(query, params, what=what).column(0)[0].as_py())
+        query, params = later_query(spec, after)
+        if self.transport.fetch(query, params, what=what).column(0)[0].as_py():
+            return True
+        query, params = window_query(spec, after, lower_bound)
+        table = self.transport.fetch(query, params, what=what)
+        window = OverlapWindow(self.overlap)
+        for key, updated in zip(*(column.to_pylist() for column in table.columns), strict=True):
+            self._remember(window, KeysetCursor(None if updated is None else str(updated), str(key)))
+        return _stored(window.digest(moment)) != after.window
+
+    @staticmethod
+    def _remember(window: OverlapWindow, position: KeysetCursor) -> None:
+        moment = position.moment()
+        if moment is not None:
+            window.add(_window_entry(position), "", moment)
+
+    def _page_cursor(
+        self, start: KeysetCursor | None, last: KeysetCursor, window: OverlapWindow, final: bool
+    ) -> KeysetCursor:
+        """The cursor stored with a page: the stored one while the read is still inside its overlap
+        (nothing new is past it yet), else the page's last row; with the digest of its window once
+        everything up to it has been read."""
+        last_moment = last.moment()
+        if last_moment is None or self.overlap <= timedelta(0):
+            return replace(last, window=None)
+        start_moment = start.moment() if start is not None else None
+        if start is not None and start_moment is not None and last_moment <= start_moment:
+            if not final:
+                return start
+            return replace(start, window=_stored(window.digest(start_moment)))
+        return replace(last, window=_stored(window.digest(last_moment)))
 
     def pages(self, plan: SyncPlan) -> Iterator[Page]:
         spec = self._spec(plan.object)
         what = self._what(spec)
-        after = (
+        start = (
             None if plan.cursor is None else KeysetCursor.decode(plan.cursor, f"source {self.name}, {what}")
         )
-        lower_bound = after.lookback_start(self.lookback) if after is not None else None
+        after = start
+        lower_bound = start.lookback_start(self.overlap) if start is not None else None
         if lower_bound is not None:
             log.info(
-                "source %s, %s: re-reading from %s (lookback %s)", self.name, what, lower_bound, self.lookback
+                "source %s, %s: re-reading from %s (overlap %s)", self.name, what, lower_bound, self.overlap
             )
+        window = OverlapWindow(self.overlap)
         last: KeysetCursor | None = None
+        handed: str | None = plan.cursor
+        final = False
         while True:
             query, params = page_query(spec, after, lower_bound, self.page_size)
             table = self.transport.fetch(query, params, what=what)
@@ -627,6 +729,10 @@ class PostgresConnector:
             if table.num_rows >= self.page_size:
                 table = self._with_ties(spec, table, positions, last, what)
                 records, deleted, positions = to_page_rows(spec, table)
+            for position in positions:
+                self._remember(window, position)
+            final = table.num_rows < self.page_size
+            cursor = self._page_cursor(start, last, window, final).encode()
             log.info(
                 "source %s, %s: page of %d records, %d deleted keys, up to %s",
                 self.name,
@@ -635,12 +741,19 @@ class PostgresConnector:
                 len(deleted),
                 last.encode(),
             )
-            yield Page(plan.object, records, deleted, last.encode())
-            if table.num_rows < self.page_size:
+            yield Page(plan.object, records, deleted, cursor)
+            handed = cursor
+            if final:
                 break
             after, lower_bound = last, None
+        if last is not None and not final:
+            # the last page was exactly full: its cursor still needs the digest of a finished read
+            cursor = self._page_cursor(start, last, window, True).encode()
+            if cursor != handed:
+                yield Page(plan.object, [], [], cursor)
+                handed = cursor
         if plan.full:
-            yield from self._null_key_page(spec, what, last)
+            yield from self._null_key_page(spec, what, handed)
 
     def _with_ties(
         self, spec: ObjectSpec, table: pa.Table, positions: list[KeysetCursor], last: KeysetCursor, what: str
@@ -654,7 +767,7 @@ class PostgresConnector:
             ties = ties.cast(table.schema)
         return pa.concat_tables([table.slice(0, keep), ties])
 
-    def _null_key_page(self, spec: ObjectSpec, what: str, last: KeysetCursor | None) -> Iterator[Page]:
+    def _null_key_page(self, spec: ObjectSpec, what: str, last: str | None) -> Iterator[Page]:
         query, params = null_key_query(spec, self.page_size)
         table = self.transport.fetch(query, params, what=what)
         if table.num_rows == 0:
@@ -669,7 +782,7 @@ class PostgresConnector:
             " (only the first page of them was read)" if table.num_rows >= self.page_size else "",
         )
         # The cursor stays where the keyed rows ended: these rows have no position of their own.
-        yield Page(spec.object, records, [], None if last is None else last.encode())
+        yield Page(spec.object, records, [], last)
 
     def close(self) -> None:
         self.transport.close()

@@ -15,7 +15,10 @@ Per object:
    mirror's other keys marked deleted. A full read that was killed restarts from the beginning (its
    start time stays in the cursor table until it completes), so a partial read never deletes anything.
 4. A record whose content hash is unchanged is not touched: re-running an unchanged source changes
-   nothing in the mirror, timestamps included.
+   nothing in the mirror, timestamps included. Connectors re-read an overlap before their cursor
+   (`overlap_seconds`, connectors/base.py), so this is also what makes those re-reads idempotent: a
+   re-read record counts as unchanged, a re-read deletion as nothing, and a page that changed nothing
+   and keeps the stored cursor does not touch the cursor row either.
 Then the live mirror rows of every object this source provides (synced now or before, so a deletion in
 a parent cascades to children) are validated and loaded with `load_frames`, and the history (`hist.*`)
 of every object that loaded is updated. Objects the source does not provide are left alone.
@@ -400,12 +403,21 @@ def _commit_page(
                 event = record_drift(con, source, obj.name, column, "removed", detail, as_of)
                 if not any(e.column == column and e.kind == "removed" for e in result.drift):
                     result.drift.append(event)
-            _run(
+            stored = _run(
                 con,
-                f"update {CURSOR_TABLE} set cursor = coalesce(?, cursor), synced_at = ?, pages_committed = ? "
-                "where source = ? and object = ?",
-                [page.cursor, as_of, page_seq, source, obj.name],
-            )
+                f"select cursor from {CURSOR_TABLE} where source = ? and object = ?",
+                [source, obj.name],
+            )[0][0]
+            # An incremental page that changed nothing and leaves the cursor where it was (an overlap
+            # re-read of unchanged records) leaves the cursor row alone too: an unchanged source
+            # changes nothing, timestamps included.
+            if full or inserted or updated or deleted or page.cursor not in (None, stored):
+                _run(
+                    con,
+                    f"update {CURSOR_TABLE} set cursor = coalesce(?, cursor), synced_at = ?, pages_committed = ? "
+                    "where source = ? and object = ?",
+                    [page.cursor, as_of, page_seq, source, obj.name],
+                )
     finally:
         con.unregister("_al_sync_page")
     result.inserted += inserted

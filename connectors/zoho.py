@@ -20,14 +20,23 @@ Decisions the sync relies on:
   cursor is L - 1 s (records at second L may continue on the next page and are re-read on resume; upserts
   are idempotent). The read's final cursor is L only when the server's `Date` shows that second L was over
   before it answered (no record can still appear at second L); otherwise L - 1 s.
-- Incremental reads first hand over the module's deleted ids since the deletion watermark (one Page), then
-  the changed records. Deleted lists are unordered, so all their pages are read before that Page.
+- Overlap: `Date` only shows Zoho's clock, not that every change stamped before it is visible (a change
+  stamped in second L may commit after the answer). So incremental reads ask for both lists from
+  `overlap_seconds` (default 300) before their watermarks. Records and deletions re-read there are handed
+  over again; the sync finds them unchanged (or already deleted) and changes nothing. While a read is
+  still inside the overlap its pages keep the stored cursor.
+- Incremental reads first hand over the module's deleted ids since the deletion watermark less the
+  overlap (one Page), then the changed records. Deleted lists are unordered, so all their pages are read
+  before that Page.
 - A full read's deletion watermark starts DELETION_LOOKBACK before its first answer, so deletions made
   while it ran arrive with the next incremental read (some may arrive twice; deletes are idempotent).
-- `changed()` sends per module one records probe (If-Modified-Since, per_page=1) and, only when that finds
-  nothing, one deleted-list probe: a deletion alone is a change. Objects made of several modules
-  (activities) cost up to two requests per module.
-- The cursor text is JSON: {"<Module>": {"modified": iso, "deleted": iso}} (UTC, ISO 8601 with offset).
+- `changed()` sends per module one records probe (If-Modified-Since the watermark less the overlap,
+  only id and Modified_Time, usually one request) and, only when that finds nothing, one deleted-list
+  probe: a deletion alone is a change. A record or deletion after a watermark is a change; so is a window
+  (overlap before a watermark) whose (id, time) digest differs from the one the last read stored in the
+  cursor: a late or same-second change. The unchanged window every read repeats is not.
+- The cursor text is JSON: {"<Module>": {"modified": iso, "deleted": iso, "window": digest,
+  "deleted_window": digest}} (UTC, ISO 8601 with offset; a digest is left out when its window is empty).
 - Unknown fields (in the module's field metadata, not mapped, not in `ignore_fields`) are requested and
   passed through under their Zoho names so the sync reports drift; Zoho returns at most 50 fields, mapped
   ones first.
@@ -52,7 +61,17 @@ import httpx
 import yaml
 
 from actionlayer.contract import OBJECT_NAMES, OBJECTS
-from connectors.base import ConnectorConfigError, ConnectorError, Page, Record, SyncPlan
+from connectors.base import (
+    DEFAULT_OVERLAP_SECONDS,
+    EMPTY_WINDOW,
+    ConnectorConfigError,
+    ConnectorError,
+    OverlapWindow,
+    Page,
+    Record,
+    SyncPlan,
+    overlap_setting,
+)
 from connectors.transport import HTTPStatusError, HttpTransport, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -336,10 +355,15 @@ def settled_watermark(latest: datetime, answered_at: datetime | None) -> datetim
 @dataclass(frozen=True)
 class ModuleCursor:
     """Per module: everything modified at or before `modified` and deleted at or before `deleted` has
-    been handed to the sync. Sent as If-Modified-Since (Zoho: strictly after)."""
+    been handed to the sync, as far as Zoho showed it then. Reads ask for changes after these marks less
+    the overlap (If-Modified-Since; Zoho: strictly after). `window` / `deleted_window` are digests of
+    the (id, time) pairs handed over within the overlap before each mark (connectors.base.OverlapWindow),
+    for `changed()`; None when that window is empty (or, in an older cursor, unknown)."""
 
     modified: datetime | None = None
     deleted: datetime | None = None
+    window: str | None = None
+    deleted_window: str | None = None
 
 
 @dataclass(frozen=True)
@@ -355,7 +379,12 @@ class ObjectCursor:
     def encode(self) -> str:
         return json.dumps(
             {
-                name: {"modified": format_time(c.modified), "deleted": format_time(c.deleted)}
+                name: {
+                    "modified": format_time(c.modified),
+                    "deleted": format_time(c.deleted),
+                    **({"window": c.window} if c.window is not None else {}),
+                    **({"deleted_window": c.deleted_window} if c.deleted_window is not None else {}),
+                }
                 for name, c in sorted(self.modules.items())
             },
             separators=(",", ":"),
@@ -368,7 +397,12 @@ class ObjectCursor:
         try:
             document = json.loads(text)
             modules = {
-                name: ModuleCursor(parse_time(value.get("modified")), parse_time(value.get("deleted")))
+                name: ModuleCursor(
+                    parse_time(value.get("modified")),
+                    parse_time(value.get("deleted")),
+                    _digest_text(value.get("window")),
+                    _digest_text(value.get("deleted_window")),
+                )
                 for name, value in document.items()
             }
         except (ValueError, AttributeError) as exc:
@@ -376,6 +410,15 @@ class ObjectCursor:
                 f"{source}: the stored cursor for {obj} is not a Zoho cursor ({exc}); run a full read"
             ) from exc
         return cls(modules)
+
+
+def _digest_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def earlier(moment: datetime | None, overlap: timedelta) -> datetime | None:
+    """The If-Modified-Since of a read that re-reads `overlap` before its mark (None: no mark)."""
+    return moment - overlap if moment is not None else None
 
 
 # ------------------------------------------------------------------------------------------------ auth
@@ -507,10 +550,10 @@ def iter_deleted(
     get: Callable[[Mapping[str, Any], Mapping[str, str]], httpx.Response],
     since: datetime | None,
     per_page: int = MAX_PER_PAGE,
-) -> tuple[list[str], datetime | None, datetime | None]:
-    """All ids deleted after `since` (every page: the list is unordered), the latest deleted_time and the
-    server time of the last answer."""
-    ids: list[str] = []
+) -> tuple[list[tuple[str, datetime | None]], datetime | None, datetime | None]:
+    """All (id, deleted_time) deleted after `since` (every page: the list is unordered), the latest
+    deleted_time and the server time of the last answer."""
+    ids: list[tuple[str, datetime | None]] = []
     latest: datetime | None = None
     answered_at: datetime | None = None
     page_number = 1
@@ -523,13 +566,28 @@ def iter_deleted(
         document = _decode(response)
         data = document.get("data") or []
         for entry in data:
-            ids.append(str(entry.get("id")))
             moment = parse_time(entry.get("deleted_time"))
+            ids.append((str(entry.get("id")), moment))
             if moment and (latest is None or moment > latest):
                 latest = moment
         if not (document.get("info") or {}).get("more_records") or not data:
             return ids, latest, answered_at
         page_number += 1
+
+
+def _deleted_window(
+    entries: Sequence[tuple[str, datetime | None]], mark: datetime, overlap: timedelta
+) -> str:
+    window = OverlapWindow(overlap)
+    for key, moment in entries:
+        if moment is not None:
+            window.add(key, format_time(moment) or "", moment)
+    return _stored(window.digest(mark))
+
+
+def _stored(digest: str) -> str | None:
+    """An empty window is kept as no digest, so cursors of quiet modules stay as they always were."""
+    return None if digest == EMPTY_WINDOW else digest
 
 
 # ------------------------------------------------------------------------------------------- connector
@@ -583,6 +641,7 @@ class ZohoConnector:
         mapping: ZohoMapping,
         objects: Sequence[str],
         per_page: int = MAX_PER_PAGE,
+        overlap: timedelta = timedelta(seconds=DEFAULT_OVERLAP_SECONDS),
     ) -> None:
         self.name = name
         self.api = api
@@ -591,6 +650,7 @@ class ZohoConnector:
         self.mapping = mapping
         self._objects = tuple(objects)
         self.per_page = per_page
+        self.overlap = overlap
 
     @classmethod
     def from_config(
@@ -622,6 +682,7 @@ class ZohoConnector:
         per_page = config.get("per_page", MAX_PER_PAGE)
         if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= MAX_PER_PAGE:
             raise ConnectorConfigError(f"Zoho source: config key 'per_page' must be 1..200, got {per_page!r}")
+        overlap = overlap_setting(config, "Zoho source: config key 'overlap_seconds'")
         retry_config = config.get("retry") or {}
         if not isinstance(retry_config, Mapping):
             raise ConnectorConfigError("Zoho source: config key 'retry' must be a mapping")
@@ -665,7 +726,7 @@ class ZohoConnector:
 
         auth = ZohoOAuth(fetch_token)
         api = HttpTransport(name, api_base, auth=auth, timeout=timeout, retry=retry, rate_per_second=rate)
-        return cls(name, api, accounts, auth, mapping, objects, per_page)
+        return cls(name, api, accounts, auth, mapping, objects, per_page, overlap)
 
     # -- Connector interface --------------------------------------------------------------------------
 
@@ -677,8 +738,9 @@ class ZohoConnector:
         self.accounts.close()
 
     def changed(self, cursors: Mapping[str, str | None]) -> list[str]:
-        """Per module one If-Modified-Since probe with per_page=1, plus one on the deleted list when the
-        records probe found nothing (a deletion alone is a change too)."""
+        """Per module one If-Modified-Since probe of the overlap window (usually one request), plus one
+        of the deleted list's window when the records probe found nothing (a deletion alone is a change
+        too). See `_module_changed`."""
         changed = []
         for obj in self._objects:
             text = cursors.get(obj)
@@ -723,18 +785,37 @@ class ZohoConnector:
         return get
 
     def _module_changed(self, module: ModuleMapping, cursor: ModuleCursor) -> bool:
+        """Anything after the module's marks, or a window before a mark that differs from what the last
+        read handed over (a late or same-second change the next read's overlap will pick up). The
+        overlap re-reads unchanged records every time, so "anything in the window" would fire forever."""
         get = self._get(f"{API_PREFIX}/{module.module}", f"probing {module.module}")
-        # modified None: the module was read and was empty, so any record at all is a change
-        headers = {"If-Modified-Since": format_time(cursor.modified)} if cursor.modified else {}
-        response = get({"fields": "Modified_Time", "per_page": 1, "sort_by": "Modified_Time"}, headers)
-        if response.status_code == 200 and _decode(response).get("data"):
-            return True
+        if cursor.modified is None:
+            # the module was read and was empty, so any record at all is a change
+            response = get({"fields": "Modified_Time", "per_page": 1, "sort_by": "Modified_Time"}, {})
+            if response.status_code == 200 and _decode(response).get("data"):
+                return True
+        else:
+            window = OverlapWindow(self.overlap)
+            since = earlier(cursor.modified, self.overlap)
+            for api_page in iter_module_pages(get, ["Modified_Time"], since, MAX_PER_PAGE):
+                for raw in api_page.records:
+                    moment = parse_time(raw.get("Modified_Time"))
+                    if moment is None:
+                        continue
+                    if moment > cursor.modified:
+                        return True
+                    window.add(str(raw.get("id")), format_time(moment) or "", moment)
+            if _stored(window.digest(cursor.modified)) != cursor.window:
+                return True
         if not module.deleted_list:
             return False
         get_deleted = self._get(f"{API_PREFIX}/{module.module}/deleted", f"probing {module.module} deletions")
-        headers = {"If-Modified-Since": format_time(cursor.deleted)} if cursor.deleted else {}
-        response = get_deleted({"type": "all", "per_page": 1}, headers)
-        return response.status_code == 200 and bool(_decode(response).get("data"))
+        entries, _, _ = iter_deleted(get_deleted, earlier(cursor.deleted, self.overlap), MAX_PER_PAGE)
+        if cursor.deleted is None:
+            return bool(entries)
+        if any(moment is not None and moment > cursor.deleted for _, moment in entries):
+            return True
+        return _deleted_window(entries, cursor.deleted, self.overlap) != cursor.deleted_window
 
     def _request_fields(self, module: ModuleMapping) -> list[str]:
         """Mapped fields that the module still has, then unmapped ones (for drift), at most 50."""
@@ -772,20 +853,32 @@ class ZohoConnector:
             if not plan.full and module.deleted_list:
                 step = "deleted list"
                 get_deleted = self._get(f"{API_PREFIX}/{name}/deleted", f"reading {name} deletions")
-                ids, latest, answered_at = iter_deleted(get_deleted, start.deleted, self.per_page)
+                since = earlier(start.deleted, self.overlap)
+                entries, latest, answered_at = iter_deleted(get_deleted, since, self.per_page)
+                mark = start.deleted
                 if latest is not None:
                     settled = settled_watermark(latest, answered_at)
-                    start = replace(start, deleted=max(settled, start.deleted) if start.deleted else settled)
+                    mark = max(settled, mark) if mark else settled
+                if mark is not None:
+                    # the list covers everything after the old mark less the overlap, so the new mark's window
+                    start = replace(
+                        start, deleted=mark, deleted_window=_deleted_window(entries, mark, self.overlap)
+                    )
+                # ids re-read from the overlap are deleted already; the sync counts them as nothing
+                ids = list(dict.fromkeys(key for key, _ in entries))
                 if ids or start != cursor.get(name):
                     cursor = cursor.with_module(name, start)
                     yield Page(obj, [], ids, cursor.encode())
             fields = self._request_fields(module)
             get = self._get(f"{API_PREFIX}/{name}", f"reading {name}")
             watermark = start.modified
+            window_digest = start.window
             deleted_mark = start.deleted
             latest: datetime | None = None
+            window = OverlapWindow(self.overlap)
             step = "page 1"
-            for api_page in iter_module_pages(get, fields, start.modified, self.per_page):
+            since = earlier(start.modified, self.overlap)
+            for api_page in iter_module_pages(get, fields, since, self.per_page):
                 if plan.full and deleted_mark is None and api_page.answered_at is not None:
                     # deletions from the start of a full read on are fetched by the next incremental read
                     deleted_mark = api_page.answered_at.replace(microsecond=0) - DELETION_LOOKBACK
@@ -799,8 +892,16 @@ class ZohoConnector:
                         else latest - ONE_SECOND
                     )
                     watermark = max(candidate, watermark) if watermark else candidate
+                for raw in api_page.records:
+                    moment = parse_time(raw.get("Modified_Time"))
+                    if moment is not None:
+                        window.add(str(raw.get("id")), format_time(moment) or "", moment)
+                if watermark is not None and (api_page.last or (latest is not None and latest > watermark)):
+                    # everything up to the watermark has been seen, so the digest of its window is whole;
+                    # before that (re-reading the overlap) the stored digest still stands
+                    window_digest = _stored(window.digest(watermark))
                 records = [to_record(raw, module, self.mapping.ignore_fields) for raw in api_page.records]
-                new = ModuleCursor(watermark, deleted_mark)
+                new = ModuleCursor(watermark, deleted_mark, window_digest, start.deleted_window)
                 if records or new != cursor.get(name) or (plan.full and api_page.number == 1):
                     cursor = cursor.with_module(name, new)
                     log.info("%s: %s from %s, %s: %d records", self.name, obj, name, step, len(records))

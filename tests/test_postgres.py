@@ -6,14 +6,17 @@ import logging
 import re
 import traceback
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
+import duckdb
 import psycopg
 import pytest
 
 from actionlayer.contract import OBJECTS
 from connectors.base import Connector, ConnectorConfigError, ConnectorError, Page, SyncPlan
 from connectors.postgres import KeysetCursor, PostgresConnector
+from connectors.sync import stored_cursors, sync_source
 from tests.loopback import free_port
 from tests.vendors.postgres import PostgresHarness, start_server
 
@@ -244,7 +247,7 @@ def test_keyset_paging_neither_skips_nor_repeats_rows_with_equal_updated_at(serv
     create_invoices(db, 53)
     db.execute("update billing.invoices set updated_at = '2026-03-02 00:00:00+00' where invoice_no > 40")
     db.execute("update billing.invoices set updated_at = null where invoice_no between 7 and 12")
-    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, page_size=5, lookback_seconds=0)
+    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, page_size=5, overlap_seconds=0)
     pages = read_all(connector, "invoices")
     keys = keys_of(pages, "invoice_id")
     assert len(pages) == 11
@@ -275,8 +278,8 @@ def test_incremental_read_returns_changed_rows_and_lookback_rereads(server: Any,
     create_invoices(db, 6, updated_at="2026-03-01 12:00:00+00")
     db.execute("update billing.invoices set updated_at = '2026-03-01 11:58:00+00' where invoice_no = 2")
     db.execute("update billing.invoices set updated_at = '2026-03-01 10:00:00+00' where invoice_no = 1")
-    exact = make_connector(server, {"invoices": INVOICES_CONFIG}, lookback_seconds=0)
-    with_lookback = make_connector(server, {"invoices": INVOICES_CONFIG}, lookback_seconds=300)
+    exact = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=0)
+    with_lookback = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=300)
     cursor = read_all(exact, "invoices")[-1].cursor
     assert cursor is not None
     assert KeysetCursor.decode(cursor, "test") == KeysetCursor("2026-03-01 12:00:00+00", "6")
@@ -301,7 +304,7 @@ def test_incremental_read_returns_changed_rows_and_lookback_rereads(server: Any,
 def test_soft_delete_flag_becomes_deleted_keys(server: Any, db: Any) -> None:
     create_invoices(db, 4)
     db.execute("update billing.invoices set is_deleted = true where invoice_no = 2")
-    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, lookback_seconds=0)
+    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=0)
     pages = read_all(connector, "invoices")
     assert keys_of(pages, "invoice_id") == ["1", "3", "4"]
     assert [key for page in pages for key in page.deleted_keys] == ["2"]
@@ -326,7 +329,7 @@ def test_query_defined_object(server: Any, db: Any) -> None:
         " mail as email, null::text as phone, 'UTC' as timezone, false as do_not_contact,"
         " changed as created_at, changed as updated_at from billing.people where mail like '%@example.com';"
     )
-    connector = make_connector(server, {"contacts": {"query": query}}, lookback_seconds=0)
+    connector = make_connector(server, {"contacts": {"query": query}}, overlap_seconds=0)
     records = [record for page in read_all(connector, "contacts") for record in page.records]
     assert records == [
         {
@@ -361,7 +364,7 @@ def test_typed_columns_convert_to_contract_text(server: Any, db: Any) -> None:
     connector = make_connector(
         server,
         {"contracts": {"table": "billing.contracts", "updated_column": "modified"}},
-        lookback_seconds=0,
+        overlap_seconds=0,
     )
     records = [record for page in read_all(connector, "contracts") for record in page.records]
     assert records == [
@@ -495,6 +498,16 @@ def test_fault_missing_table_and_column_are_named(server: Any, db: Any) -> None:
             "sources.billing.lookback_seconds",
         ),
         (
+            {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}, "overlap_seconds": -5},
+            None,
+            "sources.billing.overlap_seconds",
+        ),
+        (
+            {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}, "overlap_seconds": "5m"},
+            None,
+            "sources.billing.overlap_seconds",
+        ),
+        (
             {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}, "connect_timeot": 3},
             None,
             "sources.billing.connect_timeot",
@@ -514,3 +527,63 @@ def test_an_unparseable_dsn_is_not_quoted(caplog: pytest.LogCaptureFixture) -> N
             "billing", {"dsn_env": DSN_ENV, "objects": {"invoices": {"table": "t"}}}, environ={DSN_ENV: bad}
         )
     assert PASSWORD not in "".join(traceback.format_exception(caught.value)) and PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize("overlap", [300, 0], ids=["overlap-300s", "overlap-0-misses"])
+def test_fault_same_second_edit_and_late_commit_land_exactly_once(
+    server: Any, db: Any, tmp_path: Any, overlap: int
+) -> None:
+    """Rows committed after a sync read past them: invoice 2 edited with the cursor's own updated_at (a
+    smaller key than the cursor's row), invoice 4 inserted with an updated_at two minutes before the
+    cursor. Only the overlap re-read finds them; with overlap 0 they are lost, so this test can fail."""
+    create_invoices(db, 3, updated_at="2026-03-01 12:00:00+00")
+    connector = make_connector(server, {"invoices": INVOICES_CONFIG}, overlap_seconds=overlap)
+    con = duckdb.connect(str(tmp_path / "mirror.duckdb"))
+    as_of = datetime(2026, 3, 2)
+    sync_source(con, connector, as_of)
+    with psycopg.connect(server.get_uri()) as late:  # one transaction, still open during the next sync
+        late.execute("update billing.invoices set status = 'paid' where invoice_no = 2")
+        late.execute(
+            "insert into billing.invoices values (4, 'acc-1', 'con-1', 4.50, 'EUR', '2026-01-01 10:00:00+01',"
+            " '2026-01-31', null, 'open', '2026-03-01 11:58:00+00')"
+        )
+        quiet = sync_source(con, connector, as_of + timedelta(hours=1))
+        late.commit()
+    assert quiet.objects["invoices"].upserted == 0
+    changed = connector.changed(stored_cursors(con, "billing"))
+    report = sync_source(con, connector, as_of + timedelta(hours=2))
+
+    def mirror() -> list[tuple]:
+        return con.execute(
+            "select invoice_id, status from src.billing__invoices where not _deleted order by 1"
+        ).fetchall()
+
+    if overlap == 0:
+        # the old behaviour: strictly after the cursor (12:00, '3') finds neither row
+        assert changed == []
+        assert mirror() == [("1", "open"), ("2", "open"), ("3", "open")]
+        con.close()
+        connector.close()
+        return
+
+    assert changed == ["invoices"]
+    assert mirror() == [("1", "open"), ("2", "paid"), ("3", "open"), ("4", "open")]
+    result = report.objects["invoices"]
+    # invoices 1 and 3, re-read unchanged, are unchanged and not updated
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (1, 1, 2, 0)
+    assert con.execute("select count(*) - count(distinct _key) from src.billing__invoices").fetchall() == [
+        (0,)
+    ]
+
+    # the probe is quiet again, and a re-run changes nothing, timestamps and cursor included
+    assert connector.changed(stored_cursors(con, "billing")) == []
+    tables = ["ops.sync_cursors", "src.billing__invoices", "hist.invoices"]
+    before = {table: con.execute(f"select * from {table} order by all").fetchall() for table in tables}
+    again = sync_source(con, connector, as_of + timedelta(hours=3))
+    result = again.objects["invoices"]
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (0, 0, 4, 0)
+    assert {
+        table: con.execute(f"select * from {table} order by all").fetchall() for table in tables
+    } == before
+    con.close()
+    connector.close()

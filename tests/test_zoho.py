@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from actionlayer.contract import OBJECTS, Kind
 from connectors.base import Connector, ConnectorConfigError, ConnectorError, Page, Record, SyncPlan
+from connectors.sync import stored_cursors, sync_source
 from connectors.zoho import ZohoConnector
 from tests.vendors.zoho_server import CLIENT_SECRET, REFRESH_TOKEN, ZohoHarness, make_harness
 
@@ -120,6 +122,14 @@ def harness(tmp_path: Path) -> Iterator[ZohoHarness]:
 
 
 @pytest.fixture
+def exact(tmp_path: Path) -> Iterator[ZohoHarness]:
+    """Incremental reads start exactly after the cursor (no overlap re-read), to see only new changes."""
+    h = make_harness(tmp_path, overlap_seconds=0)
+    yield h
+    h.close()
+
+
+@pytest.fixture
 def small_pages(tmp_path: Path) -> Iterator[ZohoHarness]:
     h = make_harness(tmp_path, per_page=10, objects=["accounts"])
     yield h
@@ -199,7 +209,8 @@ def test_fault_empty_last_page(small_pages: ZohoHarness) -> None:
     connector.close()
 
 
-def test_incremental_read_uses_if_modified_since_and_returns_only_changes(harness: ZohoHarness) -> None:
+def test_incremental_read_uses_if_modified_since_and_returns_only_changes(exact: ZohoHarness) -> None:
+    harness = exact
     harness.seed(SEED)
     connector = harness.connector()
     cursor = read(connector, "accounts")[-1].cursor
@@ -218,7 +229,24 @@ def test_incremental_read_uses_if_modified_since_and_returns_only_changes(harnes
     connector.close()
 
 
-def test_deletes_arrive_as_deleted_keys(harness: ZohoHarness) -> None:
+def test_incremental_read_rereads_the_overlap_and_keeps_its_cursor(harness: ZohoHarness) -> None:
+    harness.seed(SEED)
+    connector = harness.connector()
+    cursor = read(connector, "accounts")[-1].cursor
+    assert "accounts" not in connector.changed({"accounts": cursor})
+    pages = read(connector, "accounts", cursor)
+    # A2 (the newest change) lies inside the 300 s overlap and is read again; A1 (a day older) is not
+    assert [r["account_id"] for r in records_of(pages)] == ["A2"]
+    since = [r.headers.get("If-Modified-Since") for r in harness.server.api_requests("/crm/v8/Accounts")][-1]
+    assert datetime.fromisoformat(since) == datetime(2026, 3, 2, 7, 55, tzinfo=UTC)
+    assert "accounts" not in connector.changed({"accounts": pages[-1].cursor})
+    again = read(connector, "accounts", pages[-1].cursor)
+    assert records_of(again) == records_of(pages) and again[-1].cursor == pages[-1].cursor
+    connector.close()
+
+
+def test_deletes_arrive_as_deleted_keys(exact: ZohoHarness) -> None:
+    harness = exact
     harness.seed(SEED)
     connector = harness.connector()
     cursor = read(connector, "activities")[-1].cursor
@@ -363,6 +391,9 @@ def test_bad_credentials_fail_without_leaking_secrets(
         ({"timeout": "soon"}, "timeout"),
         ({"per_page": 500}, "per_page"),
         ({"retry": {"attempts": 3}}, "retry"),
+        ({"overlap_seconds": -1}, "overlap_seconds"),
+        ({"overlap_seconds": "5m"}, "overlap_seconds"),
+        ({"overlap_seconds": True}, "overlap_seconds"),
     ],
 )
 def test_config_errors_name_the_key(harness: ZohoHarness, change: dict, key: str) -> None:
@@ -422,3 +453,76 @@ def test_fault_field_changing_type_quarantines_the_rows_it_breaks_and_reports_dr
     finally:
         con.close()
         connector.close()
+
+
+@pytest.mark.parametrize("overlap", [300, 0], ids=["overlap-300s", "overlap-0-misses"])
+def test_fault_change_and_deletion_in_the_cursors_second_land_exactly_once(
+    tmp_path: Path, overlap: int
+) -> None:
+    """A deal edited, and a case deleted, in the same second as the newest change the previous sync saw,
+    visible only after that sync (Zoho stamps the time before the change commits). Zoho's
+    If-Modified-Since is strictly after, so only the overlap re-read finds them; with overlap 0 they
+    are lost, which shows this test can fail."""
+    harness = make_harness(
+        tmp_path, overlap_seconds=overlap, objects=["accounts", "contacts", "deals", "tickets"]
+    )
+    server = harness.server
+    tickets = [dict(SEED["tickets"][0], ticket_id=f"K{i}", subject=f"Case {i}") for i in (1, 2, 3)]
+    harness.seed({**SEED, "tickets": tickets})
+    connector = harness.connector()
+    as_of = datetime(2026, 11, 3)
+    con = duckdb.connect(str(tmp_path / "mirror.duckdb"))
+    sync_source(con, connector, as_of)
+    # the previous sync's newest changes: a deal edit at second S, a case deletion at second S2
+    harness.upsert("deals", dict(SEED["deals"][1], name="Small one, renamed"))
+    harness.delete("tickets", "K1")
+    previous = sync_source(con, connector, as_of + timedelta(hours=1))
+    assert previous.objects["deals"].updated == 1 and previous.objects["tickets"].deleted == 1
+    seen_at = datetime.fromisoformat(server.records["Deals"]["D2"]["Modified_Time"])
+    deleted_at = datetime.fromisoformat(server.deleted["Cases"][-1]["deleted_time"])
+
+    # now visible: D1 edited and K2 deleted, stamped in those very seconds
+    d1 = dict(
+        server.records["Deals"]["D1"], Deal_Name="Big one, late edit", Modified_Time=seen_at.isoformat()
+    )
+    server.put("Deals", d1, touch=False)
+    server.delete_record("Cases", "K2", at=deleted_at)
+    cursors = stored_cursors(con, "zoho")
+    changed = connector.changed(cursors)
+    report = sync_source(con, connector, as_of + timedelta(hours=2))
+
+    def mirror(sql: str) -> list[tuple]:
+        return con.execute(sql).fetchall()
+
+    names = mirror("select deal_id, name from src.zoho__deals where not _deleted order by 1")
+    live_tickets = mirror("select ticket_id from src.zoho__tickets where not _deleted order by 1")
+    if overlap == 0:
+        # the old behaviour: both answer 304, the changes are never read and the probe sees nothing
+        assert changed == []
+        assert names == [("D1", "Big one"), ("D2", "Small one, renamed")]
+        assert live_tickets == [("K2",), ("K3",)]
+        con.close()
+        connector.close()
+        harness.close()
+        return
+
+    assert changed == ["deals", "tickets"]
+    assert names == [("D1", "Big one, late edit"), ("D2", "Small one, renamed")]
+    assert live_tickets == [("K3",)]
+    deals, cases = report.objects["deals"], report.objects["tickets"]
+    # D2 (re-read, unchanged) is unchanged, not updated; K1's deletion, re-read, is not counted again
+    assert (deals.inserted, deals.updated, deals.unchanged, deals.deleted) == (0, 1, 1, 0)
+    assert (cases.inserted, cases.updated, cases.deleted) == (0, 0, 1)
+    assert mirror("select count(*), count(distinct _key) from src.zoho__deals") == [(2, 2)]
+    assert mirror("select name from raw.deals where deal_id = 'D1'") == [("Big one, late edit",)]
+
+    # the probe stops reporting once the change is read, and a re-run changes nothing at all
+    assert connector.changed(stored_cursors(con, "zoho")) == []
+    tables = ["ops.sync_cursors", "src.zoho__deals", "src.zoho__tickets", "hist.deals", "hist.tickets"]
+    before = {table: mirror(f"select * from {table} order by all") for table in tables}
+    again = sync_source(con, connector, as_of + timedelta(hours=3))
+    assert all(r.upserted == 0 and r.deleted == 0 for r in again.objects.values())
+    assert {table: mirror(f"select * from {table} order by all") for table in tables} == before
+    con.close()
+    connector.close()
+    harness.close()

@@ -69,7 +69,7 @@ class PostgresHarness:
         owns_server: bool,
         schema: str = "crm",
         page_size: int = 10,
-        lookback_seconds: float = 0,
+        overlap_seconds: float = 0,
         soft_delete: bool = False,
         bump_updated_at: bool = True,
     ) -> None:
@@ -77,9 +77,9 @@ class PostgresHarness:
         self.owns_server = owns_server
         self.schema = schema
         self.page_size = page_size
-        # No lookback by default: a test that checks what an incremental read returns should not see
-        # the re-reads a production lookback adds (tests/test_postgres.py covers those).
-        self.lookback_seconds = lookback_seconds
+        # No overlap by default: a test that checks what an incremental read returns should not see
+        # the re-reads a production overlap adds (tests/test_postgres.py covers those).
+        self.overlap_seconds = overlap_seconds
         self.soft_delete = soft_delete
         self.bump_updated_at = bump_updated_at
         self.deletes_need_full_read = not soft_delete
@@ -177,7 +177,7 @@ class PostgresHarness:
             "dsn_env": DSN_ENV,
             "objects": objects,
             "page_size": self.page_size,
-            "lookback_seconds": self.lookback_seconds,
+            "overlap_seconds": self.overlap_seconds,
             "connect_timeout": 5,
         }
 

@@ -144,7 +144,9 @@ class ZohoServer(LoopbackHttpServer):
             record[field] = value
             self.put(module, record, touch=touch)
 
-    def delete_record(self, module: str, record_id: str) -> None:
+    def delete_record(self, module: str, record_id: str, *, at: datetime | None = None) -> None:
+        """Move a record to the recycle bin, stamped with the server clock, or with `at` (a deletion
+        stamped in an earlier second that only becomes visible now, like a late commit)."""
         with self.lock:
             record = self.records[module].pop(record_id)
             self.deleted[module].append(
@@ -153,7 +155,7 @@ class ZohoServer(LoopbackHttpServer):
                     "display_name": str(record.get("Name") or record_id),
                     "type": "recycle",
                     "deleted_by": {"name": "Test User", "id": "1"},
-                    "deleted_time": zoho_time(self.stamp()),
+                    "deleted_time": zoho_time(at if at is not None else self.stamp()),
                 }
             )
 
@@ -286,6 +288,9 @@ class ZohoServer(LoopbackHttpServer):
 
     @staticmethod
     def _since(headers: Mapping[str, str]) -> datetime | None:
+        # Zoho's docs for GET records and GET deleted records: If-Modified-Since returns only what was
+        # modified (deleted) AFTER the given time, and 304 Not Modified when nothing was. The callers
+        # compare strictly (`>`), so a change stamped in the header's own second is not returned.
         value = headers.get("If-Modified-Since")
         return datetime.fromisoformat(value).astimezone(UTC) if value else None
 
