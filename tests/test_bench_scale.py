@@ -59,7 +59,7 @@ def loaded(world, tmp_path_factory: pytest.TempPathFactory):
 
 def test_world_has_every_object_and_its_planted_rows(world) -> None:
     out, info = world
-    planted = duckdb.sql(
+    planted = duckdb.execute(
         f"select object, count(*) from read_parquet('{out / 'base' / 'planted_broken.parquet'}') group by 1"
     )
     by_object = dict(planted.fetchall())
@@ -67,7 +67,7 @@ def test_world_has_every_object_and_its_planted_rows(world) -> None:
     assert by_object == info.broken
     for fmt in scale_world.FORMATS:
         for name in OBJECT_NAMES:
-            rows = duckdb.sql(
+            rows = duckdb.execute(
                 f"select count(*) from {'read_parquet' if fmt == 'parquet' else 'read_csv'}('{out / 'base' / fmt / f'{name}.{fmt}'}')"
             ).fetchone()[0]
             assert rows == info.rows[name] + info.broken[name], (fmt, name)
