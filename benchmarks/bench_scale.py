@@ -238,12 +238,26 @@ def run_pass(
         result.message = f"stopped after {timeout:.0f} s (--pass-timeout)"
     elif child.returncode != 0:
         result.message = f"exit code {child.returncode}:\n" + "\n".join(tail)
+    if run_id is None:
+        # a stopped pass printed no run id; its steps so far are still in the instance
+        run_id = _latest_run_id(Path(env["DAGSTER_HOME"]))
+        result.run_id = run_id
     if run_id:
         result.stages = _stage_figures(Path(env["DAGSTER_HOME"]), run_id, samples, wall)
     say(
         f"[{label}] {'done' if result.success else 'FAILED'} in {wall:.1f} s, peak RSS {result.peak_rss / GIB:.2f} GiB"
     )
     return result
+
+
+def _latest_run_id(home: Path) -> str | None:
+    import dagster as dg
+
+    if not (home / "dagster.yaml").is_file():
+        return None
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs(limit=1)
+    return runs[0].run_id if runs else None
 
 
 def _stage_figures(
