@@ -32,5 +32,11 @@ format: setup
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
+# The scale benchmark (benchmarks/bench_scale.py): `make bench` runs size M; `make bench SIZE=S` another size,
+# BENCH_ARGS passes more options (e.g. BENCH_ARGS="--format csv --keep").
+SIZE ?= M
+bench: setup
+	.venv/bin/python benchmarks/bench_scale.py --size $(SIZE) $(BENCH_ARGS)
+
 clean:
 	rm -rf data/ dbt_project/target dbt_project/logs
