@@ -46,7 +46,15 @@ import httpx
 import yaml
 
 from actionlayer.contract import OBJECTS, Kind, SorObject
-from connectors.base import ConnectorConfigError, ConnectorError, Page, Record, SyncPlan
+from connectors.base import (
+    DEFAULT_OVERLAP_SECONDS,
+    ConnectorConfigError,
+    ConnectorError,
+    Page,
+    Record,
+    SyncPlan,
+    overlap_setting,
+)
 from connectors.transport import HTTPStatusError, HttpTransport, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -58,8 +66,6 @@ SEARCH_PAGE_MAX = 200  # and for the search endpoint
 SEARCH_RESULT_CAP = 10_000  # a search query cannot page past this many results (400 beyond)
 ASSOCIATION_BATCH = 100
 CURSOR_VERSION = 2  # 2: the watermark keeps (id -> modified time) for the look-back window; 1 still loads
-DEFAULT_OVERLAP_SECONDS = 300.0
-
 # Properties HubSpot returns whether asked or not; they are not drift.
 ALWAYS_RETURNED = frozenset(
     {"hs_object_id", "createdate", "hs_createdate", "hs_lastmodifieddate", "lastmodifieddate"}
@@ -599,7 +605,10 @@ class HubSpotConnector:
             page_size=min(_int(name, config, "page_size", LIST_PAGE_MAX, 1), LIST_PAGE_MAX),
             search_cap=_int(name, config, "search_cap", SEARCH_RESULT_CAP, 1),
             retry=retry,
-            overlap_seconds=_overlap_seconds(name, config),
+            overlap_seconds=overlap_setting(
+                config,
+                f"{name}: overlap_seconds (the look-back before the cursor for HubSpot's search index lag)",
+            ).total_seconds(),
         )
 
     # ------------------------------------------------------------------------------ Connector protocol
@@ -1085,16 +1094,6 @@ def _number(name: str, config: Mapping[str, Any], key: str, default: float) -> f
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConnectorConfigError(f"{name}: {key} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _overlap_seconds(name: str, config: Mapping[str, Any]) -> float:
-    value = config.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise ConnectorConfigError(
-            f"{name}: overlap_seconds must be a non-negative number of seconds (the look-back re-read before "
-            f"the cursor for HubSpot's search index lag), got {value!r}"
-        )
     return float(value)
 
 
