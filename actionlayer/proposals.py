@@ -425,6 +425,57 @@ def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
     }
 
 
+_STATE_PREFIX = "_state__"
+
+
+def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The candidates this pass has something to write for, in the pass's order (priority, then action id),
+    and the latest ledger event of those already in the ledger, in one query over the whole set.
+
+    A candidate comes back when the ledger has no event of its action (it is new), or when its action's latest
+    event is a suppression and the candidate is now eligible (the suppression lifted) or suppressed for what may
+    be another kind (the exact kind test is `_suppression_kind`; SQL only narrows). An unchanged candidate build
+    therefore returns no rows at all.
+    """
+    candidate_columns = [
+        name
+        for (name,) in con.execute(f"select name from pragma_table_info('{CANDIDATES_TABLE}')").fetchall()
+    ]
+    ledger_columns = [
+        name
+        for (name,) in con.execute(f"select name from pragma_table_info('{ledger.LEDGER_TABLE}')").fetchall()
+    ]
+    state_columns = ", ".join(f'latest."{name}" as "{_STATE_PREFIX}{name}"' for name in ledger_columns)
+    kind = "trim(split_part(coalesce({}, ''), ':', 1))"
+    cursor = con.execute(
+        f"""with latest as (
+            select events.* from {ledger.LEDGER_TABLE} as events
+            semi join {CANDIDATES_TABLE} as candidates using (action_id)
+            qualify row_number() over (partition by events.action_id order by events.seq desc) = 1
+        )
+        select candidates.*, {state_columns}
+        from {CANDIDATES_TABLE} as candidates
+        left join latest using (action_id)
+        where latest.action_id is null
+            or (latest.event_type = 'suppressed'
+                and (candidates.journey_status = 'eligible'
+                     or (candidates.journey_status = 'suppressed'
+                         and {kind.format("candidates.journey_reason")} <> {kind.format("latest.result")})))
+        order by candidates.priority desc, candidates.action_id"""
+    )
+    width = len(candidate_columns)
+    names = [d[0] for d in cursor.description]
+    assert names[:width] == candidate_columns, "candidate columns changed while reading them"
+    candidates: list[dict[str, Any]] = []
+    known: dict[str, dict[str, Any]] = {}
+    for row in cursor.fetchall():
+        candidate = dict(zip(candidate_columns, row[:width], strict=True))
+        candidates.append(candidate)
+        if row[width] is not None:  # the latest event's seq: the action is in the ledger
+            known[candidate["action_id"]] = dict(zip(ledger_columns, row[width:], strict=True))
+    return candidates, known
+
+
 def propose(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
@@ -441,12 +492,13 @@ def propose(
     con.execute(RULE_RUNS_DDL)
     routes = routes if routes is not None else load_escalation_routes()
     report = ProposalReport(as_of=as_of)
-    candidates = _rows(con, f"select * from {CANDIDATES_TABLE} order by priority desc, action_id")
-    report.candidates = len(candidates)
-    known = {
-        row["action_id"]: row for row in ledger.states(con, action_ids=[c["action_id"] for c in candidates])
-    }
-    totals = Counter(c["rule_id"] for c in candidates)
+    totals: Counter[str] = Counter(
+        dict(con.execute(f"select rule_id, count(*) from {CANDIDATES_TABLE} group by 1").fetchall())
+    )
+    report.candidates = sum(totals.values())
+    report.unknown_rules = {rule_id for rule_id in totals if rule_id not in rules}
+    # one anti-join decides the pass: only candidates that are new or whose suppression changed come back
+    candidates, known = _work(con)
     new_counts = Counter(
         c["rule_id"]
         for c in candidates
@@ -458,7 +510,6 @@ def propose(
     for candidate in candidates:
         rule = rules.get(candidate["rule_id"])
         if rule is None:
-            report.unknown_rules.add(candidate["rule_id"])
             continue
         status = candidate.get("journey_status")
         state = known.get(candidate["action_id"])
@@ -589,6 +640,24 @@ def _review_deadline(state: Mapping[str, Any], expiry_days: int) -> datetime:
     return state["occurred_at"] + timedelta(days=expiry_days)
 
 
+def _pending_reviews_due(con: duckdb.DuckDBPyConnection, as_of: datetime) -> list[dict[str, Any]]:
+    """The latest event of every action waiting for review whose deadline may have passed, oldest first.
+
+    SQL narrows by the deadline the request carries, with a day's slack for a deadline written with a UTC
+    offset, and keeps every request whose deadline it cannot read; `_review_deadline` decides exactly."""
+    stored = "try_cast(json_extract_string(details, '$.review_expires_at') as timestamp)"
+    return _rows(
+        con,
+        f"""select * from (
+            select * from {ledger.LEDGER_TABLE}
+            qualify row_number() over (partition by action_id order by seq desc) = 1
+        )
+        where event_type = 'pending_review' and ({stored} is null or {stored} <= ?::timestamp + interval 1 day)
+        order by seq""",
+        [as_of],
+    )
+
+
 def _expire_reviews(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
@@ -596,7 +665,7 @@ def _expire_reviews(
     events: list[ledger.LedgerEvent],
 ) -> int:
     expired = 0
-    for state in ledger.states(con, ["pending_review"]):
+    for state in _pending_reviews_due(con, as_of):
         rule = rules.get(state["rule_id"])
         expiry_days = rule.review_expiry_days if rule else 7
         deadline = _review_deadline(state, expiry_days)
