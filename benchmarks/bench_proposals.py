@@ -72,6 +72,9 @@ def _meta(rule_id: str, level: int, **overrides: object) -> dict[str, object]:
     return meta
 
 
+RULE_IDS = ("view", "review", "auto", "learn", "care")
+
+
 def bench_rules() -> dict[str, Rule]:
     metas = [
         _meta("view", 1),
@@ -83,13 +86,16 @@ def bench_rules() -> dict[str, Rule]:
     return {str(meta["rule_id"]): rule_from_meta(f"rule_{meta['rule_id']}", meta) for meta in metas}
 
 
-def seed_candidates(con: duckdb.DuckDBPyConnection, count: int, as_of: datetime = AS_OF) -> None:
-    """`count` candidates in the shape of main.action_candidates, built in SQL (deterministic)."""
+def seed_candidates(
+    con: duckdb.DuckDBPyConnection, count: int, as_of: datetime = AS_OF, rule_ids: tuple[str, ...] = RULE_IDS
+) -> None:
+    """`count` candidates in the shape of main.action_candidates, built in SQL (deterministic), spread over
+    `rule_ids` in turn."""
     con.execute("drop table if exists main.action_candidates")
     con.execute(
         """create table main.action_candidates as
         with base as (
-            select n, ['view', 'review', 'auto', 'learn', 'care'][n % 5 + 1] as rule_id,
+            select n, (?::varchar[])[n % len(?::varchar[]) + 1] as rule_id,
                    case when n % 10 = 7 then 'held_out' when n % 10 = 3 then 'suppressed' else 'eligible' end
                        as journey_status
             from range(?) as t(n)
@@ -111,7 +117,7 @@ def seed_candidates(con: duckdb.DuckDBPyConnection, count: int, as_of: datetime 
                case when n % 4 = 0 then 'Asia/Tokyo' end as contact_timezone,
                ?::timestamp as as_of
         from base""",
-        [count, as_of, as_of],
+        [list(rule_ids), list(rule_ids), count, as_of, as_of],
     )
 
 
