@@ -320,8 +320,9 @@ def states(
     if action_ids is not None:
         if not action_ids:
             return []
-        clauses.append(f"action_id in ({', '.join('?' for _ in action_ids)})")
-        params.extend(action_ids)
+        # one list parameter joined as a set: a placeholder per id makes a long IN list slow to bind and plan
+        clauses.append("action_id in (select unnest(?::varchar[]))")
+        params.append(list(action_ids))
     where = f"where {' and '.join(clauses)}" if clauses else ""
     return _rows(con.execute(f"select * from ops.action_state {where} order by seq", params))
 
