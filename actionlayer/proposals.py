@@ -449,19 +449,27 @@ def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[st
     kind = "trim(split_part(coalesce({}, ''), ':', 1))"
     cursor = con.execute(
         f"""with latest as (
-            select events.* from {ledger.LEDGER_TABLE} as events
-            semi join {CANDIDATES_TABLE} as candidates using (action_id)
-            qualify row_number() over (partition by events.action_id order by events.seq desc) = 1
+            -- narrow: only the latest event's seq, type and result of each candidate's action
+            select action_id, max(seq) as seq, arg_max(event_type, seq) as event_type,
+                   arg_max(result, seq) as result
+            from {ledger.LEDGER_TABLE}
+            where action_id in (select action_id from {CANDIDATES_TABLE})
+            group by action_id
+        ),
+        work as (
+            select candidates.*, latest.seq as _latest_seq
+            from {CANDIDATES_TABLE} as candidates
+            left join latest using (action_id)
+            where latest.seq is null
+                or (latest.event_type = 'suppressed'
+                    and (candidates.journey_status = 'eligible'
+                         or (candidates.journey_status = 'suppressed'
+                             and {kind.format("candidates.journey_reason")} <> {kind.format("latest.result")})))
         )
-        select candidates.*, {state_columns}
-        from {CANDIDATES_TABLE} as candidates
-        left join latest using (action_id)
-        where latest.action_id is null
-            or (latest.event_type = 'suppressed'
-                and (candidates.journey_status = 'eligible'
-                     or (candidates.journey_status = 'suppressed'
-                         and {kind.format("candidates.journey_reason")} <> {kind.format("latest.result")})))
-        order by candidates.priority desc, candidates.action_id"""
+        select work.* exclude (_latest_seq), {state_columns}
+        from work
+        left join {ledger.LEDGER_TABLE} as latest on latest.seq = work._latest_seq
+        order by work.priority desc, work.action_id"""
     )
     width = len(candidate_columns)
     names = [d[0] for d in cursor.description]
@@ -648,11 +656,15 @@ def _pending_reviews_due(con: duckdb.DuckDBPyConnection, as_of: datetime) -> lis
     stored = "try_cast(json_extract_string(details, '$.review_expires_at') as timestamp)"
     return _rows(
         con,
-        f"""select * from (
-            select * from {ledger.LEDGER_TABLE}
-            qualify row_number() over (partition by action_id order by seq desc) = 1
+        f"""with latest as (
+            select max(seq) as seq, arg_max(event_type, seq) as event_type
+            from {ledger.LEDGER_TABLE}
+            where action_id in (select action_id from {ledger.LEDGER_TABLE} where event_type = 'pending_review')
+            group by action_id
         )
-        where event_type = 'pending_review' and ({stored} is null or {stored} <= ?::timestamp + interval 1 day)
+        select events.* from {ledger.LEDGER_TABLE} as events
+        semi join latest on latest.seq = events.seq and latest.event_type = 'pending_review'
+        where {stored} is null or {stored} <= ?::timestamp + interval 1 day
         order by seq""",
         [as_of],
     )

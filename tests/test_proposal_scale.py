@@ -3,6 +3,7 @@ the number of candidates, and an unchanged candidate build costs one anti-join t
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -130,4 +131,34 @@ def test_a_known_candidate_that_stays_withheld_is_not_fetched(tmp_path, status):
     write_candidates(con, [candidate("x1", "review", status, "cooldown: 2 days ago")])
     propose(con, AS_OF, RULES, ROUTES)
     assert _work(con) == ([], {})
+    con.close()
+
+
+def test_review_expiry_reads_the_stored_deadline_and_falls_back_when_it_is_unreadable(tmp_path):
+    con = duckdb.connect(str(tmp_path / "expiry.duckdb"))
+    ledger.ensure_schema(con)
+    write_candidates(con, [candidate(f"r{n}", "review") for n in range(3)])
+    propose(con, AS_OF, RULES, ROUTES)  # three review requests, due AS_OF + 3 days (the rule's expiry)
+    states = {s["action_id"]: s for s in ledger.states(con)}
+    # r1's request was re-issued with a later deadline; r2's deadline cannot be read (the rule's expiry applies)
+    later = ledger.next_event(
+        states["r1"],
+        "pending_review",
+        AS_OF + timedelta(days=1),
+        "test",
+        details={"review_expires_at": "2026-09-20 09:00:00"},
+    )
+    unreadable = ledger.next_event(
+        states["r2"],
+        "pending_review",
+        AS_OF + timedelta(days=1, hours=1),
+        "test",
+        details={"review_expires_at": "soon"},
+    )
+    ledger.append(con, [later, unreadable])
+    assert propose(con, AS_OF + timedelta(days=3, minutes=59), RULES, ROUTES).expired == 1  # r0 only
+    assert propose(con, AS_OF + timedelta(days=4, hours=1), RULES, ROUTES).expired == 1  # r2: 3 days after
+    assert propose(con, datetime(2026, 9, 20, 8, 59), RULES, ROUTES).expired == 0
+    assert propose(con, datetime(2026, 9, 20, 9), RULES, ROUTES).expired == 1
+    assert {s["action_id"] for s in ledger.states(con, ["expired"])} == {"r0", "r1", "r2"}
     con.close()
