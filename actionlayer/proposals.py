@@ -468,7 +468,8 @@ def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[st
         )
         select work.* exclude (_latest_seq), {state_columns}
         from work
-        left join {ledger.LEDGER_TABLE} as latest on latest.seq = work._latest_seq
+        left join {ledger.LEDGER_TABLE} as latest
+            on latest.action_id = work.action_id and latest.seq = work._latest_seq
         order by work.priority desc, work.action_id"""
     )
     width = len(candidate_columns)
@@ -657,13 +658,15 @@ def _pending_reviews_due(con: duckdb.DuckDBPyConnection, as_of: datetime) -> lis
     return _rows(
         con,
         f"""with latest as (
-            select max(seq) as seq, arg_max(event_type, seq) as event_type
+            select action_id, max(seq) as seq, arg_max(event_type, seq) as event_type
             from {ledger.LEDGER_TABLE}
             where action_id in (select action_id from {ledger.LEDGER_TABLE} where event_type = 'pending_review')
             group by action_id
         )
         select events.* from {ledger.LEDGER_TABLE} as events
-        semi join latest on latest.seq = events.seq and latest.event_type = 'pending_review'
+        semi join latest
+            on latest.action_id = events.action_id and latest.seq = events.seq
+            and latest.event_type = 'pending_review'
         where {stored} is null or {stored} <= ?::timestamp + interval 1 day
         order by seq""",
         [as_of],
