@@ -474,7 +474,8 @@ def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[st
     )
     width = len(candidate_columns)
     names = [d[0] for d in cursor.description]
-    assert names[:width] == candidate_columns, "candidate columns changed while reading them"
+    if names[:width] != candidate_columns:
+        raise RuntimeError(f"{CANDIDATES_TABLE} changed while this pass read it; run the pass again")
     candidates: list[dict[str, Any]] = []
     known: dict[str, dict[str, Any]] = {}
     for row in cursor.fetchall():
@@ -649,11 +650,14 @@ def _review_deadline(state: Mapping[str, Any], expiry_days: int) -> datetime:
     return state["occurred_at"] + timedelta(days=expiry_days)
 
 
-def _pending_reviews_due(con: duckdb.DuckDBPyConnection, as_of: datetime) -> list[dict[str, Any]]:
+def _pending_reviews_due(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, shortest_expiry_days: int
+) -> list[dict[str, Any]]:
     """The latest event of every action waiting for review whose deadline may have passed, oldest first.
 
-    SQL narrows by the deadline the request carries, with a day's slack for a deadline written with a UTC
-    offset, and keeps every request whose deadline it cannot read; `_review_deadline` decides exactly."""
+    SQL narrows by the deadline the request carries (with a day's slack for one written with a UTC offset),
+    keeps every request whose deadline it cannot read, and every one old enough to be due by the fallback
+    deadline of any rule; `_review_deadline` decides exactly."""
     stored = "try_cast(json_extract_string(details, '$.review_expires_at') as timestamp)"
     return _rows(
         con,
@@ -668,8 +672,9 @@ def _pending_reviews_due(con: duckdb.DuckDBPyConnection, as_of: datetime) -> lis
             on latest.action_id = events.action_id and latest.seq = events.seq
             and latest.event_type = 'pending_review'
         where {stored} is null or {stored} <= ?::timestamp + interval 1 day
+            or occurred_at + to_days(?) <= ?::timestamp
         order by seq""",
-        [as_of],
+        [as_of, shortest_expiry_days, as_of],
     )
 
 
@@ -680,7 +685,8 @@ def _expire_reviews(
     events: list[ledger.LedgerEvent],
 ) -> int:
     expired = 0
-    for state in _pending_reviews_due(con, as_of):
+    shortest = min([rule.review_expiry_days for rule in rules.values()] + [7])
+    for state in _pending_reviews_due(con, as_of, shortest):
         rule = rules.get(state["rule_id"])
         expiry_days = rule.review_expiry_days if rule else 7
         deadline = _review_deadline(state, expiry_days)

@@ -137,8 +137,8 @@ def test_a_known_candidate_that_stays_withheld_is_not_fetched(tmp_path, status):
 def test_review_expiry_reads_the_stored_deadline_and_falls_back_when_it_is_unreadable(tmp_path):
     con = duckdb.connect(str(tmp_path / "expiry.duckdb"))
     ledger.ensure_schema(con)
-    write_candidates(con, [candidate(f"r{n}", "review") for n in range(3)])
-    propose(con, AS_OF, RULES, ROUTES)  # three review requests, due AS_OF + 3 days (the rule's expiry)
+    write_candidates(con, [candidate(f"r{n}", "review") for n in range(4)])
+    propose(con, AS_OF, RULES, ROUTES)  # four review requests, due AS_OF + 3 days (the rule's expiry)
     states = {s["action_id"]: s for s in ledger.states(con)}
     # r1's request was re-issued with a later deadline; r2's deadline cannot be read (the rule's expiry applies)
     later = ledger.next_event(
@@ -155,10 +155,20 @@ def test_review_expiry_reads_the_stored_deadline_and_falls_back_when_it_is_unrea
         "test",
         details={"review_expires_at": "soon"},
     )
-    ledger.append(con, [later, unreadable])
+    # r3's deadline reads as 2026-09-20 in SQL but not in Python, which falls back to the rule's expiry
+    foreign = ledger.next_event(
+        states["r3"],
+        "pending_review",
+        AS_OF + timedelta(days=1, hours=1),
+        "test",
+        details={"review_expires_at": "2026-09-20 09:00:00 UTC"},
+    )
+    ledger.append(con, [later, unreadable, foreign])
     assert propose(con, AS_OF + timedelta(days=3, minutes=59), RULES, ROUTES).expired == 1  # r0 only
-    assert propose(con, AS_OF + timedelta(days=4, hours=1), RULES, ROUTES).expired == 1  # r2: 3 days after
+    assert (
+        propose(con, AS_OF + timedelta(days=4, hours=1), RULES, ROUTES).expired == 2
+    )  # r2 and r3: 3 days after
     assert propose(con, datetime(2026, 9, 20, 8, 59), RULES, ROUTES).expired == 0
     assert propose(con, datetime(2026, 9, 20, 9), RULES, ROUTES).expired == 1
-    assert {s["action_id"] for s in ledger.states(con, ["expired"])} == {"r0", "r1", "r2"}
+    assert {s["action_id"] for s in ledger.states(con, ["expired"])} == {"r0", "r1", "r2", "r3"}
     con.close()
