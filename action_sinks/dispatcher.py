@@ -206,6 +206,24 @@ def _due(rows: list[dict[str, Any]], max_attempts: int) -> list[dict[str, Any]]:
     return due
 
 
+def _candidates_due(con: duckdb.DuckDBPyConnection, max_attempts: int) -> list[dict[str, Any]]:
+    """The current state of every action that may be due, oldest first, in one query.
+
+    SQL leaves out what can never be due (below level 3, failed for good after its last attempt), so
+    the failures that pile up over months are not read on every pass; `_due` decides exactly (a
+    `not_sent` failure is kept whenever its details name it)."""
+    cursor = con.execute(
+        f"""select * from ops.action_state
+        where event_type in ('approved', 'sending', 'failed') and maturity_level >= {MIN_DISPATCH_LEVEL}
+          and (event_type <> 'failed'
+               or (retryable and (coalesce(attempt, 1) < ? or contains(coalesce(details, ''), 'not_sent'))))
+        order by seq""",
+        [max_attempts],
+    )
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
 def _send_windows(
     con: duckdb.DuckDBPyConnection, due: list[dict[str, Any]], as_of: datetime
 ) -> dict[str, datetime]:
@@ -776,8 +794,7 @@ def dispatch(
     if sinks is None:
         sinks = build_sinks()
     ledger.ensure_schema(con)
-    rows = ledger.states(con, event_types=["approved", "failed", "sending"])
-    due = _due(rows, max_attempts)
+    due = _due(_candidates_due(con, max_attempts), max_attempts)
     if limit is not None:
         due = due[: max(limit, 0)]
     report = DispatchReport(as_of=as_of, due=len(due))

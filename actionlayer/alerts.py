@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
+import pyarrow as pa
 
 from action_sinks.base import OutboundMessage, Sink
 
@@ -57,15 +58,38 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 def raise_alerts(con: duckdb.DuckDBPyConnection, alerts: list[Alert], as_of: datetime) -> int:
     """Record alerts (an alert raised before is not raised again); returns how many are new."""
     ensure_schema(con)
-    new = 0
-    for alert in alerts:
+    if not alerts:
+        return 0
+    columns = {
+        "alert_id": [alert.alert_id for alert in alerts],
+        "kind": [alert.kind for alert in alerts],
+        "rule_id": [alert.rule_id for alert in alerts],
+        "recipient": [alert.recipient for alert in alerts],
+        "subject": [alert.subject for alert in alerts],
+        "message": [alert.message for alert in alerts],
+        "position": list(range(len(alerts))),
+    }
+    frame = pa.table(
+        {
+            name: pa.array(values, type=pa.int64() if name == "position" else pa.string())
+            for name, values in columns.items()
+        }
+    )
+    con.register("_alerts_batch", frame)
+    try:
+        # one insert for the whole batch; an alert named twice in it is raised once (the first, as before)
         inserted = con.execute(
-            "insert into ops.alerts (alert_id, raised_at, kind, rule_id, recipient, subject, message) "
-            "values (?, ?, ?, ?, ?, ?, ?) on conflict do nothing returning alert_id",
-            [alert.alert_id, as_of, alert.kind, alert.rule_id, alert.recipient, alert.subject, alert.message],
+            """insert into ops.alerts (alert_id, raised_at, kind, rule_id, recipient, subject, message)
+            select alert_id, ?, kind, rule_id, recipient, subject, message
+            from _alerts_batch
+            qualify row_number() over (partition by alert_id order by position) = 1
+            order by position
+            on conflict do nothing""",
+            [as_of],
         ).fetchall()
-        new += len(inserted)
-    return new
+    finally:
+        con.unregister("_alerts_batch")
+    return int(inserted[0][0]) if inserted else 0
 
 
 def send_pending(con: duckdb.DuckDBPyConnection, sinks: Mapping[str, Sink], as_of: datetime) -> list[str]:

@@ -53,6 +53,9 @@ def _reason_values(candidate: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _matches(rule: EscalationRule, candidate: Mapping[str, Any]) -> list[str]:
+    if not rule.fields or not (rule.keywords or rule.patterns):
+        # nothing to search for (most rules): skip reading the reason of every candidate of a large pass
+        return []
     values = {**_reason_values(candidate), **{k: v for k, v in candidate.items() if k != "reason"}}
     found: list[str] = []
     for field in rule.fields:

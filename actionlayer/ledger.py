@@ -69,9 +69,13 @@ create table if not exists ops.action_ledger (
     details          varchar
 );
 create or replace view ops.action_state as
-with ranked as (
-    select *, row_number() over (partition by action_id order by seq desc) as recency
-    from ops.action_ledger
+with latest as (
+    -- each action's newest seq, joined back: far cheaper than ranking whole rows with a window
+    select action_id, max(seq) as seq from ops.action_ledger group by action_id
+),
+ranked as (
+    select events.* from ops.action_ledger as events
+    semi join latest on latest.action_id = events.action_id and latest.seq = events.seq
 ),
 proposals as (
     select action_id, message_subject as proposed_subject, message_body as proposed_body,
@@ -87,14 +91,13 @@ approved_messages as (
     from ops.action_ledger
     where event_type = 'approved' and (message_subject is not null or message_body is not null)
 )
-select ranked.* exclude (recency), proposals.proposed_subject, proposals.proposed_body,
+select ranked.*, proposals.proposed_subject, proposals.proposed_body,
        proposals.proposed_recipient, proposals.proposed_at, proposals.message_format,
        coalesce(approved_messages.approved_subject, proposals.proposed_subject) as send_subject,
        coalesce(approved_messages.approved_body, proposals.proposed_body) as send_body
 from ranked
 left join proposals using (action_id)
-left join approved_messages using (action_id)
-where recency = 1;
+left join approved_messages using (action_id);
 """
 
 # Identity fields are copied from the proposal onto every later event of the same action.
@@ -320,8 +323,9 @@ def states(
     if action_ids is not None:
         if not action_ids:
             return []
-        clauses.append(f"action_id in ({', '.join('?' for _ in action_ids)})")
-        params.extend(action_ids)
+        # one list parameter joined as a set: a placeholder per id makes a long IN list slow to bind and plan
+        clauses.append("action_id in (select unnest(?::varchar[]))")
+        params.append(list(action_ids))
     where = f"where {' and '.join(clauses)}" if clauses else ""
     return _rows(con.execute(f"select * from ops.action_state {where} order by seq", params))
 

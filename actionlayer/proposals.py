@@ -425,6 +425,67 @@ def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
     }
 
 
+_STATE_PREFIX = "_state__"
+
+
+def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The candidates this pass has something to write for, in the pass's order (priority, then action id),
+    and the latest ledger event of those already in the ledger, in one query over the whole set.
+
+    A candidate comes back when the ledger has no event of its action (it is new), or when its action's latest
+    event is a suppression and the candidate is now eligible (the suppression lifted) or suppressed for what may
+    be another kind (the exact kind test is `_suppression_kind`; SQL only narrows). An unchanged candidate build
+    therefore returns no rows at all.
+    """
+    candidate_columns = [
+        name
+        for (name,) in con.execute(f"select name from pragma_table_info('{CANDIDATES_TABLE}')").fetchall()
+    ]
+    ledger_columns = [
+        name
+        for (name,) in con.execute(f"select name from pragma_table_info('{ledger.LEDGER_TABLE}')").fetchall()
+    ]
+    state_columns = ", ".join(f'latest."{name}" as "{_STATE_PREFIX}{name}"' for name in ledger_columns)
+    kind = "trim(split_part(coalesce({}, ''), ':', 1))"
+    cursor = con.execute(
+        f"""with latest as (
+            -- narrow: only the latest event's seq, type and result of each candidate's action
+            select action_id, max(seq) as seq, arg_max(event_type, seq) as event_type,
+                   arg_max(result, seq) as result
+            from {ledger.LEDGER_TABLE}
+            where action_id in (select action_id from {CANDIDATES_TABLE})
+            group by action_id
+        ),
+        work as (
+            select candidates.*, latest.seq as _latest_seq
+            from {CANDIDATES_TABLE} as candidates
+            left join latest using (action_id)
+            where latest.seq is null
+                or (latest.event_type = 'suppressed'
+                    and (candidates.journey_status = 'eligible'
+                         or (candidates.journey_status = 'suppressed'
+                             and {kind.format("candidates.journey_reason")} <> {kind.format("latest.result")})))
+        )
+        select work.* exclude (_latest_seq), {state_columns}
+        from work
+        left join {ledger.LEDGER_TABLE} as latest
+            on latest.action_id = work.action_id and latest.seq = work._latest_seq
+        order by work.priority desc, work.action_id"""
+    )
+    width = len(candidate_columns)
+    names = [d[0] for d in cursor.description]
+    if names[:width] != candidate_columns:
+        raise RuntimeError(f"{CANDIDATES_TABLE} changed while this pass read it; run the pass again")
+    candidates: list[dict[str, Any]] = []
+    known: dict[str, dict[str, Any]] = {}
+    for row in cursor.fetchall():
+        candidate = dict(zip(candidate_columns, row[:width], strict=True))
+        candidates.append(candidate)
+        if row[width] is not None:  # the latest event's seq: the action is in the ledger
+            known[candidate["action_id"]] = dict(zip(ledger_columns, row[width:], strict=True))
+    return candidates, known
+
+
 def propose(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
@@ -441,12 +502,13 @@ def propose(
     con.execute(RULE_RUNS_DDL)
     routes = routes if routes is not None else load_escalation_routes()
     report = ProposalReport(as_of=as_of)
-    candidates = _rows(con, f"select * from {CANDIDATES_TABLE} order by priority desc, action_id")
-    report.candidates = len(candidates)
-    known = {
-        row["action_id"]: row for row in ledger.states(con, action_ids=[c["action_id"] for c in candidates])
-    }
-    totals = Counter(c["rule_id"] for c in candidates)
+    totals: Counter[str] = Counter(
+        dict(con.execute(f"select rule_id, count(*) from {CANDIDATES_TABLE} group by 1").fetchall())
+    )
+    report.candidates = sum(totals.values())
+    report.unknown_rules = {rule_id for rule_id in totals if rule_id not in rules}
+    # one anti-join decides the pass: only candidates that are new or whose suppression changed come back
+    candidates, known = _work(con)
     new_counts = Counter(
         c["rule_id"]
         for c in candidates
@@ -458,7 +520,6 @@ def propose(
     for candidate in candidates:
         rule = rules.get(candidate["rule_id"])
         if rule is None:
-            report.unknown_rules.add(candidate["rule_id"])
             continue
         status = candidate.get("journey_status")
         state = known.get(candidate["action_id"])
@@ -589,6 +650,34 @@ def _review_deadline(state: Mapping[str, Any], expiry_days: int) -> datetime:
     return state["occurred_at"] + timedelta(days=expiry_days)
 
 
+def _pending_reviews_due(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, shortest_expiry_days: int
+) -> list[dict[str, Any]]:
+    """The latest event of every action waiting for review whose deadline may have passed, oldest first.
+
+    SQL narrows by the deadline the request carries (with a day's slack for one written with a UTC offset),
+    keeps every request whose deadline it cannot read, and every one old enough to be due by the fallback
+    deadline of any rule; `_review_deadline` decides exactly."""
+    stored = "try_cast(json_extract_string(details, '$.review_expires_at') as timestamp)"
+    return _rows(
+        con,
+        f"""with latest as (
+            select action_id, max(seq) as seq, arg_max(event_type, seq) as event_type
+            from {ledger.LEDGER_TABLE}
+            where action_id in (select action_id from {ledger.LEDGER_TABLE} where event_type = 'pending_review')
+            group by action_id
+        )
+        select events.* from {ledger.LEDGER_TABLE} as events
+        semi join latest
+            on latest.action_id = events.action_id and latest.seq = events.seq
+            and latest.event_type = 'pending_review'
+        where {stored} is null or {stored} <= ?::timestamp + interval 1 day
+            or occurred_at + to_days(?) <= ?::timestamp
+        order by seq""",
+        [as_of, shortest_expiry_days, as_of],
+    )
+
+
 def _expire_reviews(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
@@ -596,7 +685,8 @@ def _expire_reviews(
     events: list[ledger.LedgerEvent],
 ) -> int:
     expired = 0
-    for state in ledger.states(con, ["pending_review"]):
+    shortest = min([rule.review_expiry_days for rule in rules.values()] + [7])
+    for state in _pending_reviews_due(con, as_of, shortest):
         rule = rules.get(state["rule_id"])
         expiry_days = rule.review_expiry_days if rule else 7
         deadline = _review_deadline(state, expiry_days)

@@ -284,16 +284,15 @@ def _histories(con: duckdb.DuckDBPyConnection, action_ids: Sequence[str]) -> dic
     found: dict[str, _History] = {action_id: _History() for action_id in action_ids}
     if not action_ids:
         return found
-    placeholders = ", ".join("?" for _ in action_ids)
     cursor = con.execute(
         f"""
         select action_id, event_type, occurred_at, actor, approver_email, message_subject, message_body, details
         from {ledger.LEDGER_TABLE}
-        where action_id in ({placeholders})
+        where action_id in (select unnest(?::varchar[]))
           and event_type in ('proposed', 'pending_review', 'approved', 'rejected')
         order by seq
         """,
-        list(action_ids),
+        [list(action_ids)],
     )
     for action_id, event_type, occurred_at, actor, approver, subject, body, raw_details in cursor.fetchall():
         history = found[action_id]
