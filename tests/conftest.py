@@ -10,7 +10,9 @@ broken row is a large share of an object; for its tests the object-level quality
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,18 +34,6 @@ if _WORKER:
     os.environ.setdefault("DBT_TARGET_PATH", str(_scratch))
     os.environ.setdefault("DBT_LOG_PATH", str(_scratch / "logs"))
     os.environ.setdefault("DAGSTER_HOME", str(_scratch / "dagster_home"))
-
-# Files whose tests share a session fixture run on one worker, so it is built once; every other file is a
-# group of its own, so module fixtures are built once too (xdist's --dist loadgroup).
-_SHARED_GROUPS = {"test_demo_coverage.py": "quick_demo", "test_demo_learning.py": "quick_demo"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            name = item.path.name
-            item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, name)))
 
 
 @pytest.fixture(autouse=True)
@@ -72,33 +62,45 @@ class QuickDemo:
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> QuickDemo:
-    workdir = tmp_path_factory.mktemp("quick_demo")
+    # Under xdist every worker is its own session: they share one run in the folder all workers' temp dirs
+    # live in. The first worker to need it builds it under a file lock; the others wait, then read it.
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if _WORKER else root
+    workdir = root / "quick_demo"
     data = workdir / "data"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ACTIONLAYER_")},
-        "ACTIONLAYER_DATA": str(data),
-        "ACTIONLAYER_DB": str(data / "actionlayer.duckdb"),
-        "DAGSTER_HOME": str(data / "dagster_home"),
-        "ACTIONLAYER_CONFIG": str(workdir / "no-settings.yml"),
-        "ACTIONLAYER_REVIEW_SECRET": "c0ve" * 16,
-        "COLUMNS": "200",
-    }
+    printed = workdir / "stdout.txt"
     config = load_demo_config(size=QUICK_DEMO_SIZE)
-    run = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("actionlayer")),
-            "demo",
-            "--size",
-            QUICK_DEMO_SIZE,
-            "--seed",
-            str(config.seed),
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "What each rule did and what it was worth" in run.stdout
-    return QuickDemo(data=data, config=config, stdout=run.stdout)
+    with open(root / "quick_demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not printed.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("ACTIONLAYER_")},
+                "ACTIONLAYER_DATA": str(data),
+                "ACTIONLAYER_DB": str(data / "actionlayer.duckdb"),
+                "DAGSTER_HOME": str(data / "dagster_home"),
+                "ACTIONLAYER_CONFIG": str(workdir / "no-settings.yml"),
+                "ACTIONLAYER_REVIEW_SECRET": "c0ve" * 16,
+                "COLUMNS": "200",
+            }
+            run = subprocess.run(
+                [
+                    str(Path(sys.executable).with_name("actionlayer")),
+                    "demo",
+                    "--size",
+                    QUICK_DEMO_SIZE,
+                    "--seed",
+                    str(config.seed),
+                ],
+                cwd=PROJECT_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+            printed.write_text(run.stdout, encoding="utf-8")
+    stdout = printed.read_text(encoding="utf-8")
+    assert "What each rule did and what it was worth" in stdout
+    return QuickDemo(data=data, config=config, stdout=stdout)
