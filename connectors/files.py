@@ -306,30 +306,42 @@ def _timezones() -> list[str]:
     return sorted(zoneinfo.available_timezones())
 
 
-def _timestamp_parts(raw: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-    """(shape matched, local datetime or null when impossible, UTC naive datetime)."""
-    groups = raw.str.strip_chars().str.extract_groups(_TIMESTAMP_RE)
-    date = groups.struct.field("1")
+def _timestamp_stages(name: str) -> tuple[pl.Expr, list[pl.Expr]]:
+    """Columns that parse one timestamp column, in two `with_columns` stages so the regex and the date
+    parse run once per value (eager polars does not share repeated subexpressions): first the regex
+    groups, then the local and UTC datetimes. `_timestamp_parts` reads them back."""
+    groups = pl.col(name).str.strip_chars().str.extract_groups(_TIMESTAMP_RE).alias(f"_ts_groups_{name}")
+    parts = pl.col(f"_ts_groups_{name}")
     text = pl.concat_str(
         [
-            date,
+            parts.struct.field("1"),
             pl.lit(" "),
-            groups.struct.field("2").fill_null("00:00"),
+            parts.struct.field("2").fill_null("00:00"),
             pl.lit(":"),
-            groups.struct.field("3").fill_null("00"),
+            parts.struct.field("3").fill_null("00"),
             pl.lit("."),
-            groups.struct.field("4").fill_null("0").str.slice(0, 6).str.pad_end(6, "0"),
+            parts.struct.field("4").fill_null("0").str.slice(0, 6).str.pad_end(6, "0"),
         ]
     )
     # Non-strict parsing yields null for calendar-impossible values (2026-02-31, 24:00) of a valid shape.
     local = text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S%.f", strict=False)
-    offset = groups.struct.field("5")
+    offset = parts.struct.field("5")
     digits = offset.str.replace_all(":", "")
     minutes = pl.when(offset.str.starts_with("-")).then(-1).otherwise(1) * (
         digits.str.slice(1, 2).cast(pl.Int64, strict=False).fill_null(0) * 60
         + digits.str.slice(3, 2).cast(pl.Int64, strict=False).fill_null(0)
     )
-    return date.is_not_null(), local, local - pl.duration(minutes=minutes)
+    return groups, [
+        local.alias(f"_ts_local_{name}"),
+        (local - pl.duration(minutes=minutes)).alias(f"_ts_utc_{name}"),
+    ]
+
+
+def _timestamp_parts(name: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(shape matched, local datetime or null when impossible, UTC naive datetime), from the columns
+    `_timestamp_stages` added."""
+    shaped = pl.col(f"_ts_groups_{name}").struct.field("1").is_not_null()
+    return shaped, pl.col(f"_ts_local_{name}"), pl.col(f"_ts_utc_{name}")
 
 
 def _column_check(col: Column, as_of: datetime, timezones: list[str]) -> tuple[pl.Expr, pl.Expr]:
@@ -377,7 +389,7 @@ def _column_check(col: Column, as_of: datetime, timezones: list[str]) -> tuple[p
         checks.append((outside, "score_out_of_range"))
         value = pl.when(number.is_between(SCORE_MIN, SCORE_MAX)).then(number).cast(pl.Int32)
     elif kind in (Kind.EVENT_TS, Kind.PLANNED_TS):
-        shaped, local, utc = _timestamp_parts(raw)
+        shaped, local, utc = _timestamp_parts(col.name)
         checks.append((shaped.not_(), "unparseable"))
         checks.append((local.is_null(), "impossible_date"))
         if kind is Kind.EVENT_TS:
@@ -459,12 +471,19 @@ def _validate(
     ]
     code_columns = [(f"_code_{key}_missing", key), (f"_code_{key}_conflict", key)]
     values: list[pl.Expr] = []
+    stamps = [c.name for c in obj.columns if c.kind in (Kind.EVENT_TS, Kind.PLANNED_TS)]
+    staged = [_timestamp_stages(name) for name in stamps]
+    if staged:
+        df = df.with_columns(groups for groups, _ in staged)
+        df = df.with_columns(expr for _, exprs in staged for expr in exprs)
     for col in obj.columns:
         code, value = _column_check(col, as_of, timezones)
         codes.append(code.alias(f"_code_{col.name}"))
         code_columns.append((f"_code_{col.name}", col.name))
         values.append(value.alias(f"_value_{col.name}"))
-    df = df.with_columns(*codes, *values)
+    df = df.with_columns(*codes, *values).drop(
+        [f"_ts_{stage}_{name}" for name in stamps for stage in ("groups", "local", "utc")]
+    )
 
     # References last: a row that is broken in itself says so rather than blaming its parent.
     for col in obj.references:
