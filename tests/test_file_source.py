@@ -558,6 +558,15 @@ def test_fingerprints_change_when_a_file_changes(tmp_path: Path) -> None:
     stat = (folder / "deals.csv").stat()
     os.utime(folder / "deals.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert folder_fingerprint(folder) != before
+    # the object fingerprint is the content's: a touched file is the same file, and a rewrite of the same
+    # size under the same mtime (within the file system's timestamp granularity) is a different one
+    assert object_fingerprint(folder / "deals.csv") == single
+    content = bytearray((folder / "deals.csv").read_bytes())
+    first_value = content.index(b"\n") + 1
+    content[first_value] = ord("X") if content[first_value] != ord("X") else ord("Y")
+    (folder / "deals.csv").write_bytes(bytes(content))
+    os.utime(folder / "deals.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (folder / "deals.csv").stat().st_size == stat.st_size
     assert object_fingerprint(folder / "deals.csv") != single
 
 
