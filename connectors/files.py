@@ -22,6 +22,9 @@ Decisions other parts rely on:
   checked (a warning says so).
 - Each object is written in its own transaction (raw table, quarantine rows, load_log row), so the
   caller's connection must not be inside a transaction already.
+- A folder pass does not read an object whose inputs (file content and path, source, quality settings,
+  parents' inputs) equal those of its last load and whose result could not differ at this as-of; it logs
+  status `unchanged` and leaves raw, quarantine and history as they are (see `load_folder`).
 - Known limits: currency is checked for shape (three letters), not against the ISO 4217 list; email
   addresses must be ASCII; a CSV with ragged rows or invalid UTF-8 refuses the whole object.
 """
