@@ -290,7 +290,9 @@ def history_range(con: duckdb.DuckDBPyConnection) -> HistoryRange:
         "select count(*) from information_schema.tables where table_schema = 'ops' and table_name = 'load_log'",
     )[0][0]
     if loaded and first is not None:
-        latest_load = _run(con, "select max(as_of) from ops.load_log where status = 'loaded'")[0][0]
+        latest_load = _run(
+            con, "select max(as_of) from ops.load_log where status in ('loaded', 'unchanged')"
+        )[0][0]
         if latest_load is not None and last is not None:
             last = max(last, latest_load)
     return HistoryRange(first=first, last=last, rows=rows)

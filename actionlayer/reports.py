@@ -47,6 +47,10 @@ def load_summary_lines(con: duckdb.DuckDBPyConnection, as_of: datetime) -> tuple
                     for code, count, keys in reasons.get(obj, [])
                 ]
                 line += " (" + "; ".join(parts) + ")"
+        elif status == "unchanged":
+            # kept as last loaded: its still-quarantined rows are as much a problem as when they were loaded
+            problems = problems or bool(reasons.get(obj))
+            line = f"{obj}: {message}"
         else:
             problems = problems or status == "refused"
             line = f"{obj}: {status}: {message}"

@@ -178,8 +178,8 @@ def record_history(con: duckdb.DuckDBPyConnection, objects: Sequence[str], as_of
 def record_load_history(con: duckdb.DuckDBPyConnection, load_report: LoadReport) -> HistoryReport:
     """Record history for every object a `LoadReport` (load_folder / load_frames) loaded, at its as-of.
 
-    The file source's asset calls this right after `load_folder`. Refused and skipped objects keep
-    their history as it was: their raw tables did not change.
+    The file source's asset calls this right after `load_folder`. Refused, skipped and unchanged objects
+    keep their history as it was: their raw tables did not change.
     """
     loaded = [name for name, result in load_report.objects.items() if result.status == "loaded"]
     return record_history(con, loaded, load_report.as_of)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from actionlayer.contract import OBJECTS, raw_ddl
-from connectors.files import folder_fingerprint, load_folder, object_fingerprint
+from actionlayer.contract import OBJECT_NAMES, OBJECTS, raw_ddl
+from actionlayer.reports import load_summary_lines
+from actionlayer.settings import QualityPolicy
+from connectors.files import LoadReport, folder_fingerprint, load_folder, object_fingerprint
+from connectors.history import record_load_history
 from tests.sync_support import quarantine_rows as quarantine
 
 # small fixtures: one broken row is a large share of an object (see conftest.py)
@@ -558,9 +562,184 @@ def test_fingerprints_change_when_a_file_changes(tmp_path: Path) -> None:
     stat = (folder / "deals.csv").stat()
     os.utime(folder / "deals.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert folder_fingerprint(folder) != before
+    # the object fingerprint is the content's: a touched file is the same file, and a rewrite of the same
+    # size under the same mtime (within the file system's timestamp granularity) is a different one
+    assert object_fingerprint(folder / "deals.csv") == single
+    content = bytearray((folder / "deals.csv").read_bytes())
+    first_value = content.index(b"\n") + 1
+    content[first_value] = ord("X") if content[first_value] != ord("X") else ord("Y")
+    (folder / "deals.csv").write_bytes(bytes(content))
+    os.utime(folder / "deals.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (folder / "deals.csv").stat().st_size == stat.st_size
     assert object_fingerprint(folder / "deals.csv") != single
 
 
 def test_raw_ddl_matches_contract_order() -> None:
     ddl = raw_ddl("nps_responses")
     assert ddl.index("response_id VARCHAR") < ddl.index("score INTEGER") < ddl.index("_loaded_at TIMESTAMP")
+
+
+# --------------------------------------------------------------------------- unchanged objects
+
+DAY_AFTER = datetime(2026, 11, 24, 9, 0, 0)
+DESCENDANTS = {
+    "accounts": set(OBJECT_NAMES),
+    "contacts": {"contacts", "deals", "activities", "invoices", "tickets", "nps_responses"},
+    "deals": {"deals", "activities"},
+    "activities": {"activities"},
+}
+
+
+def _pass(con: duckdb.DuckDBPyConnection, folder: Path, as_of: datetime, **kwargs) -> LoadReport:
+    """One folder pass as the file source's asset makes it: the load, then the history of what it loaded."""
+    report = load_folder(con, folder, as_of, **kwargs)
+    record_load_history(con, report)
+    return report
+
+
+def _state(con: duckdb.DuckDBPyConnection) -> dict[str, list]:
+    state = _snapshot(con)
+    for name in OBJECTS:
+        state[f"hist.{name}"] = con.execute(f"select * from hist.{name} order by all").fetchall()
+    state["ops.drift_events"] = con.execute("select * from ops.drift_events order by all").fetchall()
+    return state
+
+
+def _statuses(report: LoadReport) -> dict[str, str]:
+    return {name: result.status for name, result in report.objects.items()}
+
+
+def _reloaded(report: LoadReport) -> set[str]:
+    return {name for name, status in _statuses(report).items() if status != "unchanged"}
+
+
+def test_second_pass_over_an_unchanged_folder_keeps_every_object(tmp_path: Path, con) -> None:
+    data = world()
+    data["contacts"][3]["email"] = "nope"  # one quarantined row, kept as it is
+    folder = write_world(tmp_path / "sor", data)
+    first = _pass(con, folder, AS_OF)
+    assert set(_statuses(first).values()) == {"loaded"}
+    before = _state(con)
+    for path in folder.iterdir():  # touched, not changed: the content decides
+        os.utime(path)
+
+    second = _pass(con, folder, DAY_AFTER)
+    assert _statuses(second) == dict.fromkeys(OBJECT_NAMES, "unchanged")
+    assert _state(con) == before  # raw (incl. _loaded_at), quarantine, history and drift untouched
+    contacts = second.objects["contacts"]
+    assert contacts.rows_read == contacts.rows_loaded == contacts.rows_quarantined == 0
+    assert contacts.rows_kept == 3 and contacts.unchanged_since == AS_OF
+    assert "contacts: unchanged since 2026-11-23 09:00:00, 3 rows kept, 1 still quarantined" in (
+        second.summary_lines()
+    )
+    assert not second.refused and not second.has_problems
+    logged = con.execute(
+        """select object, status, rows_read, rows_loaded, rows_quarantined, fingerprint, input_digest
+        from ops.load_log where as_of = ? order by object""",
+        [DAY_AFTER],
+    ).fetchall()
+    first_digests = {name: result.input_digest for name, result in first.objects.items()}
+    assert [(o, s, r, lo, q) for o, s, r, lo, q, _, _ in logged] == [
+        (name, "unchanged", 0, 0, 0) for name in sorted(OBJECT_NAMES)
+    ]
+    assert {o: d for o, _, _, _, _, _, d in logged} == first_digests
+    assert all(fingerprint for *_, fingerprint, _ in logged)
+
+    # the CLI summary reads the load log: unchanged, what is kept, and the kept quarantine still counts
+    lines, problems = load_summary_lines(con, DAY_AFTER)
+    assert "accounts: unchanged since 2026-11-23 09:00:00, 3 rows kept" in lines
+    assert problems  # contacts still hold a quarantined row
+
+
+@pytest.mark.parametrize("changed", ["activities", "deals", "contacts", "accounts"])
+def test_a_changed_file_reloads_itself_and_the_objects_referencing_it(
+    tmp_path: Path, con, changed: str
+) -> None:
+    data = world()
+    folder = write_world(tmp_path / "sor", data)
+    _pass(con, folder, AS_OF)
+    hist_before = {
+        name: con.execute(f"select count(*) from hist.{name}").fetchone()[0] for name in OBJECT_NAMES
+    }
+    data[changed].pop()  # its last record is gone from the source
+    write_csv(folder, changed, data[changed])
+    report = _pass(con, folder, DAY_AFTER)
+    assert _reloaded(report) == DESCENDANTS[changed]
+    assert all(report.objects[name].status == "loaded" for name in DESCENDANTS[changed])
+    gone = con.execute(f"select count(*) from hist.{changed} where _valid_to = ?", [DAY_AFTER]).fetchone()[0]
+    assert gone >= 1
+    for name in set(OBJECT_NAMES) - DESCENDANTS[changed]:
+        assert con.execute(f"select count(*) from hist.{name}").fetchone()[0] == hist_before[name]
+    # and the pass after that keeps everything again
+    assert set(_statuses(_pass(con, folder, DAY_AFTER)).values()) == {"unchanged"}
+
+
+def test_a_removed_parent_record_orphans_children_that_a_skip_would_have_kept(tmp_path: Path, con) -> None:
+    data = world()
+    folder = write_world(tmp_path / "sor", data)
+    _pass(con, folder, AS_OF)
+    data["accounts"] = [a for a in data["accounts"] if a["account_id"] != "A3"]
+    write_csv(folder, "accounts", data["accounts"])
+    report = _pass(con, folder, DAY_AFTER)
+    assert report.objects["contacts"].quarantine_counts == {"broken_reference": 1}
+    assert "C4" not in raw_keys(con, "contacts")
+
+
+def test_a_future_timestamp_quarantined_last_time_is_judged_again(tmp_path: Path, con) -> None:
+    data = world()
+    data["activities"][0]["occurred_at"] = "2026-11-25 12:00:00"  # more than a day after AS_OF
+    folder = write_world(tmp_path / "sor", data)
+    first = _pass(con, folder, AS_OF)
+    assert first.objects["activities"].quarantine_counts == {"future_timestamp": 1}
+    # still in the future at the next pass: judged again (and quarantined again), the rest kept
+    report = _pass(con, folder, DAY_AFTER)
+    assert _reloaded(report) == {"activities"}
+    assert report.objects["activities"].quarantine_counts == {"future_timestamp": 1}
+    # time moved past it: the row is good now
+    later = datetime(2026, 11, 27, 9, 0)
+    report = _pass(con, folder, later)
+    assert _reloaded(report) == {"activities"}
+    assert report.objects["activities"].rows_quarantined == 0
+    assert con.execute("select count(*) from ops.quarantine where object = 'activities'").fetchone() == (0,)
+    # nothing quarantined for the future any more: the next pass keeps it
+    assert _reloaded(_pass(con, folder, datetime(2026, 11, 28, 9, 0))) == set()
+
+
+def test_an_earlier_as_of_than_the_last_load_reloads(tmp_path: Path, con) -> None:
+    data = world()
+    data["activities"][0]["occurred_at"] = "2026-11-23 12:00:00"  # fine at AS_OF, future two days earlier
+    folder = write_world(tmp_path / "sor", data)
+    _pass(con, folder, AS_OF)
+    replay = datetime(2026, 11, 21, 9, 0)
+    report = _pass(con, folder, replay)
+    assert set(_statuses(report).values()) == {"loaded"}
+    assert report.objects["activities"].quarantine_counts.get("future_timestamp")
+
+
+def test_a_new_folder_path_a_changed_setting_or_a_refusal_in_between_reloads(tmp_path: Path, con) -> None:
+    data = world()
+    folder = write_world(tmp_path / "sor", data)
+    _pass(con, folder, AS_OF)
+    # the same files in another folder are another source
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(folder, moved)
+    assert set(_statuses(_pass(con, moved, AS_OF)).values()) == {"loaded"}
+    # a stricter limit for deals judges deals (and what references them) again
+    strict = QualityPolicy(max_broken_share=1.0, per_object={"deals": 0.5})
+    assert _reloaded(_pass(con, moved, AS_OF, quality=strict)) == DESCENDANTS["deals"]
+    assert _reloaded(_pass(con, moved, AS_OF, quality=strict)) == set()
+    # contacts refused in between (column gone), then restored byte for byte: loaded again
+    original = (moved / "contacts.csv").read_bytes()
+    write_csv(
+        moved, "contacts", data["contacts"], [c for c in OBJECTS["contacts"].column_names if c != "email"]
+    )
+    assert _pass(con, moved, AS_OF, quality=strict).objects["contacts"].status == "refused"
+    (moved / "contacts.csv").write_bytes(original)
+    report = _pass(con, moved, AS_OF, quality=strict)
+    assert report.objects["contacts"].status == "loaded"
+    # deleted and restored: the file is absent for one pass (raw kept), then the same content is kept
+    held = (moved / "tickets.csv").read_bytes()
+    (moved / "tickets.csv").unlink()
+    assert _pass(con, moved, AS_OF, quality=strict).objects["tickets"].status == "skipped"
+    (moved / "tickets.csv").write_bytes(held)
+    assert _pass(con, moved, AS_OF, quality=strict).objects["tickets"].status == "unchanged"

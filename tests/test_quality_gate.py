@@ -9,6 +9,7 @@ fixed the gate opens again on the next load.
 from __future__ import annotations
 
 import csv
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -17,10 +18,12 @@ import duckdb
 import pytest
 
 from actionlayer import transform
+from actionlayer.contract import OBJECT_NAMES
 from actionlayer.demo.world import generate_world, load_demo_config, write_sor
 from actionlayer.reports import quality_gate_lines
 from actionlayer.settings import QualityPolicy, SettingsError, load_quality_policy
 from connectors.files import GATE_MISSING_COLUMN, GATE_TOO_MANY_BROKEN, load_folder
+from connectors.history import record_history
 
 pytestmark = pytest.mark.slow
 
@@ -223,3 +226,91 @@ def test_quality_policy_settings_are_validated_naming_the_key(tmp_path):
         settings.write_text(text)
         with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
             load_quality_policy(settings)
+
+
+def _record_history(db: Path, as_of: datetime) -> None:
+    with duckdb.connect(str(db)) as con:
+        record_history(con, list(OBJECT_NAMES), as_of)
+
+
+def _candidates(db: Path) -> list[tuple]:
+    return _rows(db, "select * from main.action_candidates order by all")
+
+
+def test_candidates_after_an_unchanged_pass_equal_those_after_a_full_reload(world, tmp_path, monkeypatch):
+    db, sor = world
+    _record_history(db, DAY_ONE)
+    full = tmp_path / "full.duckdb"
+    shutil.copyfile(db, full)
+    with duckdb.connect(str(full)) as con:  # forget what was loaded: this copy reads and judges everything
+        con.execute("update ops.load_log set input_digest = null")
+
+    report = _load(db, sor, DAY_TWO)
+    assert {r.status for r in report.objects.values()} == {"unchanged"}
+    assert transform.run("build", DAY_TWO, ["--select", *CANDIDATE_MODELS]).failed() == []
+    kept = (_candidates(db), _rows(db, "select * from main.int_rule_gate order by all"))
+
+    monkeypatch.setenv("ACTIONLAYER_DB", str(full))
+    report = _load(full, sor, DAY_TWO)
+    assert {r.status for r in report.objects.values()} == {"loaded"}
+    _record_history(full, DAY_TWO)
+    assert transform.run("build", DAY_TWO, ["--select", *CANDIDATE_MODELS]).failed() == []
+    assert kept[0], "the small world builds candidates"
+    assert (_candidates(full), _rows(full, "select * from main.int_rule_gate order by all")) == kept
+
+
+def test_an_unchanged_pass_keeps_the_gate_closed_for_a_refused_object(world):
+    db, sor = world
+    _rewrite(sor / "deals.csv", lambda i, row: {**row, "amount": "-1"} if i % 2 == 0 else row)
+    assert _load(db, sor, DAY_TWO).objects["deals"].status == "refused"
+    _record_history(db, DAY_TWO)
+    report = _load(db, sor, DAY_THREE)
+    # a refused load is never kept: deals is judged (and refused) again, the rest is unchanged
+    assert {n for n, r in report.objects.items() if r.status != "unchanged"} == {"deals", "activities"}
+    assert report.objects["deals"].status == "refused"
+    report = _load(db, sor, DAY_THREE)
+    assert report.objects["deals"].status == "refused"
+    assert transform.run("build", DAY_THREE, ["--select", *CANDIDATE_MODELS]).failed() == []
+    assert _rows(db, "select object_name from main.int_object_quality_gate where blocked") == [("deals",)]
+
+
+def test_dagster_reports_unchanged_objects_without_running_expectations(world):
+    db, sor = world
+    _record_history(db, DAY_ONE)
+    from orchestration.definitions import build_definitions
+    from orchestration.resources import run_config_for
+
+    job = build_definitions([]).resolve_job_def("actionlayer_loop")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            run_config=run_config_for(as_of=DAY_TWO, sor=sor), instance=instance, raise_on_error=False
+        )
+    assert result.success
+    checks = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.asset_check_evaluation_data.asset_key.path[0] == "raw"
+    ]
+    assert len(checks) == 2 * len(OBJECT_NAMES)
+    assert all(c.passed and c.metadata["unchanged"].value is True for c in checks)
+    assert not any("expectations" in c.metadata for c in checks)  # no suite ran
+    raw = [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key.path[0] == "raw"
+    ]
+    assert len(raw) == len(OBJECT_NAMES)
+    assert all(
+        m.metadata["updated"].value is False and m.metadata["status"].value == "unchanged" for m in raw
+    )
+    assert all("unchanged since 2026-09-01 09:00:00" in m.metadata["message"].value for m in raw)
+    materialized = {
+        e.asset_key.to_user_string()
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
+    assert {"action_candidates", "action_ledger", "mart_data_quality"} <= materialized
+    assert _rows(db, "select distinct status from ops.load_log where as_of = ?", [DAY_TWO]) == [
+        ("unchanged",)
+    ]
