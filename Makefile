@@ -16,10 +16,10 @@ setup:
 demo: setup
 	.venv/bin/actionlayer demo
 
-# two xdist workers, one per core; a test file stays on one worker (its module fixtures are built once)
+# two xdist workers, one per core; tests/conftest.py schedules whole test files, the longest first
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/pytest -n 2 --dist loadfile --durations=25
+	.venv/bin/pytest -n 2 --no-loadscope-reorder --durations=25
 
 dev: setup
 	.venv/bin/actionlayer dev

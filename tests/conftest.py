@@ -36,6 +36,38 @@ if _WORKER:
     os.environ.setdefault("DAGSTER_HOME", str(_scratch / "dagster_home"))
 
 
+# Scheduling on xdist workers: a test file is one unit of work (its module fixtures are built once), except
+# that the files reading the quick demo are one unit together, so one worker builds it and none waits on the
+# other's lock. The longest units start first, so the suite does not end on one long file.
+_SHARED_UNITS = {"test_demo_coverage.py": "quick demo", "test_demo_learning.py": "quick demo"}
+_LONGEST_FIRST = (
+    "test_demo_coverage.py",
+    "test_demo_learning.py",
+    "test_loop.py",
+    "test_sources_dagster.py",
+    "test_source_faults.py",
+    "test_quality_gate.py",
+    "test_backtest.py",
+    "test_dagster.py",
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return _SHARED_UNITS.get(Path(path).name, path)
+
+    return FileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within a rank
+
+
 @pytest.fixture(autouse=True)
 def _quality_gate_off_where_asked(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
