@@ -114,10 +114,11 @@ alter table ops.load_log add column if not exists source varchar;
 alter table ops.load_log add column if not exists gate varchar;
 alter table ops.load_log add column if not exists quarantine_counts varchar;
 alter table ops.load_log add column if not exists input_digest varchar;
+alter table ops.load_log add column if not exists stable_until timestamp;
 """
 _LOG_COLUMNS = (
     "as_of, object, source_file, fingerprint, rows_read, rows_loaded, rows_quarantined, status, message, "
-    "source, gate, quarantine_counts, input_digest"
+    "source, gate, quarantine_counts, input_digest, stable_until"
 )
 # Why a load was refused (ops.load_log.gate); every refusal blocks the rules that read the object.
 GATE_UNREADABLE = "unreadable"
@@ -167,6 +168,9 @@ class ObjectLoad:
     drift: list[DriftEvent] = field(default_factory=list)
     # what the load's outcome depends on besides as-of (file, source, quality settings, parents' inputs)
     input_digest: str | None = None
+    # the first as-of at which this load's result could differ: the earliest timestamp it quarantined as
+    # in the future stops being so then (None: no row depends on as-of)
+    stable_until: datetime | None = None
     # for an unchanged object: the as-of of the load whose result it keeps, and the rows raw still holds
     unchanged_since: datetime | None = None
     rows_kept: int = 0
@@ -444,6 +448,7 @@ class _Validated:
     good: pl.DataFrame
     broken: pl.DataFrame  # raw strings + _row_number + _reason_code + _reason_column
     warnings: list[str]
+    stable_until: datetime | None = None
 
 
 def _validate(
@@ -534,7 +539,18 @@ def _validate(
         .sort(_ROW)
     )
     broken = df.filter(pl.col(_CODE).is_not_null()).sort(_ROW)
-    return _Validated(good=good, broken=broken, warnings=warnings)
+    return _Validated(good=good, broken=broken, warnings=warnings, stable_until=_stable_until(broken, stamps))
+
+
+def _stable_until(broken: pl.DataFrame, stamps: list[str]) -> datetime | None:
+    """The first as-of at which validating the same rows could give another result: a row quarantined as
+    `future_timestamp` (utc > as_of + tolerance) is judged again from its earliest such timestamp on."""
+    future = broken.filter(pl.col(_CODE) == "future_timestamp")
+    if not future.height:
+        return None
+    earliest = (future.filter(pl.col(_COLUMN) == name)[f"_value_{name}"].min() for name in stamps)
+    moments = [moment for moment in earliest if moment is not None]
+    return min(moments) - FUTURE_TOLERANCE if moments else None  # type: ignore[operator]
 
 
 def _show(value: str | None) -> str:
@@ -636,7 +652,7 @@ def _raw_row_count(con: duckdb.DuckDBPyConnection, obj: SorObject) -> int | None
 def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLoad, source: str) -> None:
     _run(
         con,
-        f"insert into {LOAD_LOG_TABLE} ({_LOG_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"insert into {LOAD_LOG_TABLE} ({_LOG_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             as_of,
             result.object,
@@ -651,6 +667,7 @@ def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLo
             result.gate,
             json.dumps(result.quarantine_counts, sort_keys=True) if result.quarantine_counts else None,
             result.input_digest,
+            result.stable_until,
         ],
     )
 
@@ -873,6 +890,7 @@ def _load_one(
             )
     validated = _validate(obj, df, as_of, parents, short)
     report.warnings.extend(validated.warnings)
+    result.stable_until = validated.stable_until
 
     broken = validated.broken
     rows_by_key: dict[str, list[int]] = {}
@@ -991,22 +1009,25 @@ def _keeps_last_load(
     """The last load of `obj` when this pass would reproduce it exactly, else None (load again).
 
     Its latest written load (any source) must have loaded the same inputs (`digest`), at an as-of no later
-    than this one and without quarantining a future timestamp (the only as-of dependent check, and moving
-    forward can only clear it), and its raw table must still be there with its history recorded.
+    than this one and before its `stable_until` (the future-timestamp check is the only as-of dependent one,
+    and moving forward clears a quarantined timestamp only once the as-of reaches it), and its raw table
+    must still be there with its history recorded.
     """
     rows = _run(
         con,
-        f"""select as_of, status, input_digest, quarantine_counts from {LOAD_LOG_TABLE}
+        f"""select as_of, status, input_digest, quarantine_counts, stable_until from {LOAD_LOG_TABLE}
         where object = ? and status in ('loaded', 'refused') order by rowid desc limit 1""",
         [obj.name],
     )
     if not rows:
         return None
-    last_as_of, status, last_digest, counts = rows[0]
+    last_as_of, status, last_digest, counts, stable_until = rows[0]
     if status != "loaded" or last_digest != digest or last_as_of > as_of:
         return None
-    if counts and json.loads(counts).get("future_timestamp"):
+    if stable_until is not None and as_of >= stable_until:
         return None
+    if stable_until is None and counts and json.loads(counts).get("future_timestamp"):
+        return None  # logged before stable_until was recorded: when it clears is unknown
     # A crash between the load and its history write would otherwise leave hist.* behind for good.
     if not _table_exists(con, "raw", obj.name) or not _table_exists(con, "hist", obj.name):
         return None

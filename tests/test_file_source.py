@@ -6,7 +6,7 @@ import csv
 import json
 import os
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -691,13 +691,19 @@ def test_a_future_timestamp_quarantined_last_time_is_judged_again(tmp_path: Path
     folder = write_world(tmp_path / "sor", data)
     first = _pass(con, folder, AS_OF)
     assert first.objects["activities"].quarantine_counts == {"future_timestamp": 1}
-    # still in the future at the next pass: judged again (and quarantined again), the rest kept
-    report = _pass(con, folder, DAY_AFTER)
-    assert _reloaded(report) == {"activities"}
-    assert report.objects["activities"].quarantine_counts == {"future_timestamp": 1}
-    # time moved past it: the row is good now
-    later = datetime(2026, 11, 27, 9, 0)
-    report = _pass(con, folder, later)
+    # the row stops being "in the future" once as-of + tolerance reaches it (2026-11-24 12:00); until then
+    # judging it again can only give the same result, so the load is kept with the row still quarantined
+    due = datetime(2026, 11, 24, 12, 0)
+    assert con.execute(
+        "select stable_until from ops.load_log where object = 'activities' order by rowid desc limit 1"
+    ).fetchone() == (due,)
+    for before in (DAY_AFTER, due - timedelta(seconds=1)):
+        assert _reloaded(_pass(con, folder, before)) == set()
+        assert con.execute("select count(*) from ops.quarantine where object = 'activities'").fetchone() == (
+            1,
+        )
+    # from that moment on it is judged again: the row is good now
+    report = _pass(con, folder, due)
     assert _reloaded(report) == {"activities"}
     assert report.objects["activities"].rows_quarantined == 0
     assert con.execute("select count(*) from ops.quarantine where object = 'activities'").fetchone() == (0,)
