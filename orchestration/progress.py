@@ -40,30 +40,45 @@ def stage_name(step_key: str) -> str:
 
 
 class StepProgress:
-    """An instance event listener for one run (`DagsterInstance.add_event_listener`)."""
+    """An instance event listener for one run (`DagsterInstance.add_event_listener`); `settle` reports, from
+    the run's result, any step whose end the listener did not see, so every stage is printed once."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self._counts: dict[str, dict[str, int]] = defaultdict(dict)
         self._models: dict[str, int] = defaultdict(int)
+        self._finished: set[str] = set()
 
     def __call__(self, entry: Any) -> None:
-        event = entry.dagster_event
-        step = entry.step_key
-        if event is None or step is None:
-            return
+        if entry.dagster_event is not None and entry.step_key is not None:
+            self.handle(entry.step_key, entry.dagster_event)
+
+    def settle(self, events: Any) -> None:
+        missed = [e for e in events if e.step_key and e.step_key not in self._finished]
+        self._counts.clear()
+        self._models.clear()
+        for event in missed:
+            if event.event_type_value != "STEP_START":
+                self.handle(event.step_key, event)
+
+    def handle(self, step: str, event: Any) -> None:
         kind = event.event_type_value
         stage = stage_name(step)
+        if step in self._finished:
+            return
         if kind == "STEP_START":
             self.progress.start(stage)
         elif kind == "ASSET_MATERIALIZATION":
             self._count(step, event.step_materialization_data.materialization.metadata)
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+            self._finished.add(step)
             counts = dict(self._counts.pop(step, {}))
             models = self._models.pop(step, 0)
             if step in ("decision_models", "outcome_marts") and models:
                 counts = {"models": models, **counts}
-            self.progress.finish(stage, counts, failed=kind == "STEP_FAILURE")
+            duration = getattr(event.event_specific_data, "duration_ms", None)
+            seconds = duration / 1000 if isinstance(duration, int | float) else None
+            self.progress.finish(stage, counts, seconds=seconds, failed=kind == "STEP_FAILURE")
 
     def _count(self, step: str, metadata: dict[str, Any]) -> None:
         self._models[step] += 1

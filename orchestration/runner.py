@@ -57,8 +57,9 @@ def run_job(
     selection = [dg.AssetKey.from_user_string(name) for name in asset_names] if asset_names else None
     run_id = str(uuid.uuid4())  # known before the run starts, so the listener can subscribe to it
     with dg.DagsterInstance.get() as instance:
-        if progress is not None:
-            instance.add_event_listener(run_id, StepProgress(progress))
+        listener = StepProgress(progress) if progress is not None else None
+        if listener is not None:
+            instance.add_event_listener(run_id, listener)
         result = job.execute_in_process(
             run_id=run_id,
             # the full event log is in the instance (and the UI); the CLI prints its own summary from the database
@@ -70,6 +71,8 @@ def run_job(
             asset_selection=selection,
             tags={"actionlayer/as_of": as_of.isoformat(), "actionlayer/trigger": "cli", **(tags or {})},
         )
+        if listener is not None:
+            listener.settle(result.all_events)
         failures = [
             f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
             for event in result.all_events

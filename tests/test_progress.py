@@ -59,8 +59,9 @@ class _Materialization:
 
 
 class _Event:
-    def __init__(self, kind: str, metadata: dict | None = None) -> None:
+    def __init__(self, kind: str, metadata: dict | None = None, duration_ms: float | None = None) -> None:
         self.event_type_value = kind
+        self.event_specific_data = type("S", (), {"duration_ms": duration_ms})
         if metadata is not None:
             self.step_materialization_data = type("D", (), {"materialization": _Materialization(metadata)})
 
@@ -86,3 +87,28 @@ def test_step_listener_sums_row_counts_over_a_steps_materializations() -> None:
     assert lines[0].startswith("load + quality gate: done in ")
     assert lines[0].endswith("(15 rows loaded, 1 rows quarantined)")
     assert lines[1].startswith("decision models: FAILED after ") and lines[1].endswith("(1 models)")
+
+
+def test_a_step_end_the_listener_missed_is_reported_once_from_the_run_result() -> None:
+    progress, out = _piped()
+    listener = StepProgress(progress)
+    listener(_Entry("action_ledger", _Event("STEP_START")))
+    listener(_Entry("action_ledger", _Event("STEP_SUCCESS")))
+    # the run's own event list, with the marts' end that never reached the listener
+    events = [
+        _StepEvent("action_ledger", _Event("STEP_SUCCESS")),
+        _StepEvent("outcome_marts", _Event("STEP_START")),
+        _StepEvent("outcome_marts", _Event("ASSET_MATERIALIZATION", {})),
+        _StepEvent("outcome_marts", _Event("STEP_SUCCESS", duration_ms=2500)),
+    ]
+    listener.settle(events)
+    listener.settle(events)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["proposals / ledger", "marts"]
+    assert lines[1] == "marts: done in 2.5 s (1 models)"
+
+
+class _StepEvent(_Event):
+    def __init__(self, step: str, event: _Event) -> None:
+        self.__dict__.update(event.__dict__)
+        self.step_key = step
