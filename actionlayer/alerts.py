@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
 import pyarrow as pa
 
-from action_sinks.base import OutboundMessage, Sink
+from action_sinks.base import OutboundMessage, SendResult, Sink
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,55 @@ def raise_alerts(con: duckdb.DuckDBPyConnection, alerts: list[Alert], as_of: dat
     return int(inserted[0][0]) if inserted else 0
 
 
+# alerts sent before their results are written in one statement; a crash in between re-sends at most
+# one chunk, which an idempotent sink (the file outbox replaces the same file) absorbs
+SEND_CHUNK = 1024
+# parallel sends for an idempotent alerts sink, as the dispatcher does for its channels; one otherwise
+IDEMPOTENT_WORKERS = 8
+
+
+def _send_one(sink: Sink, outbound: OutboundMessage) -> SendResult | Exception:
+    try:
+        return sink.send(outbound)
+    except Exception as exc:  # an alert must never stop dispatch; it is retried next pass
+        log.warning("alert %s could not be sent", outbound.action_id.removeprefix("alert-"), exc_info=True)
+        return exc
+
+
+def _record_results(
+    con: duckdb.DuckDBPyConnection, results: list[tuple[str, bool, str]], as_of: datetime
+) -> None:
+    """One update for a chunk of send results: a sent alert gets `sent_at` and its result, a failed one only
+    its result (it stays unsent and is tried again next pass)."""
+    if not results:
+        return
+    frame = pa.table(
+        {
+            "alert_id": pa.array([alert_id for alert_id, _, _ in results], type=pa.string()),
+            "ok": pa.array([ok for _, ok, _ in results], type=pa.bool_()),
+            "detail": pa.array([detail for _, _, detail in results], type=pa.string()),
+        }
+    )
+    con.register("_alert_results", frame)
+    try:
+        con.execute(
+            """update ops.alerts
+            set sent_at = case when r.ok then ?::timestamp else ops.alerts.sent_at end, send_result = r.detail
+            from _alert_results as r
+            where ops.alerts.alert_id = r.alert_id""",
+            [as_of],
+        )
+    finally:
+        con.unregister("_alert_results")
+
+
 def send_pending(con: duckdb.DuckDBPyConnection, sinks: Mapping[str, Sink], as_of: datetime) -> list[str]:
     """Send every unsent alert through the `alerts` channel; returns one line per alert sent or failed.
-    A failed alert stays unsent and is tried again by the next dispatch."""
+    A failed alert stays unsent and is tried again by the next dispatch.
+
+    An idempotent sink gets the alerts in chunks, several at once, and each chunk's results are written in
+    one statement; a non-idempotent one gets them one at a time, each result written before the next send
+    (a crash can then repeat at most one alert)."""
     ensure_schema(con)
     rows = con.execute(
         "select alert_id, kind, rule_id, recipient, subject, message from ops.alerts "
@@ -103,31 +150,36 @@ def send_pending(con: duckdb.DuckDBPyConnection, sinks: Mapping[str, Sink], as_o
     if not rows:
         return []
     sink = sinks[ALERTS_CHANNEL]
-    lines = []
-    for alert_id, kind, rule_id, recipient, subject, message in rows:
-        outbound = OutboundMessage(
-            action_id=f"alert-{alert_id}",
-            channel=ALERTS_CHANNEL,
-            recipient=recipient,
-            subject=subject,
-            body=message,
-            metadata={"kind": kind, "rule_id": rule_id},
-        )
-        try:
-            result = sink.send(outbound)
-        except Exception as exc:  # an alert must never stop dispatch; it is retried next pass
-            log.warning("alert %s could not be sent", alert_id, exc_info=True)
-            lines.append(
-                f"alert {kind} for {rule_id} not sent ({type(exc).__name__}: {exc}); retried next pass"
-            )
-            continue
-        if result.ok:
-            con.execute(
-                "update ops.alerts set sent_at = ?, send_result = ? where alert_id = ?",
-                [as_of, result.detail, alert_id],
-            )
-            lines.append(f"alert sent to {recipient}: {subject}")
-        else:
-            con.execute("update ops.alerts set send_result = ? where alert_id = ?", [result.detail, alert_id])
-            lines.append(f"alert {kind} for {rule_id} not sent: {result.detail}; retried next pass")
+    idempotent = bool(getattr(sink, "idempotent", False))
+    chunk = SEND_CHUNK if idempotent else 1
+    lines: list[str] = []
+    with ThreadPoolExecutor(IDEMPOTENT_WORKERS if idempotent else 1, thread_name_prefix="alerts") as pool:
+        for start in range(0, len(rows), chunk):
+            batch = rows[start : start + chunk]
+            outbound = [
+                OutboundMessage(
+                    action_id=f"alert-{alert_id}",
+                    channel=ALERTS_CHANNEL,
+                    recipient=recipient,
+                    subject=subject,
+                    body=message,
+                    metadata={"kind": kind, "rule_id": rule_id},
+                )
+                for alert_id, kind, rule_id, recipient, subject, message in batch
+            ]
+            sent = list(pool.map(lambda message: _send_one(sink, message), outbound))
+            results: list[tuple[str, bool, str]] = []
+            for (alert_id, kind, rule_id, recipient, subject, _), result in zip(batch, sent, strict=True):
+                if isinstance(result, Exception):
+                    lines.append(
+                        f"alert {kind} for {rule_id} not sent ({type(result).__name__}: {result}); "
+                        "retried next pass"
+                    )
+                    continue
+                results.append((alert_id, result.ok, result.detail))
+                if result.ok:
+                    lines.append(f"alert sent to {recipient}: {subject}")
+                else:
+                    lines.append(f"alert {kind} for {rule_id} not sent: {result.detail}; retried next pass")
+            _record_results(con, results, as_of)
     return lines
