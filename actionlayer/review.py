@@ -38,6 +38,17 @@ from typing import Any
 import duckdb
 import fastexcel
 import xlsxwriter
+from xlsxwriter.format import Format
+from xlsxwriter.packager import Packager
+from xlsxwriter.sharedstrings import SharedStrings
+from xlsxwriter.utility import (
+    RE_LEADING_WHITESPACE,
+    RE_TRAILING_WHITESPACE,
+    _utf16_len,
+    _utf16_truncate,
+    xl_col_to_name,
+)
+from xlsxwriter.worksheet import Worksheet
 
 from actionlayer import ledger
 from actionlayer.review_policy import ApprovalPolicy, ReviewConfigError, load_policy, norm_email
@@ -148,6 +159,8 @@ DEFAULT_REVIEW_EXPIRY_DAYS = 7
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # Excel's hard limit for one cell; longer text would be cut by the writer without saying so.
 _XLSX_CELL_LIMIT = 32_767
+# what xlsxwriter's shared-strings writer escapes as _xHHHH_ (control characters, and text that looks like it)
+_SST_CONTROL = re.compile(r"_x[0-9a-fA-F]{4}_|[\x00-\x08\x0b-\x1f]")
 # the manifest JSON is split over cells below that limit
 _MANIFEST_CHUNK = 30_000
 _COLUMN_WIDTHS = {
@@ -455,8 +468,10 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
             writer.writerow([neutralise(_text(row.get(name))) for name in columns])
 
 
-def _write_manifest(path: Path, manifest: Manifest) -> None:
-    _replace_atomically(path, lambda tmp: tmp.write_text(manifest.to_json() + "\n", encoding="utf-8"))
+def _write_manifest(path: Path, manifest: Manifest, text: str | None = None) -> None:
+    # `text`: the manifest's JSON when the caller already has it (it is the slow part for a long manifest)
+    text = manifest.to_json() if text is None else text
+    _replace_atomically(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def write_review_csv(
@@ -526,8 +541,146 @@ def _summary_by_rule(rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
     return [per_rule[rule_id] for rule_id in sorted(per_rule)]
 
 
-def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest) -> None:
-    workbook = xlsxwriter.Workbook(str(path), {"strings_to_formulas": False, "strings_to_numbers": False})
+class _StringRowsSheet(Worksheet):
+    """A worksheet that takes a block of text rows in one call and writes their XML in one pass.
+
+    xlsxwriter spends most of a large review table's export in its per-cell code (a tuple stored per cell
+    on write, an attribute list and escaping per cell on close). The rows here are plain text or blank, so
+    their `<row>`/`<c>` elements are built directly, with exactly the markup xlsxwriter writes for them
+    (same shared-string indices, styles, spans and dimensions): the workbook is byte for byte the one the
+    per-cell calls would write. Cells written the ordinary way (the header) are written by xlsxwriter.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._string_rows: list[tuple[int, list[tuple[int, int]]]] = []
+        self._string_formats: list[Format | None] = []
+
+    def write_string_rows(
+        self, first_row: int, rows: Sequence[Sequence[str]], formats: Sequence[Format | None]
+    ) -> None:
+        """Like `write_string` for every non-empty value of `rows` (row `first_row` onwards, column 0
+        onwards) with the column's format from `formats`, and `write_blank` for an empty value whose
+        column has a format. Call once, after the rows above and before any row below."""
+        if self._string_rows:
+            raise ValueError("write_string_rows takes all its rows in one call")
+        self._string_formats = list(formats)
+        strings = self.str_table
+        limit = self.xls_strmax
+        written: list[tuple[int, list[tuple[int, int]]]] = []
+        for row_number, values in enumerate(rows, start=first_row):
+            cells: list[tuple[int, int]] = []
+            for col, value in enumerate(values):
+                if value:
+                    if len(value) > limit // 2 and _utf16_len(value) > limit:
+                        value = _utf16_truncate(value, limit)
+                    # registered in write order, as write_string does: the shared-string indices match
+                    cells.append((col, strings._get_shared_string_index(value)))
+                elif self._string_formats[col] is not None:
+                    cells.append((col, -1))
+            if cells:
+                written.append((row_number, cells))
+                self._check_dimensions(row_number, cells[0][0])
+                self._check_dimensions(row_number, cells[-1][0])
+        self._string_rows = written
+
+    def _calculate_spans(self) -> None:
+        # xlsxwriter's spans cover the cells it stores; the block's rows given here widen them, as their
+        # cells would have
+        super()._calculate_spans()
+        for row_number, cells in self._string_rows:
+            block = row_number // 16
+            low, high = cells[0][0] + 1, cells[-1][0] + 1
+            if block in self.row_spans:
+                old_low, old_high = (int(part) for part in self.row_spans[block].split(":"))
+                low, high = min(low, old_low), max(high, old_high)
+            self.row_spans[block] = f"{low}:{high}"
+
+    def _write_rows(self) -> None:
+        super()._write_rows()
+        if not self._string_rows:
+            return
+        if self.row_info or self.comments or self.excel_version != 2007:
+            raise ValueError(
+                "write_string_rows supports plain rows only (no row formats, comments or 2010 markup)"
+            )
+        if any(self.table.get(row_number) for row_number, _ in self._string_rows):
+            raise ValueError("a row given to write_string_rows was also written cell by cell")
+        # the style of a cell: its own format, else its column's (indices taken in the order xlsxwriter's
+        # close takes them: the first data row, left to right)
+        styles: dict[int, str] = {}
+        for _, cells in self._string_rows:
+            for col, _ in cells:
+                if col not in styles:
+                    styles[col] = self._style_of(col)
+        spans = self.row_spans
+        letters = [xl_col_to_name(col) for col in range(len(self._string_formats))]
+        parts: list[str] = []
+        for row_number, cells in self._string_rows:
+            number = row_number + 1
+            parts.append(f'<row r="{number}" spans="{spans[row_number // 16]}">')
+            for col, index in cells:
+                if index < 0:
+                    parts.append(f'<c r="{letters[col]}{number}"{styles[col]}/>')
+                else:
+                    parts.append(f'<c r="{letters[col]}{number}"{styles[col]} t="s"><v>{index}</v></c>')
+            parts.append("</row>")
+        self.fh.write("".join(parts))
+
+    def _style_of(self, col: int) -> str:
+        cell_format = self._string_formats[col]
+        if cell_format is None and col in self.col_info:
+            cell_format = self.col_info[col].column_format
+        return f' s="{cell_format._get_xf_index()}"' if cell_format is not None else ""
+
+
+class _SharedStringsPackager(Packager):
+    """xlsxwriter's packager, with the shared-strings part written in one pass: a string that needs no
+    special markup (control characters, edge whitespace, rich text) becomes `<si><t>…</t></si>` directly,
+    any other goes through xlsxwriter's own writer, so the part is byte for byte xlsxwriter's."""
+
+    def _write_shared_strings_file(self) -> None:
+        table = self.workbook.str_table
+        if not table.count:
+            return
+        sst = SharedStrings()
+        sst.string_table = table
+        sst._set_xml_writer(self._filename("xl/sharedStrings.xml"))
+        sst._xml_declaration()
+        sst._write_sst()
+        escape = sst._escape_data
+        parts: list[str] = []
+        for string in table.string_array:
+            if (
+                _SST_CONTROL.search(string)
+                or "\ufffe" in string
+                or "\uffff" in string
+                or RE_LEADING_WHITESPACE.search(string)
+                or RE_TRAILING_WHITESPACE.search(string)
+                or (string.startswith("<r>") and string.endswith("</r>"))
+            ):
+                sst.fh.write("".join(parts))
+                parts.clear()
+                sst._write_si(string)
+            else:
+                parts.append(f"<si><t>{escape(string)}</t></si>")
+        sst.fh.write("".join(parts))
+        sst._xml_end_tag("sst")
+        sst._xml_close()
+
+
+class _ReviewWorkbook(xlsxwriter.Workbook):
+    """A workbook packaged by `_SharedStringsPackager`."""
+
+    def _get_packager(self) -> Packager:
+        return _SharedStringsPackager()
+
+
+def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest, manifest_text: str) -> None:
+    # in memory: the parts are zipped from memory instead of temporary files written and removed one by one
+    workbook = _ReviewWorkbook(
+        str(path), {"strings_to_formulas": False, "strings_to_numbers": False, "in_memory": True}
+    )
     try:
         # a stable creation date: the same export as of the same time writes the same workbook
         workbook.set_properties({"created": as_of, "title": f"Review table for {issue.approver}"})
@@ -545,7 +698,7 @@ def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest) 
         # protection guards against slips, not attackers (it has no password); the import checks the rest
         protection = {"autofilter": True, "format_columns": True, "format_rows": True}
 
-        sheet = workbook.add_worksheet(REVIEW_SHEET)
+        sheet = workbook.add_worksheet(REVIEW_SHEET, worksheet_class=_StringRowsSheet)
         for col, name in enumerate(REVIEW_COLUMNS):
             head = (
                 fill_header
@@ -561,14 +714,14 @@ def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest) 
                 _COLUMN_WIDTHS.get(name, 16),
                 locked_wrap if name in {"message", "reason"} else locked_top,
             )
-        for row_index, row in enumerate(issue.rows, start=1):
-            for col, name in enumerate(REVIEW_COLUMNS):
-                value = neutralise(row[name])[:_XLSX_CELL_LIMIT]
-                cell_format = fill if name in FILL_IN_COLUMNS else edit if name in EDITABLE_COLUMNS else None
-                if value:
-                    sheet.write_string(row_index, col, value, cell_format)
-                elif cell_format is not None:
-                    sheet.write_blank(row_index, col, None, cell_format)
+        sheet.write_string_rows(
+            1,
+            [[neutralise(row[name])[:_XLSX_CELL_LIMIT] for name in REVIEW_COLUMNS] for row in issue.rows],
+            [
+                fill if name in FILL_IN_COLUMNS else edit if name in EDITABLE_COLUMNS else None
+                for name in REVIEW_COLUMNS
+            ],
+        )
         sheet.freeze_panes(1, 0)
         last_row = max(len(issue.rows), 1)
         sheet.autofilter(0, 0, last_row, len(REVIEW_COLUMNS) - 1)
@@ -674,7 +827,7 @@ def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest) 
 
         # very hidden: not offered by Excel's "Unhide"; the signature makes it tamper-evident anyway
         hidden = workbook.add_worksheet(MANIFEST_SHEET)
-        text = manifest.to_json()
+        text = manifest_text
         for index, start in enumerate(range(0, len(text), _MANIFEST_CHUNK)):
             hidden.write_string(index, 0, text[start : start + _MANIFEST_CHUNK])
         hidden.protect("", {})
@@ -739,13 +892,17 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
     for person in sorted(issues):
         issue = issues[person]
         manifest = _manifest_for(issue, as_of, key)
+        text = manifest.to_json()
         xlsx_path = out_dir / f"{file_stem[person]}.xlsx"
         csv_path = out_dir / f"{file_stem[person]}.csv"
         sidecar = manifest_path_for(csv_path)
         _replace_atomically(
-            xlsx_path, lambda tmp, issue=issue, manifest=manifest: _write_xlsx(tmp, issue, as_of, manifest)
+            xlsx_path,
+            lambda tmp, issue=issue, manifest=manifest, text=text: _write_xlsx(
+                tmp, issue, as_of, manifest, text
+            ),
         )
-        _write_manifest(sidecar, manifest)
+        _write_manifest(sidecar, manifest, text)
         _replace_atomically(csv_path, lambda tmp, rows=issue.rows: _write_csv(tmp, rows, REVIEW_COLUMNS))
         report.files.extend([xlsx_path, csv_path])
         report.manifests.append(sidecar)
