@@ -464,8 +464,15 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL)
         writer.writerow(columns)
-        for row in rows:
-            writer.writerow([neutralise(_text(row.get(name))) for name in columns])
+        writer.writerows([neutralise(_text(row.get(name))) for name in columns] for row in rows)
+
+
+def _write_csv_cells(path: Path, columns: Sequence[str], cells: Sequence[Sequence[str]]) -> None:
+    # the export's rows as `_write_csv` writes them, from cells already neutralised
+    with path.open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(columns)
+        writer.writerows(cells)
 
 
 def _write_manifest(path: Path, manifest: Manifest, text: str | None = None) -> None:
@@ -557,11 +564,15 @@ class _StringRowsSheet(Worksheet):
         self._string_formats: list[Format | None] = []
 
     def write_string_rows(
-        self, first_row: int, rows: Sequence[Sequence[str]], formats: Sequence[Format | None]
+        self,
+        first_row: int,
+        rows: Sequence[Sequence[str]],
+        formats: Sequence[Format | None],
+        max_chars: int,
     ) -> None:
         """Like `write_string` for every non-empty value of `rows` (row `first_row` onwards, column 0
-        onwards) with the column's format from `formats`, and `write_blank` for an empty value whose
-        column has a format. Call once, after the rows above and before any row below."""
+        onwards), cut to `max_chars`, with the column's format from `formats`, and `write_blank` for an
+        empty value whose column has a format. Call once, after the rows above and before any row below."""
         if self._string_rows:
             raise ValueError("write_string_rows takes all its rows in one call")
         self._string_formats = list(formats)
@@ -572,6 +583,8 @@ class _StringRowsSheet(Worksheet):
             cells: list[tuple[int, int]] = []
             for col, value in enumerate(values):
                 if value:
+                    if len(value) > max_chars:
+                        value = value[:max_chars]
                     if len(value) > limit // 2 and _utf16_len(value) > limit:
                         value = _utf16_truncate(value, limit)
                     # registered in write order, as write_string does: the shared-string indices match
@@ -676,7 +689,15 @@ class _ReviewWorkbook(xlsxwriter.Workbook):
         return _SharedStringsPackager()
 
 
-def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest, manifest_text: str) -> None:
+def _write_xlsx(
+    path: Path,
+    issue: _Issue,
+    as_of: datetime,
+    manifest: Manifest,
+    manifest_text: str,
+    cells: Sequence[Sequence[str]],
+) -> None:
+    """`cells`: the review rows' values in REVIEW_COLUMNS order, neutralised (the CSV's cells)."""
     # in memory: the parts are zipped from memory instead of temporary files written and removed one by one
     workbook = _ReviewWorkbook(
         str(path), {"strings_to_formulas": False, "strings_to_numbers": False, "in_memory": True}
@@ -716,11 +737,12 @@ def _write_xlsx(path: Path, issue: _Issue, as_of: datetime, manifest: Manifest, 
             )
         sheet.write_string_rows(
             1,
-            [[neutralise(row[name])[:_XLSX_CELL_LIMIT] for name in REVIEW_COLUMNS] for row in issue.rows],
+            cells,
             [
                 fill if name in FILL_IN_COLUMNS else edit if name in EDITABLE_COLUMNS else None
                 for name in REVIEW_COLUMNS
             ],
+            _XLSX_CELL_LIMIT,
         )
         sheet.freeze_panes(1, 0)
         last_row = max(len(issue.rows), 1)
@@ -893,17 +915,19 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
         issue = issues[person]
         manifest = _manifest_for(issue, as_of, key)
         text = manifest.to_json()
+        # one neutralised copy of every cell, for the CSV and the XLSX alike
+        cells = [[neutralise(row[name]) for name in REVIEW_COLUMNS] for row in issue.rows]
         xlsx_path = out_dir / f"{file_stem[person]}.xlsx"
         csv_path = out_dir / f"{file_stem[person]}.csv"
         sidecar = manifest_path_for(csv_path)
         _replace_atomically(
             xlsx_path,
-            lambda tmp, issue=issue, manifest=manifest, text=text: _write_xlsx(
-                tmp, issue, as_of, manifest, text
+            lambda tmp, issue=issue, manifest=manifest, text=text, cells=cells: _write_xlsx(
+                tmp, issue, as_of, manifest, text, cells
             ),
         )
         _write_manifest(sidecar, manifest, text)
-        _replace_atomically(csv_path, lambda tmp, rows=issue.rows: _write_csv(tmp, rows, REVIEW_COLUMNS))
+        _replace_atomically(csv_path, lambda tmp, cells=cells: _write_csv_cells(tmp, REVIEW_COLUMNS, cells))
         report.files.extend([xlsx_path, csv_path])
         report.manifests.append(sidecar)
         report.rows_per_approver[person] = len(issue.rows)

@@ -4,15 +4,18 @@ issue does not grow with the number of actions or alerts, and what they write st
 from __future__ import annotations
 
 import json
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
+import xlsxwriter
 
 from action_sinks.file import FileOutbox
 from action_sinks.registry import ChannelSinks
-from actionlayer import alerts
+from actionlayer import alerts, ledger, review
 
 AS_OF = datetime(2026, 9, 10, 9)
 
@@ -92,3 +95,109 @@ def test_an_alert_that_cannot_be_written_stays_unsent_with_the_reason(tmp_path):
     lines = alerts.send_pending(raw, ChannelSinks({}, FileOutbox(tmp_path / "outbox")), AS_OF)
     assert len(lines) == 3
     assert raw.execute("select count(*) from ops.alerts where sent_at is null").fetchall() == [(0,)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# review export
+
+TRICKY = [
+    "plain",
+    "",
+    "=SUM(A1)",
+    "  leading and trailing  ",
+    "line one\nline two\r\n",
+    "<r>looks rich</r>",
+    'quotes " & <tags>',
+    "control \x01 char and _x0041_ escape",
+    "astral \U0001f600 ok",
+    "\ufffe non-character",
+]
+
+
+def _rows(count: int) -> list[list[str]]:
+    # 4 columns; the second has no format and is sometimes empty, the last has a format and is often empty
+    return [
+        [f"id-{n}", TRICKY[n % len(TRICKY)], TRICKY[(n * 3) % len(TRICKY)], "" if n % 3 else "x" * 40_000]
+        for n in range(count)
+    ]
+
+
+def _workbook_parts(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 40])
+def test_the_review_sheets_block_writer_writes_exactly_what_per_cell_calls_write(tmp_path, count):
+    rows = _rows(count)
+
+    def build(path: Path, block: bool) -> None:
+        options = {"strings_to_formulas": False, "strings_to_numbers": False, "in_memory": True}
+        # the reference is xlsxwriter on its own: its Workbook, its Worksheet, one call per cell
+        workbook = (review._ReviewWorkbook if block else xlsxwriter.Workbook)(str(path), options)
+        head = workbook.add_format({"bold": True})
+        wrap = workbook.add_format({"text_wrap": True})
+        fill = workbook.add_format({"bg_color": "#FFFBEA", "locked": False})
+        sheet = workbook.add_worksheet("review", review._StringRowsSheet if block else None)
+        for col in range(4):
+            sheet.write_string(0, col, f"column {col}", head)
+        sheet.set_column(2, 2, 30, wrap)
+        formats = [None, None, None, fill]
+        if block:
+            sheet.write_string_rows(1, rows, formats, 32_767)
+        else:
+            for number, values in enumerate(rows, start=1):
+                for col, value in enumerate(values):
+                    if value:
+                        sheet.write_string(number, col, value, formats[col])
+                    elif formats[col] is not None:
+                        sheet.write_blank(number, col, None, formats[col])
+        other = workbook.add_worksheet("other")
+        other.write_string(0, 0, "plain")  # a string shared with the first sheet, and one of its own
+        other.write_string(1, 0, "only here")
+        workbook.close()
+
+    build(tmp_path / "block.xlsx", block=True)
+    build(tmp_path / "cells.xlsx", block=False)
+    assert _workbook_parts(tmp_path / "block.xlsx") == _workbook_parts(tmp_path / "cells.xlsx")
+
+
+def _pending_ledger(path: Path, count: int) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path))
+    ledger.ensure_schema(con)
+    events = []
+    for n in range(count):
+        proposed = ledger.LedgerEvent(
+            action_id=f"act-{n:05d}",
+            event_type="proposed",
+            occurred_at=AS_OF,
+            actor="rule:followup",
+            rule_id="followup",
+            rule_version=1,
+            maturity_level=3,
+            record_type="deal",
+            record_id=f"D{n}",
+            contact_id=f"C{n}",
+            owner_email=f"owner{n % 4}@example.com",
+            recommended_action="Follow up",
+            channel="email",
+            recipient=f"c{n}@customer.example",
+            message_subject=f"About deal {n}",
+            message_body=f"Hi, deal {n} is waiting.",
+        )
+        state = {"action_id": proposed.action_id, **{k: getattr(proposed, k) for k in ledger.IDENTITY_FIELDS}}
+        events += [proposed, ledger.next_event(state, "pending_review", AS_OF, "rule:followup")]
+    ledger.append(con, events)
+    return con
+
+
+def test_review_export_statements_do_not_grow_with_the_actions(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTIONLAYER_CONFIG", str(tmp_path / "absent.yml"))
+    monkeypatch.setenv("ACTIONLAYER_REVIEW_SECRET", "k" * 40)
+    counts = []
+    for count in (8, 400):
+        con = CountingConnection(_pending_ledger(tmp_path / f"review-{count}.duckdb", count))
+        report = review.export_reviews(con, tmp_path / f"out-{count}", AS_OF)
+        assert report.actions == count and sum(report.rows_per_approver.values()) == count
+        counts.append(con.statements)
+    assert counts[0] == counts[1]
