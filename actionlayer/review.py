@@ -309,12 +309,13 @@ def _histories(con: duckdb.DuckDBPyConnection, action_ids: Sequence[str]) -> dic
     )
     for action_id, event_type, occurred_at, actor, approver, subject, body, raw_details in cursor.fetchall():
         history = found[action_id]
-        details = _details(raw_details)
-        has_message = subject is not None or body is not None
         if event_type == "proposed":
             history.proposal_subject, history.proposal_body = subject, body
             history.subject, history.body = subject, body
             continue
+        # parsed only for the review events: a proposal's details say nothing about its review
+        details = _details(raw_details)
+        has_message = subject is not None or body is not None
         if event_type == "pending_review":
             first = details.get("first_approval")
             if isinstance(first, dict):
@@ -391,6 +392,33 @@ class ExportReport:
                 "(the next pass records them as expired)"
             )
         return lines
+
+
+# what the export reads of a pending action's state: its review row, its approvers (details: escalated_to)
+_PENDING_STATE_COLUMNS = (
+    "action_id",
+    "rule_id",
+    "record_type",
+    "record_id",
+    "contact_id",
+    "owner_email",
+    "recommended_action",
+    "recipient",
+    "proposed_recipient",
+    "reason",
+    "proposed_at",
+    "details",
+)
+
+
+def _pending_states(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The state rows of the actions waiting for review, with only the columns the export reads (a
+    whole state row is some forty values, most of which a review table never shows)."""
+    names = ", ".join(_PENDING_STATE_COLUMNS)
+    rows = con.execute(
+        f"select {names} from ops.action_state where event_type = 'pending_review' order by seq"
+    ).fetchall()
+    return [dict(zip(_PENDING_STATE_COLUMNS, row, strict=True)) for row in rows]
 
 
 def _review_row(
@@ -866,7 +894,7 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
     """
     policy = load_policy()
     key = review_secret(policy.secret_env)
-    pending = ledger.states(con, event_types=["pending_review"])
+    pending = _pending_states(con)
     pending.sort(key=lambda s: (s.get("proposed_at") or datetime.min, str(s.get("action_id"))))
     unknown = ledger.states(con, event_types=["unknown"])
     histories = _histories(con, [str(s["action_id"]) for s in pending])
