@@ -16,6 +16,7 @@ import xlsxwriter
 from action_sinks.file import FileOutbox
 from action_sinks.registry import ChannelSinks
 from actionlayer import alerts, ledger, review
+from actionlayer.signing import IssuedAction, Manifest
 
 AS_OF = datetime(2026, 9, 10, 9)
 
@@ -135,6 +136,7 @@ def test_the_review_sheets_block_writer_writes_exactly_what_per_cell_calls_write
         options = {"strings_to_formulas": False, "strings_to_numbers": False, "in_memory": True}
         # the reference is xlsxwriter on its own: its Workbook, its Worksheet, one call per cell
         workbook = (review._ReviewWorkbook if block else xlsxwriter.Workbook)(str(path), options)
+        workbook.set_properties({"created": AS_OF})  # as the export does: no clock in the file
         head = workbook.add_format({"bold": True})
         wrap = workbook.add_format({"text_wrap": True})
         fill = workbook.add_format({"bg_color": "#FFFBEA", "locked": False})
@@ -201,3 +203,16 @@ def test_review_export_statements_do_not_grow_with_the_actions(tmp_path, monkeyp
         assert report.actions == count and sum(report.rows_per_approver.values()) == count
         counts.append(con.statements)
     assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_a_manifests_json_is_what_json_dumps_writes(count):
+    ids = [f'act-{n}-"é\u2028' for n in (3, 1, 4, 0, 2)[:count]]
+    issued = {
+        action_id: IssuedAction(action_id, f"{n:064x}", datetime(2026, 9, 12 + n, 9))
+        for n, action_id in enumerate(ids)
+    }
+    manifest = Manifest("Bob.Smith@Example.com", AS_OF, datetime(2026, 9, 20), issued).signed(b"k" * 40)
+    reference = json.dumps({**manifest.payload(), "signature": manifest.signature}, sort_keys=True, indent=1)
+    assert manifest.to_json() == reference
+    assert Manifest.from_json(manifest.to_json()) == manifest
