@@ -159,8 +159,19 @@ DEFAULT_REVIEW_EXPIRY_DAYS = 7
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # Excel's hard limit for one cell; longer text would be cut by the writer without saying so.
 _XLSX_CELL_LIMIT = 32_767
-# what xlsxwriter's shared-strings writer escapes as _xHHHH_ (control characters, and text that looks like it)
-_SST_CONTROL = re.compile(r"_x[0-9a-fA-F]{4}_|[\x00-\x08\x0b-\x1f]")
+# a shared string xlsxwriter writes with more than plain escaping: control characters, non-characters and
+# text that looks like their _xHHHH_ escape (escaped), leading or trailing whitespace (xml:space="preserve");
+# the same patterns as xlsxwriter's, in one search
+_SST_SPECIAL = re.compile(
+    "|".join(
+        (
+            r"_x[0-9a-fA-F]{4}_",
+            "[\x00-\x08\x0b-\x1f\ufffe\uffff]",
+            RE_LEADING_WHITESPACE.pattern,
+            RE_TRAILING_WHITESPACE.pattern,
+        )
+    )
+)
 # the manifest JSON is split over cells below that limit
 _MANIFEST_CHUNK = 30_000
 _COLUMN_WIDTHS = {
@@ -605,6 +616,9 @@ class _StringRowsSheet(Worksheet):
             raise ValueError("write_string_rows takes all its rows in one call")
         self._string_formats = list(formats)
         strings = self.str_table
+        # SharedStringTable._get_shared_string_index, inlined: it runs once per cell
+        indices = strings.string_table
+        added = counted = 0
         limit = self.xls_strmax
         written: list[tuple[int, list[tuple[int, int]]]] = []
         for row_number, values in enumerate(rows, start=first_row):
@@ -616,13 +630,20 @@ class _StringRowsSheet(Worksheet):
                     if len(value) > limit // 2 and _utf16_len(value) > limit:
                         value = _utf16_truncate(value, limit)
                     # registered in write order, as write_string does: the shared-string indices match
-                    cells.append((col, strings._get_shared_string_index(value)))
+                    index = indices.get(value)
+                    if index is None:
+                        index = indices[value] = strings.unique_count + added
+                        added += 1
+                    cells.append((col, index))
+                    counted += 1
                 elif self._string_formats[col] is not None:
                     cells.append((col, -1))
             if cells:
                 written.append((row_number, cells))
                 self._check_dimensions(row_number, cells[0][0])
                 self._check_dimensions(row_number, cells[-1][0])
+        strings.unique_count += added
+        strings.count += counted
         self._string_rows = written
 
     def _calculate_spans(self) -> None:
@@ -689,22 +710,17 @@ class _SharedStringsPackager(Packager):
         sst._set_xml_writer(self._filename("xl/sharedStrings.xml"))
         sst._xml_declaration()
         sst._write_sst()
-        escape = sst._escape_data
         parts: list[str] = []
+        special = _SST_SPECIAL.search
         for string in table.string_array:
-            if (
-                _SST_CONTROL.search(string)
-                or "\ufffe" in string
-                or "\uffff" in string
-                or RE_LEADING_WHITESPACE.search(string)
-                or RE_TRAILING_WHITESPACE.search(string)
-                or (string.startswith("<r>") and string.endswith("</r>"))
-            ):
+            if special(string) or (string.startswith("<r>") and string.endswith("</r>")):
                 sst.fh.write("".join(parts))
                 parts.clear()
                 sst._write_si(string)
             else:
-                parts.append(f"<si><t>{escape(string)}</t></si>")
+                # xlsxwriter's _escape_data: & < > only
+                text = string.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                parts.append(f"<si><t>{text}</t></si>")
         sst.fh.write("".join(parts))
         sst._xml_end_tag("sst")
         sst._xml_close()
