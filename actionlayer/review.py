@@ -227,10 +227,15 @@ def approver_slug(email: str) -> str:
 def _deciders(policy: ApprovalPolicy, state: Mapping[str, Any]) -> set[str]:
     """Who may decide this pending action: the person it escalated to, when it escalated (a named
     human decides it), else the approval policy's approvers for its rule and owner."""
-    try:
-        details = json.loads(state.get("details") or "{}")
-    except (TypeError, ValueError):
+    raw = state.get("details") or "{}"
+    if isinstance(raw, str) and "escalated_to" not in raw and "\\u" not in raw:
+        # the key cannot be in there (not even \u-escaped): skip parsing, once per exported action
         details = {}
+    else:
+        try:
+            details = json.loads(raw)
+        except (TypeError, ValueError):
+            details = {}
     escalated_to = norm_email(details.get("escalated_to")) if isinstance(details, dict) else ""
     if escalated_to:
         return {escalated_to}
