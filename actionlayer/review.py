@@ -27,6 +27,7 @@ import csv
 import hashlib
 import io
 import json
+import operator
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -157,6 +158,8 @@ NEEDS_CHECKING_COLUMNS: tuple[str, ...] = (
 DEFAULT_REVIEW_EXPIRY_DAYS = 7
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# a review row's values in column order, in one call
+_REVIEW_VALUES = operator.itemgetter(*REVIEW_COLUMNS)
 # Excel's hard limit for one cell; longer text would be cut by the writer without saying so.
 _XLSX_CELL_LIMIT = 32_767
 # a shared string xlsxwriter writes with more than plain escaping: control characters, non-characters and
@@ -251,6 +254,8 @@ def manifest_path_for(path: Path) -> Path:
 def _text(value: Any) -> str:
     if value is None:
         return ""
+    if value.__class__ is str:  # the usual case, first
+        return value
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
@@ -964,8 +969,11 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
         issue = issues[person]
         manifest = _manifest_for(issue, as_of, key)
         text = manifest.to_json()
-        # one neutralised copy of every cell, for the CSV and the XLSX alike
-        cells = [[neutralise(row[name]) for name in REVIEW_COLUMNS] for row in issue.rows]
+        # one neutralised copy of every cell (`neutralise`, inlined), for the CSV and the XLSX alike
+        cells = [
+            ["'" + value if value.startswith(_FORMULA_PREFIXES) else value for value in _REVIEW_VALUES(row)]
+            for row in issue.rows
+        ]
         xlsx_path = out_dir / f"{file_stem[person]}.xlsx"
         csv_path = out_dir / f"{file_stem[person]}.csv"
         sidecar = manifest_path_for(csv_path)
