@@ -43,8 +43,6 @@ from xlsxwriter.format import Format
 from xlsxwriter.packager import Packager
 from xlsxwriter.sharedstrings import SharedStrings
 from xlsxwriter.utility import (
-    RE_LEADING_WHITESPACE,
-    RE_TRAILING_WHITESPACE,
     _utf16_len,
     _utf16_truncate,
     xl_col_to_name,
@@ -162,19 +160,23 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _REVIEW_VALUES = operator.itemgetter(*REVIEW_COLUMNS)
 # Excel's hard limit for one cell; longer text would be cut by the writer without saying so.
 _XLSX_CELL_LIMIT = 32_767
-# a shared string xlsxwriter writes with more than plain escaping: control characters, non-characters and
-# text that looks like their _xHHHH_ escape (escaped), leading or trailing whitespace (xml:space="preserve");
-# the same patterns as xlsxwriter's, in one search
-_SST_SPECIAL = re.compile(
-    "|".join(
-        (
-            r"_x[0-9a-fA-F]{4}_",
-            "[\x00-\x08\x0b-\x1f\ufffe\uffff]",
-            RE_LEADING_WHITESPACE.pattern,
-            RE_TRAILING_WHITESPACE.pattern,
-        )
+# a shared string xlsxwriter writes with more than plain escaping: one with control characters or
+# non-characters, or text that looks like their _xHHHH_ escape (both escaped), or with leading or trailing
+# whitespace (xml:space="preserve"; re's \s for str patterns is str.isspace)
+_SST_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")
+_SST_ESCAPE_LOOKALIKE = re.compile(r"_x[0-9a-fA-F]{4}_")
+
+
+def _sst_special(string: str) -> bool:
+    return bool(
+        string[:1].isspace()
+        or string[-1:].isspace()
+        or _SST_CONTROL.search(string)
+        or ("_x" in string and _SST_ESCAPE_LOOKALIKE.search(string))
+        or (string.startswith("<r>") and string.endswith("</r>"))
     )
-)
+
+
 # the manifest JSON is split over cells below that limit
 _MANIFEST_CHUNK = 30_000
 _COLUMN_WIDTHS = {
@@ -721,9 +723,8 @@ class _SharedStringsPackager(Packager):
         sst._xml_declaration()
         sst._write_sst()
         parts: list[str] = []
-        special = _SST_SPECIAL.search
         for string in table.string_array:
-            if special(string) or (string.startswith("<r>") and string.endswith("</r>")):
+            if _sst_special(string):
                 sst.fh.write("".join(parts))
                 parts.clear()
                 sst._write_si(string)

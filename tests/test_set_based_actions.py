@@ -112,6 +112,10 @@ TRICKY = [
     "control \x01 char and _x0041_ escape",
     "astral \U0001f600 ok",
     "\ufffe non-character",
+    "\u3000ideographic space first",
+    "no-break space last\xa0",
+    "line separator\u2028",
+    "_x00e9_ looks escaped",
 ]
 
 
