@@ -2,8 +2,10 @@
 review tables for approvers, and dispatch through the action sinks."""
 
 import shutil
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -17,6 +19,31 @@ from actionlayer.transform import manifest_path
 from orchestration.resources import ActionlayerSettings
 
 REVIEW_SUFFIXES = {".csv", ".xlsx"}
+# Every log call of a step is one event written to Dagster's event log (a database write, 10-25 ms), so a
+# report goes out as one message, and a list with a line per alert is cut to its first lines and a count
+# (ops.alerts keeps every alert with its send result).
+ALERT_LINES_SHOWN = 20
+
+
+def _log(log: Callable[[str], Any], lines: Sequence[str]) -> None:
+    """A report's lines as one log message."""
+    if lines:
+        log("\n".join(lines))
+
+
+def alert_digest(lines: Sequence[str]) -> list[str]:
+    """The alert lines of a dispatch pass as logged: all of them when few, else a count, the alerts that
+    were not sent first, and the first of the rest."""
+    if len(lines) <= ALERT_LINES_SHOWN:
+        return list(lines)
+    sent = [line for line in lines if line.startswith("alert sent to ")]
+    problems = [line for line in lines if not line.startswith("alert sent to ")]
+    shown = (problems + sent)[:ALERT_LINES_SHOWN]
+    return [
+        f"{len(lines)} alert(s): {len(sent)} sent, {len(problems)} not sent (retried next pass); "
+        f"the first {len(shown)}, the rest are in ops.alerts:",
+        *shown,
+    ]
 
 
 def inbox_files(folder: Path | None = None) -> list[Path]:
@@ -94,8 +121,7 @@ def review_decisions(
         # the files stay in the inbox for the next run; level-4 actions still go out
         context.log.error(f"review files not imported, left in {config.review_inbox_dir()}: {exc}")
         return dg.MaterializeResult(metadata={"files": len(files), "imported": 0, "refused": str(exc)})
-    for line in report.summary_lines():
-        (context.log.warning if report.has_errors else context.log.info)(line)
+    _log(context.log.warning if report.has_errors else context.log.info, report.summary_lines())
     _archive(files, as_of)
     return dg.MaterializeResult(
         metadata={
@@ -128,8 +154,7 @@ def review_tables(
     except ReviewConfigError as exc:
         context.log.error(f"review tables not exported: {exc}")
         return dg.MaterializeResult(metadata={"folder": str(out_dir), "files": 0, "refused": str(exc)})
-    for line in report.summary_lines():
-        context.log.info(line)
+    _log(context.log.info, report.summary_lines())
     return dg.MaterializeResult(metadata={"folder": str(out_dir), "files": len(report.files)})
 
 
@@ -152,10 +177,8 @@ def action_dispatch(
             as_of,
             progress=lambda done, total: done % 100 == 0 and context.log.info(f"{done}/{total} sent"),
         )
-    for line in report.summary_lines():
-        (context.log.warning if report.failed else context.log.info)(line)
-    for line in alert_lines:
-        context.log.warning(line)
+    _log(context.log.warning if report.failed else context.log.info, report.summary_lines())
+    _log(context.log.warning, alert_digest(alert_lines))
     return dg.MaterializeResult(
         metadata={
             "due": report.due,

@@ -220,3 +220,15 @@ def test_a_manifests_json_is_what_json_dumps_writes(count):
     reference = json.dumps({**manifest.payload(), "signature": manifest.signature}, sort_keys=True, indent=1)
     assert manifest.to_json() == reference
     assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_a_pass_logs_its_alerts_as_one_digest_with_the_unsent_first():
+    from orchestration.action_assets import ALERT_LINES_SHOWN, alert_digest
+
+    few = [f"alert sent to ops@example.com: escalated {n}" for n in range(3)]
+    assert alert_digest(few) == few
+    failed = "alert escalation for care not sent: file outbox: could not write; retried next pass"
+    many = [f"alert sent to ops@example.com: escalated {n}" for n in range(500)] + [failed]
+    digest = alert_digest(many)
+    assert digest[0].startswith("501 alert(s): 500 sent, 1 not sent")
+    assert digest[1] == failed and digest[2:] == many[: ALERT_LINES_SHOWN - 1]
