@@ -4,6 +4,7 @@ requests left undecided past their rule's expiry become `expired`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections import Counter
@@ -18,7 +19,7 @@ import pyarrow as pa
 from action_sinks.templates import TemplateError, render_message
 from actionlayer import alerts, learning, ledger, template_sql
 from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, evaluate
-from actionlayer.rules import Rule
+from actionlayer.rules import EscalationRule, Rule
 from actionlayer.settings import EscalationRoutes, load_escalation_routes
 
 CANDIDATES_TABLE = "main.action_candidates"
@@ -514,18 +515,49 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule]) -> _Plan:
         return plan  # a build of another shape: every candidate goes the Python way
     for rule_id, rule in rules.items():
         escalation = rule.escalation
-        if rule.learning is not None or (escalation.fields and (escalation.keywords or escalation.patterns)):
-            continue  # a per-candidate decision in Python (arm draw, keyword and pattern search)
+        if rule.learning is not None or (escalation.fields and escalation.patterns):
+            continue  # a per-candidate decision in Python (arm draw, regular expressions)
         if rule.maturity_level not in (1, 2, 3, 4, 5) or rule.template_format not in ("text", "html"):
             continue
         subject = template_sql.parse(rule.template_subject)
         body = template_sql.parse(rule.template_body, html=rule.template_format == "html")
         if subject is None or body is None:
             continue
-        plan.rendered[rule_id] = template_sql.render_sql(
-            subject, body, rule.template_format == "html", columns
-        )
+        rendered = template_sql.render_sql(subject, body, rule.template_format == "html", columns)
+        if escalation.fields and escalation.keywords:
+            rendered = dataclasses.replace(
+                rendered, renderable=f"{rendered.renderable} and {_no_keyword(escalation, columns)}"
+            )
+        plan.rendered[rule_id] = rendered
     return plan
+
+
+def _no_keyword(escalation: EscalationRule, columns: Mapping[str, str]) -> str:
+    """SQL: true only when none of the rule's keywords can be in the candidate's escalation fields (a keyword
+    matches a lower-cased word start, so it must at least be a substring of the lower-cased text). Only ASCII
+    text is judged here, where DuckDB and Python lower-case alike; anything else goes the Python way."""
+    reason_object = template_sql.reason_object("reason") if columns.get("reason") == "VARCHAR" else "false"
+    checks = []
+    for name in escalation.fields:
+        if name in columns and name != "reason":
+            # escalation reads the candidate's column before its reason (see escalation._matches)
+            if columns[name] != "VARCHAR":
+                continue
+            text = f'"{name}"'
+        else:
+            path = template_sql.literal(f'$."{name}"')
+            text = (
+                f"(case when {reason_object} and json_type(reason, {path}) = 'VARCHAR' "
+                f"then json_extract_string(reason, {path}) end)"
+            )
+        keywords = " or ".join(
+            f"contains(lower({text}), {template_sql.literal(keyword.lower())})"
+            for keyword in escalation.keywords
+        )
+        checks.append(
+            f"(coalesce({text}, '') = '' or (regexp_matches({text}, '^[\x01-\x7f]*$') and not ({keywords})))"
+        )
+    return "(" + " and ".join(checks or ["true"]) + ")"
 
 
 def _work(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
@@ -794,7 +826,9 @@ def _fast_events_sql(plan: _Plan) -> str:
         from fast where journey_status = 'held_out'
         union all by name
         select _ordinal, 1 as _sub,
-               {event_id.format("'suppressed'", "?::varchar || '|' || coalesce(journey_reason, '')")} as event_id,
+               {
+        event_id.format("'suppressed'", "?::varchar || '|' || coalesce(journey_reason, '')")
+    } as event_id,
                action_id, 'suppressed' as event_type, ?::timestamp as occurred_at, 'system:journey' as actor,
                {identity}, {nothing.replace("null::varchar as result", "journey_reason as result")},
                null::varchar as next_action, null::varchar as details

@@ -63,6 +63,16 @@ def parse(source: str, html: bool = False) -> list | None:
     return _parts(tree.body)
 
 
+def reason_object(reason: str = "reason") -> str:
+    """SQL: is the reason a JSON object SQL reads as Python's json.loads does? Only a plain object both readers
+    agree on is read in SQL (no duplicate keys, no \\u escapes, no control characters)."""
+    return (
+        f"(coalesce({reason}, '') <> '' and json_valid({reason}) and json_type({reason}) = 'OBJECT' "
+        f"and len(json_keys({reason})) = len(list_distinct(json_keys({reason}))) "
+        f"and not contains({reason}, '\\u') and not regexp_matches({reason}, '[\\x00-\\x1f]'))"
+    )
+
+
 def _names(parts: list) -> set[str]:
     names: set[str] = set()
     for part in parts:
@@ -167,17 +177,11 @@ def render_sql(
     """The SQL rendering of a simple template over a relation with `columns` (name → DuckDB type)."""
     has_reason = columns.get("reason", "").upper() == "VARCHAR"
     if has_reason:
-        # Python reads the reason as JSON; only a plain object both readers agree on is read in SQL (no
-        # duplicate keys, no \u escapes, no control characters); an empty or null reason has no values
-        reason_object = (
-            f"(coalesce({reason}, '') <> '' and json_valid({reason}) and json_type({reason}) = 'OBJECT' "
-            f"and len(json_keys({reason})) = len(list_distinct(json_keys({reason}))) "
-            f"and not contains({reason}, '\\u') and not regexp_matches({reason}, '[\\x00-\\x1f]'))"
-        )
-        reason_ok = f"(coalesce({reason}, '') = '' or {reason_object})"
+        is_object = reason_object(reason)
+        reason_ok = f"(coalesce({reason}, '') = '' or {is_object})"
     else:
-        reason_object, reason_ok = "false", "true"
-    values = _Values(columns, reason, reason_object)
+        is_object, reason_ok = "false", "true"
+    values = _Values(columns, reason, is_object)
     subject = _expression(subject_parts, values, html=False)
     body = _expression(body_parts, values, html)
     # single_line: runs of CR/LF become one space, then Python whitespace is stripped at both ends
