@@ -515,8 +515,10 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule]) -> _Plan:
         return plan  # a build of another shape: every candidate goes the Python way
     for rule_id, rule in rules.items():
         escalation = rule.escalation
-        if rule.learning is not None or (escalation.fields and escalation.patterns):
-            continue  # a per-candidate decision in Python (arm draw, regular expressions)
+        if escalation.fields and escalation.patterns:
+            continue  # regular expressions are Python's: every candidate of the rule goes the Python way
+        if rule.learning is not None and rule.learning.segment_by == "reason":
+            continue
         if rule.maturity_level not in (1, 2, 3, 4, 5) or rule.template_format not in ("text", "html"):
             continue
         subject = template_sql.parse(rule.template_subject)
@@ -778,7 +780,7 @@ def _fast_events_sql(plan: _Plan) -> str:
     identity = (
         "rule_id, _r_version::integer as rule_version, _r_level::integer as maturity_level, record_type, "
         "record_id, contact_id, account_id, owner_email, signal_at, holdout, reason, recommended_action, "
-        "_r_channel as channel, recipient"
+        "coalesce(_l_channel, _r_channel) as channel, recipient"
     )
     event_id = "substr(sha256(action_id || '|' || {} || '|' || {}), 1, 32)"
     nothing = (
@@ -801,22 +803,24 @@ def _fast_events_sql(plan: _Plan) -> str:
             select rows.* exclude (candidate_action),
                    coalesce(nullif(candidate_action, ''), _r_recommended_action) as recommended_action,
                    rules.* exclude (rule_id), details.details as proposed_details,
-                   held.next_action as held_next, held.details as held_details
+                   held.next_action as held_next, held.details as held_details,
+                   learned.* exclude (_ordinal)
             from rows
             join _proposal_rules as rules using (rule_id)
             join _proposal_details as details using (_detail_key)
             left join _proposal_held as held using (_ordinal)
+            left join _proposal_learned as learned using (_ordinal)
         )
         select _ordinal, 0 as _sub, {event_id.format("'proposed'", "''")} as event_id, action_id,
                'proposed' as event_type, ?::timestamp as occurred_at, _r_actor as actor, {identity},
                case when escalate then '[ESCALATED] ' || subject else subject end as message_subject,
                body as message_body, null::varchar as approver_email, null::integer as attempt,
                null::varchar as result, null::boolean as retryable,
-               case when journey_status = 'held_out' then 'none: held out to measure uplift'
+               coalesce(_l_next, case when journey_status = 'held_out' then 'none: held out to measure uplift'
                     when journey_status = 'suppressed' then 're-evaluate on the next pass'
                     when _r_next_after is null then _r_next_before
-                    else _r_next_before || coalesce(owner_email, 'None') || _r_next_after end as next_action,
-               proposed_details as details
+                    else _r_next_before || coalesce(owner_email, 'None') || _r_next_after end) as next_action,
+               coalesce(_l_details, proposed_details) as details
         from fast
         union all by name
         select _ordinal, 1 as _sub, {event_id.format("'held_out'", "''")} as event_id, action_id,
@@ -851,7 +855,7 @@ def _fast_events_sql(plan: _Plan) -> str:
         )
     },
                case when _r_review then _r_review_next when held_next is not null then held_next
-                    else _r_approved_next end as next_action,
+                    else coalesce(_l_approved_next, _r_approved_next) end as next_action,
                case when _r_review then _r_review_details when held_next is not null then held_details
                     else _r_approved_details end as details
         from fast where {_ELIGIBLE} and (_r_review or _r_automatic)"""
@@ -966,6 +970,7 @@ def _write(
         ).fetchall()
         for names in [("rule_id", "priority", "escalate", "journey_status", "journey_reason")]
     ]
+    learned_rows = _learned(con, as_of, plan, policies, report)
     held_rows = []
     for (rule_id, held_because), held_ordinals in held.items():
         rule = rules[rule_id]
@@ -984,6 +989,20 @@ def _write(
                 "_ordinal": pa.array([o for o, _, _ in held_rows], pa.int64()),
                 "next_action": pa.array([n for _, n, _ in held_rows], pa.string()),
                 "details": pa.array([d for _, _, d in held_rows], pa.string()),
+            }
+        ),
+        "_proposal_learned": pa.table(
+            {
+                name: pa.array([row[i] for row in learned_rows], kind)
+                for i, (name, kind) in enumerate(
+                    [
+                        ("_ordinal", pa.int64()),
+                        ("_l_channel", pa.string()),
+                        ("_l_next", pa.string()),
+                        ("_l_details", pa.string()),
+                        ("_l_approved_next", pa.string()),
+                    ]
+                )
             }
         ),
         "_proposal_slow": ledger.event_table(events, _ordinal=ordinals, _sub=list(range(len(events)))),
@@ -1016,6 +1035,70 @@ def _write(
         for name in tables:
             con.unregister(name)
     return report
+
+
+def _learned(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    plan: _Plan,
+    policies: Mapping[str, learning.ThompsonPolicy],
+    report: ProposalReport,
+) -> list[tuple[int, str, str, str | None, str]]:
+    """The arm of every level-5 action of the set-based path, as (ordinal, channel, the proposal's next action
+    and details, the approval's next action). The arm is drawn per action id (`learning.draw_arm`); what
+    follows from it depends only on the segment, the arm and the contact's zone, so `_decide` runs once per
+    such combination."""
+    rows: list[tuple[int, str, str, str | None, str]] = []
+    wanted = [
+        name
+        for name in ("action_id", "journey_status", "priority", "escalate", "journey_reason", "reason")
+        + learning.TIMEZONE_COLUMNS
+        if name in plan.columns
+    ]
+    for rule_id, policy in policies.items():
+        if rule_id not in plan.rendered:
+            continue
+        rule = plan.rules[rule_id]
+        segment_by = policy.config.segment_by
+        names = wanted + (
+            [segment_by] if segment_by and segment_by in plan.columns and segment_by not in wanted else []
+        )
+        cursor = con.execute(
+            f"select _ordinal, {', '.join(f'{chr(34)}{n}{chr(34)}' for n in names)} from _proposal_work "
+            f"where _fast and rule_id = ? and coalesce({plan.column('journey_status')} <> 'held_out', true) "
+            "order by _ordinal",
+            [rule_id],
+        )
+        cache: dict[tuple[Any, ...], tuple[str, str, str | None, str, str]] = {}
+        for ordinal, *values in cursor.fetchall():
+            candidate = dict(zip(names, values, strict=True))
+            segment = learning.segment_of(candidate, segment_by)
+            zone = learning.contact_timezone(candidate)
+            index = learning.draw_arm(candidate["action_id"], policy._segment(segment)[1])
+            key = (
+                segment,
+                index,
+                zone,
+                candidate.get("journey_status"),
+                candidate.get("priority"),
+                candidate.get("escalate"),
+                candidate.get("journey_reason"),
+            )
+            if key not in cache:
+                # the real decision of this action: every field but its id is the combination's
+                learned = _decide(policy, candidate, as_of)
+                state_like = {"channel": learned["arm_channel"], "not_before": learned["not_before"]}
+                cache[key] = (
+                    learned["arm"],
+                    learned["arm_channel"],
+                    _next_step(candidate, rule, learned),
+                    ledger.encode_details(_proposal_details(candidate, rule, None, learned)),
+                    _dispatch_hint(state_like["channel"] or rule.channel, state_like["not_before"]),
+                )
+            arm, channel, next_action, details, approved_next = cache[key]
+            report.learned[(rule_id, arm)] += 1
+            rows.append((ordinal, channel, next_action, details, approved_next))
+    return rows
 
 
 def _policies(
