@@ -445,7 +445,7 @@ def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
 _STATE_PREFIX = "_state__"
 
 
-_INTERNAL = ("_ordinal", "_known", "_fast", "_detail_key")
+_INTERNAL = ("_ordinal", "_known", "_fast", "_detail_key", "_subject", "_body")
 # candidate columns the set-based path copies into the ledger, with the DuckDB type it handles
 _FAST_TYPES = {
     "action_id": "VARCHAR",
@@ -475,6 +475,7 @@ class _Plan:
     columns: dict[str, str]
     rules: dict[str, Rule]
     rendered: dict[str, template_sql.Rendered]
+    variables: template_sql.Variables
 
     def column(self, name: str, kind: str = "varchar") -> str:
         return f'"{name}"' if name in self.columns else f"null::{kind}"
@@ -492,6 +493,8 @@ class _Plan:
         return f"(not _known and coalesce(case rule_id {' '.join(cases)} else false end, false))"
 
     def by_rule(self, attribute: str) -> str:
+        if not self.rendered:
+            return "null::varchar"
         cases = " ".join(
             f"when {template_sql.literal(rule_id)} then {getattr(rendered, attribute)}"
             for rule_id, rendered in self.rendered.items()
@@ -507,7 +510,7 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule]) -> _Plan:
             "where table_schema = 'main' and table_name = 'action_candidates' order by ordinal_position"
         ).fetchall()
     }
-    plan = _Plan(columns=columns, rules=dict(rules), rendered={})
+    plan = _Plan(columns=columns, rules=dict(rules), rendered={}, variables=template_sql.Variables(columns))
     required = {"action_id", "rule_id", "record_type", "record_id", "priority"}
     if not required <= columns.keys() or any(
         name in columns and columns[name] != kind for name, kind in _FAST_TYPES.items()
@@ -525,20 +528,20 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule]) -> _Plan:
         body = template_sql.parse(rule.template_body, html=rule.template_format == "html")
         if subject is None or body is None:
             continue
-        rendered = template_sql.render_sql(subject, body, rule.template_format == "html", columns)
+        rendered = template_sql.render_sql(subject, body, rule.template_format == "html", plan.variables)
         if escalation.fields and escalation.keywords:
             rendered = dataclasses.replace(
-                rendered, renderable=f"{rendered.renderable} and {_no_keyword(escalation, columns)}"
+                rendered, renderable=f"{rendered.renderable} and {_no_keyword(escalation, plan.variables)}"
             )
         plan.rendered[rule_id] = rendered
     return plan
 
 
-def _no_keyword(escalation: EscalationRule, columns: Mapping[str, str]) -> str:
+def _no_keyword(escalation: EscalationRule, variables: template_sql.Variables) -> str:
     """SQL: true only when none of the rule's keywords can be in the candidate's escalation fields (a keyword
     matches a lower-cased word start, so it must at least be a substring of the lower-cased text). Only ASCII
     text is judged here, where DuckDB and Python lower-case alike; anything else goes the Python way."""
-    reason_object = template_sql.reason_object("reason") if columns.get("reason") == "VARCHAR" else "false"
+    columns = variables.columns
     checks = []
     for name in escalation.fields:
         if name in columns and name != "reason":
@@ -547,11 +550,7 @@ def _no_keyword(escalation: EscalationRule, columns: Mapping[str, str]) -> str:
                 continue
             text = f'"{name}"'
         else:
-            path = template_sql.literal(f'$."{name}"')
-            text = (
-                f"(case when {reason_object} and json_type(reason, {path}) = 'VARCHAR' "
-                f"then json_extract_string(reason, {path}) end)"
-            )
+            text = variables.json_text(name)
         keywords = " or ".join(
             f"contains(lower({text}), {template_sql.literal(keyword.lower())})"
             for keyword in escalation.keywords
@@ -572,6 +571,11 @@ def _work(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
     therefore has no work at all.
     """
     kind = "trim(split_part(coalesce({}, ''), ':', 1))"
+    # the template variables, each read from the reason once per row (see template_sql.Variables)
+    layers = "".join(
+        f", layer{i + 1} as (select *, {columns} from {'work' if i == 0 else f'layer{i}'})"
+        for i, columns in enumerate(plan.variables.layers())
+    )
     detail_key = ", ".join(
         plan.column(name, kind)
         for name, kind in (
@@ -602,9 +606,12 @@ def _work(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
                     and (candidates.journey_status = 'eligible'
                          or (candidates.journey_status = 'suppressed'
                              and {kind.format("candidates.journey_reason")} <> {kind.format("latest.result")})))
-        )
-        select *, {plan.fast()} as _fast, dense_rank() over (order by {detail_key}) as _detail_key
-        from work"""
+        ){layers}
+        select * exclude ({", ".join(plan.variables.internal())}),
+               case when _fast then {plan.by_rule("subject")} end as _subject,
+               case when _fast then {plan.by_rule("body")} end as _body,
+               dense_rank() over (order by {detail_key}) as _detail_key
+        from (select *, {plan.fast()} as _fast from layer{len(plan.variables.layers())})"""
     )
 
 
@@ -796,7 +803,7 @@ def _fast_events_sql(plan: _Plan) -> str:
                    {col("recipient_email")} as recipient, {col("journey_status")} as journey_status,
                    {col("journey_reason")} as journey_reason,
                    coalesce({col("escalate", "boolean")}, false) as escalate,
-                   {plan.by_rule("subject")} as subject, {plan.by_rule("body")} as body, _detail_key
+                   _subject as subject, _body as body, _detail_key
             from _proposal_work where _fast
         ),
         fast as (

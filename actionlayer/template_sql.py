@@ -90,14 +90,78 @@ class Rendered:
     renderable: str  # SQL boolean: true when both expressions equal the Python rendering
 
 
-class _Values:
-    """SQL for a variable's text and truthiness, as template_variables() would resolve it: the reason's key
-    first, then the first_name/last_name aliases, then the candidate's column (never `reason` itself)."""
+class Variables:
+    """The template variables of a pass's rules as columns computed once per row, resolved as
+    template_variables() does: the reason's key first, then the first_name/last_name aliases, then the
+    candidate's column (never `reason` itself). `layers()` are the select lists that compute them, each over
+    the one before (the reason is read as JSON once per variable, not once per use)."""
 
-    def __init__(self, columns: Mapping[str, str], reason: str, reason_object: str) -> None:
+    def __init__(self, columns: Mapping[str, str], reason: str = "reason") -> None:
         self.columns = columns
         self.reason = reason
-        self.reason_object = reason_object
+        self.names: dict[str, int] = {}
+
+    def _index(self, name: str) -> int:
+        return self.names.setdefault(name, len(self.names))
+
+    def text(self, name: str) -> str:
+        """SQL: the variable's text as Python's str() gives it, null when SQL cannot say."""
+        return f'"_t{self._index(name)}"'
+
+    def truth(self, name: str) -> str:
+        """SQL: the variable's truth as Python's bool() gives it, null when SQL cannot say."""
+        return f'"_b{self._index(name)}"'
+
+    def json_text(self, name: str) -> str:
+        """SQL: the reason key's string, null when it has none (or not a string)."""
+        index = self._index(name)
+        return f"""(case when "_k{index}" = 'VARCHAR' then "_e{index}" ->> '$' end)"""
+
+    reason_ok = '"_reason_ok"'
+    reason_object = '"_reason_object"'
+
+    def internal(self) -> list[str]:
+        """The helper columns `layers()` add."""
+        names = ["_reason_object", "_reason_ok"]
+        for index in self.names.values():
+            names += [f"_k{index}", f"_e{index}", f"_t{index}", f"_b{index}"]
+        return names
+
+    def layers(self) -> list[str]:
+        has_reason = self.columns.get(self.reason, "").upper() == "VARCHAR"
+        reason = self.reason
+        first = (
+            f"{reason_object(reason)} as _reason_object, "
+            f"(coalesce({reason}, '') = '' or {reason_object(reason)}) as _reason_ok"
+            if has_reason
+            else "false as _reason_object, true as _reason_ok"
+        )
+        second, third = [], []
+        for name, index in self.names.items():
+            path = literal(f'$."{name}"')
+            if has_reason:
+                second.append(
+                    f"case when _reason_object then json_type({reason}, {path}) end as _k{index}, "
+                    f"case when _reason_object then json_extract({reason}, {path}) end as _e{index}"
+                )
+            else:
+                second.append(f"null::varchar as _k{index}, null::json as _e{index}")
+            kind, value = f"_k{index}", f"_e{index}"
+            text = f"({value} ->> '$')"
+            column_text, column_truth = self._column(name)
+            third.append(
+                f"(case {kind} when 'VARCHAR' then {text} when 'NULL' then 'None' "
+                f"when 'BOOLEAN' then (case when {value}::boolean then 'True' else 'False' end) "
+                f"when 'BIGINT' then {text} when 'UBIGINT' then {text} "
+                f"when 'DOUBLE' then (case when abs({value}::double) < {_DOUBLE_LIMIT} "
+                f"then {value}::double::varchar end) "
+                f"else (case when {kind} is null then {column_text} end) end) as _t{index}, "
+                f"(case {kind} when 'VARCHAR' then {text} <> '' when 'NULL' then false "
+                f"when 'BOOLEAN' then {value}::boolean when 'BIGINT' then {value}::hugeint <> 0 "
+                f"when 'UBIGINT' then {value}::hugeint <> 0 when 'DOUBLE' then {value}::double <> 0 "
+                f"else (case when {kind} is null then {column_truth} end) end) as _b{index}"
+            )
+        return [first, ", ".join(second) or "1 as _no_variables", ", ".join(third) or "1 as _no_texts"]
 
     def _column(self, name: str) -> tuple[str, str]:
         if name in _ALIASES:
@@ -105,7 +169,7 @@ class _Values:
             if source not in self.columns:
                 return "'None'", "false"
             name = source
-        elif name not in self.columns or name == "reason":
+        elif name not in self.columns or name == self.reason:
             return "null", "null"  # missing: the Python path reports it
         kind = self.columns[name].upper()
         column = f'"{name}"'
@@ -126,27 +190,6 @@ class _Values:
             )
         return "null", "null"
 
-    def of(self, name: str) -> tuple[str, str]:
-        path = literal(f'$."{name}"')
-        kind = f"(case when {self.reason_object} then json_type({self.reason}, {path}) end)"
-        value = f"json_extract({self.reason}, {path})"
-        text = f"json_extract_string({self.reason}, {path})"
-        column_text, column_truth = self._column(name)
-        rendered = (
-            f"(case {kind} when 'VARCHAR' then {text} when 'NULL' then 'None' "
-            f"when 'BOOLEAN' then (case when {value}::boolean then 'True' else 'False' end) "
-            f"when 'BIGINT' then {text} when 'UBIGINT' then {text} "
-            f"when 'DOUBLE' then (case when abs({value}::double) < {_DOUBLE_LIMIT} then {value}::double::varchar end) "
-            f"else (case when {kind} is null then {column_text} end) end)"
-        )
-        truth = (
-            f"(case {kind} when 'VARCHAR' then {text} <> '' when 'NULL' then false "
-            f"when 'BOOLEAN' then {value}::boolean when 'BIGINT' then {value}::hugeint <> 0 "
-            f"when 'UBIGINT' then {value}::hugeint <> 0 when 'DOUBLE' then {value}::double <> 0 "
-            f"else (case when {kind} is null then {column_truth} end) end)"
-        )
-        return rendered, truth
-
 
 def _escape(expression: str) -> str:
     # what markupsafe.escape does to a string, in its order
@@ -155,33 +198,23 @@ def _escape(expression: str) -> str:
     return expression
 
 
-def _expression(parts: list, values: _Values, html: bool) -> str:
+def _expression(parts: list, values: Variables, html: bool) -> str:
     pieces = []
     for part in parts:
         if part[0] == "text":
             pieces.append(literal(part[1]))
         elif part[0] == "var":
-            text, _ = values.of(part[1])
+            text = values.text(part[1])
             pieces.append(_escape(text) if html else text)
         else:
-            _, truth = values.of(part[1])
             then = _expression(part[2], values, html)
             otherwise = _expression(part[3], values, html)
-            pieces.append(f"(case when {truth} then {then} else {otherwise} end)")
+            pieces.append(f"(case when {values.truth(part[1])} then {then} else {otherwise} end)")
     return "concat(" + ", ".join(pieces) + ")" if pieces else "''"
 
 
-def render_sql(
-    subject_parts: list, body_parts: list, html: bool, columns: Mapping[str, str], reason: str = "reason"
-) -> Rendered:
-    """The SQL rendering of a simple template over a relation with `columns` (name → DuckDB type)."""
-    has_reason = columns.get("reason", "").upper() == "VARCHAR"
-    if has_reason:
-        is_object = reason_object(reason)
-        reason_ok = f"(coalesce({reason}, '') = '' or {is_object})"
-    else:
-        is_object, reason_ok = "false", "true"
-    values = _Values(columns, reason, is_object)
+def render_sql(subject_parts: list, body_parts: list, html: bool, values: Variables) -> Rendered:
+    """The SQL rendering of a simple template over a relation that has the columns of `values.layers()`."""
     subject = _expression(subject_parts, values, html=False)
     body = _expression(body_parts, values, html)
     # single_line: runs of CR/LF become one space, then Python whitespace is stripped at both ends
@@ -189,10 +222,11 @@ def render_sql(
         f"regexp_replace(regexp_replace({subject}, '[\\r\\n]+', ' ', 'g'), "
         f"'^{_SPACE_CLASS}+|{_SPACE_CLASS}+$', '', 'g')"
     )
-    checks = [reason_ok] + [
-        f"{values.of(name)[0]} is not null" for name in sorted(_names(subject_parts) | _names(body_parts))
+    checks = [values.reason_ok]
+    checks += [
+        f"{values.text(name)} is not null" for name in sorted(_names(subject_parts) | _names(body_parts))
     ]
-    checks += [f"{values.of(name)[1]} is not null" for name in sorted(_if_names(subject_parts + body_parts))]
+    checks += [f"{values.truth(name)} is not null" for name in sorted(_if_names(subject_parts + body_parts))]
     return Rendered(subject=subject, body=body, renderable="(" + " and ".join(checks) + ")")
 
 
