@@ -502,7 +502,7 @@ class _Plan:
         return f"case rule_id {cases} end"
 
 
-def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule]) -> _Plan:
+def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule], set_based: bool = True) -> _Plan:
     columns = {
         name: kind
         for name, kind in con.execute(
@@ -512,7 +512,7 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule]) -> _Plan:
     }
     plan = _Plan(columns=columns, rules=dict(rules), rendered={}, variables=template_sql.Variables(columns))
     required = {"action_id", "rule_id", "record_type", "record_id", "priority"}
-    if not required <= columns.keys() or any(
+    if not set_based or not required <= columns.keys() or any(
         name in columns and columns[name] != kind for name, kind in _FAST_TYPES.items()
     ):
         return plan  # a build of another shape: every candidate goes the Python way
@@ -873,6 +873,8 @@ def propose(
     as_of: datetime,
     rules: Mapping[str, Rule],
     routes: EscalationRoutes | None = None,
+    *,
+    set_based: bool = True,
 ) -> ProposalReport:
     """Write this pass's ledger events for the current candidate build (idempotent).
 
@@ -882,7 +884,8 @@ def propose(
     Candidates whose rule decides nothing per candidate in Python (no arm draw, no keyword search) and whose
     message renders in SQL (see `template_sql`) are written set-based, in SQL; the others, and every action
     already in the ledger, go through `_Pass.route`. Both write the same events: one numbering in the pass's
-    order interleaves them.
+    order interleaves them. `set_based=False` sends every candidate through `_Pass.route` (the reference the
+    set-based path is tested against).
     """
     ledger.ensure_schema(con)
     alerts.ensure_schema(con)
@@ -894,7 +897,7 @@ def propose(
     )
     report.candidates = sum(totals.values())
     report.unknown_rules = {rule_id for rule_id in totals if rule_id not in rules}
-    plan = _plan(con, rules)
+    plan = _plan(con, rules, set_based)
     # one anti-join decides the pass: only candidates that are new or whose suppression changed are work
     _work(con, plan)
     try:

@@ -122,7 +122,7 @@ class Variables:
 
     def internal(self) -> list[str]:
         """The helper columns `layers()` add."""
-        names = ["_reason_object", "_reason_ok"]
+        names = ["_reason_object", "_reason_ok"] + ([] if self.names else ["_no_variables", "_no_texts"])
         for index in self.names.values():
             names += [f"_k{index}", f"_e{index}", f"_t{index}", f"_b{index}"]
         return names
