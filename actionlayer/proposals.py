@@ -512,8 +512,10 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule], set_based: 
     }
     plan = _Plan(columns=columns, rules=dict(rules), rendered={}, variables=template_sql.Variables(columns))
     required = {"action_id", "rule_id", "record_type", "record_id", "priority"}
-    if not set_based or not required <= columns.keys() or any(
-        name in columns and columns[name] != kind for name, kind in _FAST_TYPES.items()
+    if (
+        not set_based
+        or not required <= columns.keys()
+        or any(name in columns and columns[name] != kind for name, kind in _FAST_TYPES.items())
     ):
         return plan  # a build of another shape: every candidate goes the Python way
     for rule_id, rule in rules.items():

@@ -66,10 +66,12 @@ def parse(source: str, html: bool = False) -> list | None:
 def reason_object(reason: str = "reason") -> str:
     """SQL: is the reason a JSON object SQL reads as Python's json.loads does? Only a plain object both readers
     agree on is read in SQL (no duplicate keys, no \\u escapes, no control characters)."""
+    # a CASE, not AND: SQL does not stop at the first false operand, and the JSON functions raise on non-JSON
     return (
-        f"(coalesce({reason}, '') <> '' and json_valid({reason}) and json_type({reason}) = 'OBJECT' "
-        f"and len(json_keys({reason})) = len(list_distinct(json_keys({reason}))) "
-        f"and not contains({reason}, '\\u') and not regexp_matches({reason}, '[\\x00-\\x1f]'))"
+        f"(case when coalesce({reason}, '') = '' or contains({reason}, '\\u') "
+        f"or regexp_matches({reason}, '[\\x00-\\x1f]') or not json_valid({reason}) then false "
+        f"when json_type({reason}) <> 'OBJECT' then false "
+        f"else len(json_keys({reason})) = len(list_distinct(json_keys({reason}))) end)"
     )
 
 
