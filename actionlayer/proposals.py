@@ -4,7 +4,6 @@ requests left undecided past their rule's expiry become `expired`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 from collections import Counter
@@ -18,8 +17,8 @@ import pyarrow as pa
 
 from action_sinks.templates import TemplateError, render_message
 from actionlayer import alerts, learning, ledger, template_sql
-from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, evaluate
-from actionlayer.rules import EscalationRule, Rule
+from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, _matches, evaluate
+from actionlayer.rules import Rule
 from actionlayer.settings import EscalationRoutes, load_escalation_routes
 
 CANDIDATES_TABLE = "main.action_candidates"
@@ -519,9 +518,6 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule], set_based: 
     ):
         return plan  # a build of another shape: every candidate goes the Python way
     for rule_id, rule in rules.items():
-        escalation = rule.escalation
-        if escalation.fields and escalation.patterns:
-            continue  # regular expressions are Python's: every candidate of the rule goes the Python way
         if rule.learning is not None and rule.learning.segment_by == "reason":
             continue
         if rule.maturity_level not in (1, 2, 3, 4, 5) or rule.template_format not in ("text", "html"):
@@ -530,37 +526,37 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule], set_based: 
         body = template_sql.parse(rule.template_body, html=rule.template_format == "html")
         if subject is None or body is None:
             continue
-        rendered = template_sql.render_sql(subject, body, rule.template_format == "html", plan.variables)
-        if escalation.fields and escalation.keywords:
-            rendered = dataclasses.replace(
-                rendered, renderable=f"{rendered.renderable} and {_no_keyword(escalation, plan.variables)}"
-            )
-        plan.rendered[rule_id] = rendered
+        plan.rendered[rule_id] = template_sql.render_sql(
+            subject, body, rule.template_format == "html", plan.variables
+        )
     return plan
 
 
-def _no_keyword(escalation: EscalationRule, variables: template_sql.Variables) -> str:
-    """SQL: true only when none of the rule's keywords can be in the candidate's escalation fields (a keyword
-    matches a lower-cased word start, so it must at least be a substring of the lower-cased text). Only ASCII
-    text is judged here, where DuckDB and Python lower-case alike; anything else goes the Python way."""
-    columns = variables.columns
-    checks = []
-    for name in escalation.fields:
-        if name in columns and name != "reason":
-            # escalation reads the candidate's column before its reason (see escalation._matches)
-            if columns[name] != "VARCHAR":
-                continue
-            text = f'"{name}"'
-        else:
-            text = variables.json_text(name)
-        keywords = " or ".join(
-            f"contains(lower({text}), {template_sql.literal(keyword.lower())})"
-            for keyword in escalation.keywords
+def _escalating(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
+    """Hand the candidates whose keywords or patterns escalate to the Python route. The search is Python's own
+    (`escalation._matches`, regular expressions included), over the reason and the searched columns only."""
+    ordinals: list[int] = []
+    for rule_id in plan.rendered:
+        rule = plan.rules[rule_id].escalation
+        if not rule.fields or not (rule.keywords or rule.patterns):
+            continue
+        names = ["reason"] if "reason" in plan.columns else []
+        names += [name for name in dict.fromkeys(rule.fields) if name in plan.columns and name != "reason"]
+        cursor = con.execute(
+            f"select _ordinal{''.join(f', {chr(34)}{name}{chr(34)}' for name in names)} from _proposal_work "
+            "where _fast and rule_id = ?",
+            [rule_id],
         )
-        checks.append(
-            f"(coalesce({text}, '') = '' or (regexp_matches({text}, '^[\x01-\x7f]*$') and not ({keywords})))"
+        ordinals += [
+            ordinal
+            for ordinal, *values in cursor.fetchall()
+            if _matches(rule, dict(zip(names, values, strict=True)))
+        ]
+    if ordinals:
+        con.execute(
+            "update _proposal_work set _fast = false where _ordinal in (select unnest(?::bigint[]))",
+            [ordinals],
         )
-    return "(" + " and ".join(checks or ["true"]) + ")"
 
 
 def _work(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
@@ -935,6 +931,7 @@ def _write(
     )
     policies = _policies(con, as_of, rules, learners, report)
     router = _Pass(as_of, rules, routes, guard, policies, report)
+    _escalating(con, plan)
     slow = _slow_work(con, plan)
     automatic_rules = [rule_id for rule_id in plan.rendered if plan.rules[rule_id].maturity_level >= 4]
     automatic_rules = [r for r in automatic_rules if not plan.rules[r].needs_review]
