@@ -741,6 +741,7 @@ class _Pass:
         return events
 
 
+_AFTER_ALL = 2**62  # the ordinal of the pass's review expiries: after every candidate's events
 _ELIGIBLE = "coalesce(journey_status not in ('held_out', 'suppressed'), true)"
 
 
@@ -901,7 +902,7 @@ def propose(
     try:
         return _write(con, as_of, rules, routes, report, totals, plan)
     finally:
-        con.execute("drop table if exists _proposal_work")
+        con.execute("drop table if exists _proposal_work; drop table if exists _proposal_first")
 
 
 def _write(
@@ -944,10 +945,13 @@ def _write(
     ordinals: list[int] = []
     held: dict[tuple[str, str | None], list[int]] = {}
 
+    subs: list[int] = []
+
     def route(ordinal: int, candidate: dict[str, Any], state: dict[str, Any] | None) -> None:
         routed = router.route(candidate, state)
         events.extend(routed)
         ordinals.extend([ordinal] * len(routed))
+        subs.extend(range(len(routed)))
 
     # the guardrails count in the pass's order over both paths
     position = 0
@@ -966,7 +970,10 @@ def _write(
     ).fetchall():
         report.by_outcome[(rule_id, outcome)] += count
     report.expired = _expire_reviews(con, as_of, rules, events)
-    ordinals += [len(ordinals) + 2**40] * (len(events) - len(ordinals))  # expiries come last, in order
+    slow_counts = Counter(ordinals)
+    expiries = len(events) - len(ordinals)
+    ordinals += [_AFTER_ALL] * expiries  # expiries come last, in order
+    subs += range(expiries)
     details = [
         (
             key,
@@ -1014,7 +1021,13 @@ def _write(
                 )
             }
         ),
-        "_proposal_slow": ledger.event_table(events, _ordinal=ordinals, _sub=list(range(len(events)))),
+        "_proposal_slow": ledger.event_table(events, _ordinal=ordinals, _sub=subs),
+        "_proposal_counts": pa.table(
+            {
+                "_ordinal": pa.array(list(slow_counts), pa.int64()),
+                "n": pa.array(list(slow_counts.values()), pa.int64()),
+            }
+        ),
     }
     day = f"{as_of:%Y-%m-%d}"
     for name, table in tables.items():
@@ -1026,7 +1039,34 @@ def _write(
         if plan.rendered:
             source = f"({_fast_events_sql(plan)}) union all by name ({source})"
             params = [as_of, as_of, day, as_of, day, as_of]
-        report.new_events = ledger.append_query(con, source, params)
+        # each work row's first place in the batch, from the number of events of the rows before it (a narrow
+        # running sum instead of numbering the wide events)
+        fast_counts = (
+            f"""select _ordinal, case when coalesce({plan.column("journey_status")} in ('held_out', 'suppressed'),
+                                                  false) or _r_review or _r_automatic then 2 else 1 end as n
+            from _proposal_work join _proposal_rules using (rule_id) where _fast union all """
+            if plan.rendered
+            else ""
+        )
+        con.execute(
+            f"""create or replace temp table _proposal_first as
+            select _ordinal, sum(n) over (order by _ordinal) - n as _before, n
+            from ({fast_counts}select _ordinal, n from _proposal_counts)"""
+        )
+        total = con.execute("select coalesce(sum(n), 0) from _proposal_first").fetchall()[0][0]
+        distinct = (
+            len({event.event_id for event in events}) == len(events)
+            and con.execute("select count(*) = count(distinct action_id) from _proposal_work").fetchall()[0][
+                0
+            ]
+        )
+        report.new_events = ledger.append_query(
+            con,
+            f"""select events.* exclude (_ordinal, _sub), coalesce(first._before, ?) + events._sub as _position
+            from ({source}) as events left join _proposal_first as first on first._ordinal = events._ordinal""",
+            [total, *params],
+            distinct=distinct,
+        )
         report.alerts = alerts.raise_alerts(con, guard.alerts, as_of)
         # the first pass at an as-of time is what the blast-radius guard remembers (a re-run adds nothing)
         con.executemany(
