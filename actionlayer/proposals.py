@@ -933,6 +933,8 @@ def _write(
     policies = _policies(con, as_of, rules, learners, report)
     router = _Pass(as_of, rules, routes, guard, policies, report)
     _escalating(con, plan)
+    if not con.execute("select count(*) from _proposal_work where _fast").fetchall()[0][0]:
+        plan.rendered.clear()  # nothing set-based this pass (an unchanged build): skip its statements
     slow = _slow_work(con, plan)
     automatic_rules = [rule_id for rule_id in plan.rendered if plan.rules[rule_id].maturity_level >= 4]
     automatic_rules = [r for r in automatic_rules if not plan.rules[r].needs_review]

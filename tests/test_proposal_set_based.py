@@ -46,7 +46,12 @@ def _rules() -> dict:
             4,
             template=template,
             audience="owner",
-            escalate_when={"keywords": ["refund"], "patterns": ["o'?brien"], "fields": ["name"], "to": "manager"},
+            escalate_when={
+                "keywords": ["refund"],
+                "patterns": ["o'?brien"],
+                "fields": ["name"],
+                "to": "manager",
+            },
         ),
         rule_meta(
             "learn",
