@@ -745,6 +745,14 @@ _AFTER_ALL = 2**62  # the ordinal of the pass's review expiries: after every can
 _ELIGIBLE = "coalesce(journey_status not in ('held_out', 'suppressed'), true)"
 
 
+_RULE_COLUMN_TYPES = {
+    "_r_version": pa.int64(),
+    "_r_level": pa.int64(),
+    "_r_review": pa.bool_(),
+    "_r_automatic": pa.bool_(),
+}
+
+
 def _rule_table(plan: _Plan, as_of: datetime) -> pa.Table:
     """Per rule of the set-based path, the fields its events share, made by the Python path's own functions
     from a stand-in action (so both paths word them alike)."""
@@ -776,7 +784,15 @@ def _rule_table(plan: _Plan, as_of: datetime) -> pa.Table:
                 "_r_approved_details": ledger.encode_details(approval.details),
             }
         )
-    return pa.Table.from_pylist(rows) if rows else pa.table({"rule_id": pa.array([], pa.string())})
+    if not rows:
+        return pa.table({"rule_id": pa.array([], pa.string())})
+    # column by column (Table.from_pylist would import pandas, seconds in a fresh process)
+    return pa.table(
+        {
+            name: pa.array([row[name] for row in rows], _RULE_COLUMN_TYPES.get(name, pa.string()))
+            for name in rows[0]
+        }
+    )
 
 
 def _fast_events_sql(plan: _Plan) -> str:

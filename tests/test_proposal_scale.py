@@ -10,7 +10,7 @@ import duckdb
 import pytest
 from proposal_support import AS_OF, candidate, rule_meta, write_candidates
 
-from actionlayer import ledger
+from actionlayer import ledger, proposals
 from actionlayer.proposals import _plan, _slow_work, _work, propose
 from actionlayer.rules import rule_from_meta
 from actionlayer.settings import EscalationRoutes
@@ -101,6 +101,23 @@ def test_statements_per_pass_do_not_grow_with_the_candidates_and_unchanged_rerun
     assert small_counts == large_counts
     assert small_appended[0] > 0 and large_appended[0] > small_appended[0]
     assert small_appended[1:] == large_appended[1:] == [0, 0, 0]
+
+
+def test_only_candidates_that_escalate_are_routed_one_by_one_in_python(tmp_path, monkeypatch):
+    routed: list[str] = []
+    real = proposals._proposal
+    monkeypatch.setattr(
+        proposals, "_proposal", lambda *a, **k: routed.append(a[0]["action_id"]) or real(*a, **k)
+    )
+    con = duckdb.connect(str(tmp_path / "routed.duckdb"))
+    ledger.ensure_schema(con)
+    _build(con, 900)
+    report = propose(con, AS_OF, RULES, ROUTES)
+    # the care rule's "refund" deals escalate (a person is named, an alert raised): those alone go through
+    # the per-candidate route; the other 870 candidates are written by one set-based insert
+    assert sorted(routed) == [f"care-{n:05d}" for n in range(900) if n % 30 == 2]
+    assert report.escalated > 0 and report.new_events > 900
+    con.close()
 
 
 def _work_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[tuple[str, bool]], list]:
