@@ -1,6 +1,10 @@
 """Turns the candidate build into ledger events: each new candidate is proposed once, then routed by its
 rule's maturity level (held out, suppressed, sent for review, or approved automatically); review
-requests left undecided past their rule's expiry become `expired`."""
+requests left undecided past their rule's expiry become `expired`.
+
+Most candidates are written set-based: one SQL statement renders their messages (`template_sql`) and builds
+their events; only those that need a per-candidate decision in Python (an escalation, a template SQL cannot
+render exactly, an action already in the ledger) go through `_Pass.route`. Both produce the same events."""
 
 from __future__ import annotations
 
