@@ -1,6 +1,10 @@
 """Turns the candidate build into ledger events: each new candidate is proposed once, then routed by its
 rule's maturity level (held out, suppressed, sent for review, or approved automatically); review
-requests left undecided past their rule's expiry become `expired`."""
+requests left undecided past their rule's expiry become `expired`.
+
+Most candidates are written set-based: one SQL statement renders their messages (`template_sql`) and builds
+their events; only those that need a per-candidate decision in Python (an escalation, a template SQL cannot
+render exactly, an action already in the ledger) go through `_Pass.route`. Both produce the same events."""
 
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from action_sinks.templates import TemplateError, render_message
-from actionlayer import alerts, learning, ledger
-from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, evaluate
+from actionlayer import alerts, learning, ledger, template_sql
+from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, _matches, evaluate
 from actionlayer.rules import Rule
 from actionlayer.settings import EscalationRoutes, load_escalation_routes
 
@@ -139,21 +144,30 @@ def _proposal(
         message_subject=subject,
         message_body=body,
         next_action=_next_step(candidate, rule, learned),
-        details={
-            "priority": ESCALATED_PRIORITY if escalation is not None else candidate.get("priority"),
-            "escalate": bool(candidate.get("escalate")) or escalation is not None,
-            **(escalation.details() if escalation is not None else {}),
-            "journey_status": candidate.get("journey_status"),
-            "journey_reason": candidate.get("journey_reason"),
-            "audience": rule.audience,
-            "category": rule.category,
-            "outcome": rule.outcome,
-            "mode": rule.mode,
-            "format": rule.template_format,
-            **(learned or {}),
-        },
+        details=_proposal_details(candidate, rule, escalation, learned),
     )
     return event, failure
+
+
+def _proposal_details(
+    candidate: Mapping[str, Any],
+    rule: Rule,
+    escalation: Escalation | None = None,
+    learned: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "priority": ESCALATED_PRIORITY if escalation is not None else candidate.get("priority"),
+        "escalate": bool(candidate.get("escalate")) or escalation is not None,
+        **(escalation.details() if escalation is not None else {}),
+        "journey_status": candidate.get("journey_status"),
+        "journey_reason": candidate.get("journey_reason"),
+        "audience": rule.audience,
+        "category": rule.category,
+        "outcome": rule.outcome,
+        "mode": rule.mode,
+        "format": rule.template_format,
+        **(learned or {}),
+    }
 
 
 def _next_step(candidate: Mapping[str, Any], rule: Rule, learned: Mapping[str, Any] | None = None) -> str:
@@ -367,28 +381,34 @@ def _continue_flow(
     if rule.maturity_level >= 4:
         allowed, held_because = guard.automatic(rule)
         if not allowed:
-            return [
-                _review_request(
-                    state,
-                    rule,
-                    as_of,
-                    f"{why}; held for review by a guardrail",
-                    held_by=held_because,
-                    next_action=f"held by a guardrail ({held_because}): approve or reject in the review table",
-                )
-            ]
-        return [
-            ledger.next_event(
-                state,
-                "approved",
-                as_of,
-                f"auto:{rule.rule_id}",
-                approver_email="auto",
-                next_action=_dispatch_hint(state.get("channel") or rule.channel, state.get("not_before")),
-                details={"why": why, "policy": f"level {rule.maturity_level} rule, journey context passed"},
-            )
-        ]
+            return [_held_request(state, rule, as_of, why, held_because)]
+        return [_auto_approval(state, rule, as_of, why)]
     return []
+
+
+def _held_request(
+    state: dict[str, Any], rule: Rule, as_of: datetime, why: str, held_because: str | None
+) -> ledger.LedgerEvent:
+    return _review_request(
+        state,
+        rule,
+        as_of,
+        f"{why}; held for review by a guardrail",
+        held_by=held_because,
+        next_action=f"held by a guardrail ({held_because}): approve or reject in the review table",
+    )
+
+
+def _auto_approval(state: dict[str, Any], rule: Rule, as_of: datetime, why: str) -> ledger.LedgerEvent:
+    return ledger.next_event(
+        state,
+        "approved",
+        as_of,
+        f"auto:{rule.rule_id}",
+        approver_email="auto",
+        next_action=_dispatch_hint(state.get("channel") or rule.channel, state.get("not_before")),
+        details={"why": why, "policy": f"level {rule.maturity_level} rule, journey context passed"},
+    )
 
 
 def _escalation_alert(state: Mapping[str, Any], rule: Rule, escalation: Escalation) -> alerts.Alert:
@@ -428,27 +448,149 @@ def _state_of(event: ledger.LedgerEvent) -> dict[str, Any]:
 _STATE_PREFIX = "_state__"
 
 
-def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The candidates this pass has something to write for, in the pass's order (priority, then action id),
-    and the latest ledger event of those already in the ledger, in one query over the whole set.
+_INTERNAL = ("_ordinal", "_known", "_fast", "_detail_key", "_subject", "_body")
+# candidate columns the set-based path copies into the ledger, with the DuckDB type it handles
+_FAST_TYPES = {
+    "action_id": "VARCHAR",
+    "rule_id": "VARCHAR",
+    "record_type": "VARCHAR",
+    "record_id": "VARCHAR",
+    "contact_id": "VARCHAR",
+    "account_id": "VARCHAR",
+    "owner_email": "VARCHAR",
+    "recipient_email": "VARCHAR",
+    "reason": "VARCHAR",
+    "recommended_action": "VARCHAR",
+    "journey_status": "VARCHAR",
+    "journey_reason": "VARCHAR",
+    "signal_at": "TIMESTAMP",
+    "holdout": "BOOLEAN",
+    "escalate": "BOOLEAN",
+}
+_MARK = "\x00owner\x00"
 
-    A candidate comes back when the ledger has no event of its action (it is new), or when its action's latest
+
+@dataclass
+class _Plan:
+    """How this pass writes the candidates of the set-based path: per rule, the rendering SQL and the
+    fields every one of its events shares (taken from the same functions the Python path calls)."""
+
+    columns: dict[str, str]
+    rules: dict[str, Rule]
+    rendered: dict[str, template_sql.Rendered]
+    variables: template_sql.Variables
+
+    def column(self, name: str, kind: str = "varchar") -> str:
+        return f'"{name}"' if name in self.columns else f"null::{kind}"
+
+    def fast(self) -> str:
+        """SQL: is this work row one the set-based path writes?"""
+        if not self.rendered:
+            return "false"
+        cases = []
+        for rule_id, rendered in self.rendered.items():
+            condition = rendered.renderable
+            if self.rules[rule_id].escalation.severity:
+                condition += f" and not coalesce({self.column('escalate', 'boolean')}, false)"
+            cases.append(f"when {template_sql.literal(rule_id)} then {condition}")
+        return f"(not _known and coalesce(case rule_id {' '.join(cases)} else false end, false))"
+
+    def by_rule(self, attribute: str) -> str:
+        if not self.rendered:
+            return "null::varchar"
+        cases = " ".join(
+            f"when {template_sql.literal(rule_id)} then {getattr(rendered, attribute)}"
+            for rule_id, rendered in self.rendered.items()
+        )
+        return f"case rule_id {cases} end"
+
+
+def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule], set_based: bool = True) -> _Plan:
+    columns = {
+        name: kind
+        for name, kind in con.execute(
+            "select column_name, data_type from information_schema.columns "
+            "where table_schema = 'main' and table_name = 'action_candidates' order by ordinal_position"
+        ).fetchall()
+    }
+    plan = _Plan(columns=columns, rules=dict(rules), rendered={}, variables=template_sql.Variables(columns))
+    required = {"action_id", "rule_id", "record_type", "record_id", "priority"}
+    if (
+        not set_based
+        or not required <= columns.keys()
+        or any(name in columns and columns[name] != kind for name, kind in _FAST_TYPES.items())
+    ):
+        return plan  # a build of another shape: every candidate goes the Python way
+    for rule_id, rule in rules.items():
+        if rule.learning is not None and rule.learning.segment_by == "reason":
+            continue
+        if rule.maturity_level not in (1, 2, 3, 4, 5) or rule.template_format not in ("text", "html"):
+            continue
+        subject = template_sql.parse(rule.template_subject)
+        body = template_sql.parse(rule.template_body, html=rule.template_format == "html")
+        if subject is None or body is None:
+            continue
+        plan.rendered[rule_id] = template_sql.render_sql(
+            subject, body, rule.template_format == "html", plan.variables
+        )
+    return plan
+
+
+def _escalating(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
+    """Hand the candidates whose keywords or patterns escalate to the Python route. The search is Python's own
+    (`escalation._matches`, regular expressions included), over the reason and the searched columns only."""
+    ordinals: list[int] = []
+    for rule_id in plan.rendered:
+        rule = plan.rules[rule_id].escalation
+        if not rule.fields or not (rule.keywords or rule.patterns):
+            continue
+        names = ["reason"] if "reason" in plan.columns else []
+        names += [name for name in dict.fromkeys(rule.fields) if name in plan.columns and name != "reason"]
+        cursor = con.execute(
+            f"select _ordinal{''.join(f', {chr(34)}{name}{chr(34)}' for name in names)} from _proposal_work "
+            "where _fast and rule_id = ?",
+            [rule_id],
+        )
+        ordinals += [
+            ordinal
+            for ordinal, *values in cursor.fetchall()
+            if _matches(rule, dict(zip(names, values, strict=True)))
+        ]
+    if ordinals:
+        con.execute(
+            "update _proposal_work set _fast = false where _ordinal in (select unnest(?::bigint[]))",
+            [ordinals],
+        )
+
+
+def _work(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
+    """This pass's work as the temporary table `_proposal_work`: the candidates it has something to write
+    for, numbered in the pass's order (priority, then action id), each marked for the set-based path or not.
+
+    A candidate is work when the ledger has no event of its action (it is new), or when its action's latest
     event is a suppression and the candidate is now eligible (the suppression lifted) or suppressed for what may
     be another kind (the exact kind test is `_suppression_kind`; SQL only narrows). An unchanged candidate build
-    therefore returns no rows at all.
+    therefore has no work at all.
     """
-    candidate_columns = [
-        name
-        for (name,) in con.execute(f"select name from pragma_table_info('{CANDIDATES_TABLE}')").fetchall()
-    ]
-    ledger_columns = [
-        name
-        for (name,) in con.execute(f"select name from pragma_table_info('{ledger.LEDGER_TABLE}')").fetchall()
-    ]
-    state_columns = ", ".join(f'latest."{name}" as "{_STATE_PREFIX}{name}"' for name in ledger_columns)
     kind = "trim(split_part(coalesce({}, ''), ':', 1))"
-    cursor = con.execute(
-        f"""with latest as (
+    # the template variables, each read from the reason once per row (see template_sql.Variables)
+    layers = "".join(
+        f", layer{i + 1} as (select *, {columns} from {'work' if i == 0 else f'layer{i}'})"
+        for i, columns in enumerate(plan.variables.layers())
+    )
+    detail_key = ", ".join(
+        plan.column(name, kind)
+        for name, kind in (
+            ("rule_id", "varchar"),
+            ("priority", "integer"),
+            ("escalate", "boolean"),
+            ("journey_status", "varchar"),
+            ("journey_reason", "varchar"),
+        )
+    )
+    con.execute(
+        f"""create or replace temp table _proposal_work as
+        with latest as (
             -- narrow: only the latest event's seq, type and result of each candidate's action
             select action_id, max(seq) as seq, arg_max(event_type, seq) as event_type,
                    arg_max(result, seq) as result
@@ -457,7 +599,8 @@ def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[st
             group by action_id
         ),
         work as (
-            select candidates.*, latest.seq as _latest_seq
+            select candidates.*, latest.seq is not null as _known,
+                   row_number() over (order by candidates.priority desc, candidates.action_id) as _ordinal
             from {CANDIDATES_TABLE} as candidates
             left join latest using (action_id)
             where latest.seq is null
@@ -465,71 +608,85 @@ def _work(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], dict[st
                     and (candidates.journey_status = 'eligible'
                          or (candidates.journey_status = 'suppressed'
                              and {kind.format("candidates.journey_reason")} <> {kind.format("latest.result")})))
-        )
-        select work.* exclude (_latest_seq), {state_columns}
-        from work
+        ){layers}
+        select * exclude ({", ".join(plan.variables.internal())}),
+               case when _fast then {plan.by_rule("subject")} end as _subject,
+               case when _fast then {plan.by_rule("body")} end as _body,
+               dense_rank() over (order by {detail_key}) as _detail_key
+        from (select *, {plan.fast()} as _fast from layer{len(plan.variables.layers())})"""
+    )
+
+
+def _slow_work(
+    con: duckdb.DuckDBPyConnection, plan: _Plan
+) -> list[tuple[int, dict[str, Any], dict[str, Any] | None]]:
+    """The work rows the Python path writes: (ordinal, candidate, latest ledger event or None), in order."""
+    ledger_columns = [
+        name
+        for (name,) in con.execute(f"select name from pragma_table_info('{ledger.LEDGER_TABLE}')").fetchall()
+    ]
+    candidate_columns = list(plan.columns)
+    state_columns = ", ".join(f'latest."{name}" as "{_STATE_PREFIX}{name}"' for name in ledger_columns)
+    cursor = con.execute(
+        f"""select work.* exclude ({", ".join(_INTERNAL)}), work._ordinal, {state_columns}
+        from _proposal_work as work
+        left join (
+            select action_id, max(seq) as seq from {ledger.LEDGER_TABLE}
+            where action_id in (select action_id from _proposal_work where _known and not _fast)
+            group by action_id
+        ) as newest on newest.action_id = work.action_id and work._known
         left join {ledger.LEDGER_TABLE} as latest
-            on latest.action_id = work.action_id and latest.seq = work._latest_seq
-        order by work.priority desc, work.action_id"""
+            on latest.action_id = newest.action_id and latest.seq = newest.seq
+        where not work._fast
+        order by work._ordinal"""
     )
     width = len(candidate_columns)
     names = [d[0] for d in cursor.description]
     if names[:width] != candidate_columns:
         raise RuntimeError(f"{CANDIDATES_TABLE} changed while this pass read it; run the pass again")
-    candidates: list[dict[str, Any]] = []
-    known: dict[str, dict[str, Any]] = {}
+    work = []
     for row in cursor.fetchall():
         candidate = dict(zip(candidate_columns, row[:width], strict=True))
-        candidates.append(candidate)
-        if row[width] is not None:  # the latest event's seq: the action is in the ledger
-            known[candidate["action_id"]] = dict(zip(ledger_columns, row[width:], strict=True))
-    return candidates, known
+        state = (
+            dict(zip(ledger_columns, row[width + 1 :], strict=True)) if row[width + 1] is not None else None
+        )
+        work.append((row[width], candidate, state))
+    return work
 
 
-def propose(
-    con: duckdb.DuckDBPyConnection,
-    as_of: datetime,
-    rules: Mapping[str, Rule],
-    routes: EscalationRoutes | None = None,
-) -> ProposalReport:
-    """Write this pass's ledger events for the current candidate build (idempotent).
+class _Pass:
+    """One pass's routing of the work rows the Python path writes (new or changed candidates)."""
 
-    Escalation (`escalate_when`) routes a candidate to a named person; the guardrails of automatic rules
-    (daily cap, blast radius) hold their actions for review and raise an alert (`ops.alerts`).
-    """
-    ledger.ensure_schema(con)
-    alerts.ensure_schema(con)
-    con.execute(RULE_RUNS_DDL)
-    routes = routes if routes is not None else load_escalation_routes()
-    report = ProposalReport(as_of=as_of)
-    totals: Counter[str] = Counter(
-        dict(con.execute(f"select rule_id, count(*) from {CANDIDATES_TABLE} group by 1").fetchall())
-    )
-    report.candidates = sum(totals.values())
-    report.unknown_rules = {rule_id for rule_id in totals if rule_id not in rules}
-    # one anti-join decides the pass: only candidates that are new or whose suppression changed come back
-    candidates, known = _work(con)
-    new_counts = Counter(
-        c["rule_id"]
-        for c in candidates
-        if c["action_id"] not in known and c.get("journey_status") in (None, "eligible")
-    )
-    guard = _Guard(con, as_of, rules, new_counts, routes, report)
-    policies = _policies(con, as_of, rules, candidates, known, report)
-    events: list[ledger.LedgerEvent] = []
-    for candidate in candidates:
-        rule = rules.get(candidate["rule_id"])
+    def __init__(
+        self,
+        as_of: datetime,
+        rules: Mapping[str, Rule],
+        routes: EscalationRoutes,
+        guard: _Guard,
+        policies: Mapping[str, learning.ThompsonPolicy],
+        report: ProposalReport,
+    ) -> None:
+        self.as_of = as_of
+        self.rules = rules
+        self.routes = routes
+        self.guard = guard
+        self.policies = policies
+        self.report = report
+
+    def route(self, candidate: dict[str, Any], state: dict[str, Any] | None) -> list[ledger.LedgerEvent]:
+        rule = self.rules.get(candidate["rule_id"])
         if rule is None:
-            continue
+            return []
+        as_of, report, guard = self.as_of, self.report, self.guard
         status = candidate.get("journey_status")
-        state = known.get(candidate["action_id"])
+        events: list[ledger.LedgerEvent] = []
         if state is None:
-            escalation = evaluate(rule.escalation, candidate, routes, as_of)
+            escalation = evaluate(rule.escalation, candidate, self.routes, as_of)
             if escalation is not None and status == "held_out":
                 # a person must hear about an escalation: it is not withheld to measure uplift
                 # (outcome marts leave escalated actions out of both arms)
                 status = "eligible"
-            policy = policies.get(rule.rule_id)
+            policy = self.policies.get(rule.rule_id)
             learned = (
                 _decide(policy, candidate, as_of) if policy is not None and status != "held_out" else None
             )
@@ -553,7 +710,7 @@ def propose(
                     )
                 )
                 report.by_outcome[(rule.rule_id, "template_failed")] += 1
-                continue
+                return events
             if status == "held_out":
                 events.append(ledger.next_event(state, "held_out", as_of, "system:journey", result="holdout"))
             elif status == "suppressed":
@@ -585,10 +742,353 @@ def propose(
                         state, "suppressed", as_of, "system:journey", result=candidate["journey_reason"]
                     )
                 )
+        return events
+
+
+_AFTER_ALL = 2**62  # the ordinal of the pass's review expiries: after every candidate's events
+_ELIGIBLE = "coalesce(journey_status not in ('held_out', 'suppressed'), true)"
+
+
+_RULE_COLUMN_TYPES = {
+    "_r_version": pa.int64(),
+    "_r_level": pa.int64(),
+    "_r_review": pa.bool_(),
+    "_r_automatic": pa.bool_(),
+}
+
+
+def _rule_table(plan: _Plan, as_of: datetime) -> pa.Table:
+    """Per rule of the set-based path, the fields its events share, made by the Python path's own functions
+    from a stand-in action (so both paths word them alike)."""
+    rows = []
+    for rule_id in plan.rendered:
+        rule = plan.rules[rule_id]
+        stand_in = {"action_id": "", "channel": rule.channel, "not_before": None}
+        next_step = _next_step({"owner_email": _MARK, "journey_status": "eligible"}, rule)
+        before, _, after = next_step.partition(_MARK)
+        review = _review_request(stand_in, rule, as_of, "new candidate")
+        approval = _auto_approval(stand_in, rule, as_of, "new candidate")
+        rows.append(
+            {
+                "rule_id": rule_id,
+                "_r_actor": f"rule:{rule.rule_id}@v{rule.version}",
+                "_r_version": rule.version,
+                "_r_level": rule.maturity_level,
+                "_r_channel": rule.channel,
+                "_r_recommended_action": rule.recommended_action,
+                "_r_next_before": before,
+                "_r_next_after": after if _MARK in next_step else None,
+                "_r_review": rule.needs_review,
+                "_r_automatic": not rule.needs_review and rule.maturity_level >= 4,
+                "_r_review_actor": review.actor,
+                "_r_review_next": review.next_action,
+                "_r_review_details": ledger.encode_details(review.details),
+                "_r_approved_actor": approval.actor,
+                "_r_approved_next": approval.next_action,
+                "_r_approved_details": ledger.encode_details(approval.details),
+            }
+        )
+    if not rows:
+        return pa.table({"rule_id": pa.array([], pa.string())})
+    # column by column (Table.from_pylist would import pandas, seconds in a fresh process)
+    return pa.table(
+        {
+            name: pa.array([row[name] for row in rows], _RULE_COLUMN_TYPES.get(name, pa.string()))
+            for name in rows[0]
+        }
+    )
+
+
+def _fast_events_sql(plan: _Plan) -> str:
+    """SQL for the events of the set-based path's work rows, with the ledger's columns and the sort key; the
+    parameters are the pass's as-of time (four times) and its date (twice)."""
+    col = plan.column
+    identity = (
+        "rule_id, _r_version::integer as rule_version, _r_level::integer as maturity_level, record_type, "
+        "record_id, contact_id, account_id, owner_email, signal_at, holdout, reason, recommended_action, "
+        "coalesce(_l_channel, _r_channel) as channel, recipient"
+    )
+    event_id = "substr(sha256(action_id || '|' || {} || '|' || {}), 1, 32)"
+    nothing = (
+        "null::varchar as message_subject, null::varchar as message_body, null::varchar as approver_email, "
+        "null::integer as attempt, null::varchar as result, null::boolean as retryable"
+    )
+    return f"""with rows as (
+            select _ordinal, action_id, rule_id, record_type, record_id,
+                   {col("contact_id")} as contact_id, {col("account_id")} as account_id,
+                   {col("owner_email")} as owner_email, {col("signal_at", "timestamp")} as signal_at,
+                   coalesce({col("holdout", "boolean")}, false) as holdout, {col("reason")} as reason,
+                   {col("recommended_action")} as candidate_action,
+                   {col("recipient_email")} as recipient, {col("journey_status")} as journey_status,
+                   {col("journey_reason")} as journey_reason,
+                   coalesce({col("escalate", "boolean")}, false) as escalate,
+                   _subject as subject, _body as body, _detail_key
+            from _proposal_work where _fast
+        ),
+        fast as (
+            select rows.* exclude (candidate_action),
+                   coalesce(nullif(candidate_action, ''), _r_recommended_action) as recommended_action,
+                   rules.* exclude (rule_id), details.details as proposed_details,
+                   held.next_action as held_next, held.details as held_details,
+                   learned.* exclude (_ordinal)
+            from rows
+            join _proposal_rules as rules using (rule_id)
+            join _proposal_details as details using (_detail_key)
+            left join _proposal_held as held using (_ordinal)
+            left join _proposal_learned as learned using (_ordinal)
+        )
+        select _ordinal, 0 as _sub, {event_id.format("'proposed'", "''")} as event_id, action_id,
+               'proposed' as event_type, ?::timestamp as occurred_at, _r_actor as actor, {identity},
+               case when escalate then '[ESCALATED] ' || subject else subject end as message_subject,
+               body as message_body, null::varchar as approver_email, null::integer as attempt,
+               null::varchar as result, null::boolean as retryable,
+               coalesce(_l_next, case when journey_status = 'held_out' then 'none: held out to measure uplift'
+                    when journey_status = 'suppressed' then 're-evaluate on the next pass'
+                    when _r_next_after is null then _r_next_before
+                    else _r_next_before || coalesce(owner_email, 'None') || _r_next_after end) as next_action,
+               coalesce(_l_details, proposed_details) as details
+        from fast
+        union all by name
+        select _ordinal, 1 as _sub, {event_id.format("'held_out'", "''")} as event_id, action_id,
+               'held_out' as event_type, ?::timestamp as occurred_at, 'system:journey' as actor, {identity},
+               {nothing.replace("null::varchar as result", "'holdout' as result")},
+               null::varchar as next_action, null::varchar as details
+        from fast where journey_status = 'held_out'
+        union all by name
+        select _ordinal, 1 as _sub,
+               {
+        event_id.format("'suppressed'", "?::varchar || '|' || coalesce(journey_reason, '')")
+    } as event_id,
+               action_id, 'suppressed' as event_type, ?::timestamp as occurred_at, 'system:journey' as actor,
+               {identity}, {nothing.replace("null::varchar as result", "journey_reason as result")},
+               null::varchar as next_action, null::varchar as details
+        from fast where journey_status = 'suppressed'
+        union all by name
+        select _ordinal, 1 as _sub,
+               case when _r_review or held_next is not null
+                   then {event_id.format("'pending_review'", "?::varchar")}
+                   else {event_id.format("'approved'", "''")} end as event_id,
+               action_id, case when _r_review or held_next is not null then 'pending_review' else 'approved' end
+                   as event_type,
+               ?::timestamp as occurred_at,
+               case when _r_review or held_next is not null then _r_review_actor else _r_approved_actor end
+                   as actor,
+               {identity},
+               {
+        nothing.replace(
+            "null::varchar as approver_email",
+            "case when _r_review or held_next is not null then null else 'auto' end as approver_email",
+        )
+    },
+               case when _r_review then _r_review_next when held_next is not null then held_next
+                    else coalesce(_l_approved_next, _r_approved_next) end as next_action,
+               case when _r_review then _r_review_details when held_next is not null then held_details
+                    else _r_approved_details end as details
+        from fast where {_ELIGIBLE} and (_r_review or _r_automatic)"""
+
+
+def propose(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    rules: Mapping[str, Rule],
+    routes: EscalationRoutes | None = None,
+    *,
+    set_based: bool = True,
+) -> ProposalReport:
+    """Write this pass's ledger events for the current candidate build (idempotent).
+
+    Escalation (`escalate_when`) routes a candidate to a named person; the guardrails of automatic rules
+    (daily cap, blast radius) hold their actions for review and raise an alert (`ops.alerts`).
+
+    Candidates whose rule decides nothing per candidate in Python (no arm draw, no keyword search) and whose
+    message renders in SQL (see `template_sql`) are written set-based, in SQL; the others, and every action
+    already in the ledger, go through `_Pass.route`. Both write the same events: one numbering in the pass's
+    order interleaves them. `set_based=False` sends every candidate through `_Pass.route` (the reference the
+    set-based path is tested against).
+    """
+    ledger.ensure_schema(con)
+    alerts.ensure_schema(con)
+    con.execute(RULE_RUNS_DDL)
+    routes = routes if routes is not None else load_escalation_routes()
+    report = ProposalReport(as_of=as_of)
+    totals: Counter[str] = Counter(
+        dict(con.execute(f"select rule_id, count(*) from {CANDIDATES_TABLE} group by 1").fetchall())
+    )
+    report.candidates = sum(totals.values())
+    report.unknown_rules = {rule_id for rule_id in totals if rule_id not in rules}
+    plan = _plan(con, rules, set_based)
+    # one anti-join decides the pass: only candidates that are new or whose suppression changed are work
+    _work(con, plan)
+    try:
+        return _write(con, as_of, rules, routes, report, totals, plan)
+    finally:
+        con.execute("drop table if exists _proposal_work; drop table if exists _proposal_first")
+
+
+def _write(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    rules: Mapping[str, Rule],
+    routes: EscalationRoutes,
+    report: ProposalReport,
+    totals: Counter[str],
+    plan: _Plan,
+) -> ProposalReport:
+    new_counts: Counter[str] = Counter(
+        dict(
+            con.execute(
+                "select rule_id, count(*) from _proposal_work where not _known "
+                f"and coalesce({plan.column('journey_status')}, 'eligible') = 'eligible' group by 1"
+            ).fetchall()
+        )
+    )
+    guard = _Guard(con, as_of, rules, new_counts, routes, report)
+    learners = sorted(
+        rule_id
+        for (rule_id,) in con.execute(
+            "select distinct rule_id from _proposal_work where not _known"
+        ).fetchall()
+        if (rule := rules.get(rule_id)) is not None and rule.learning is not None
+    )
+    policies = _policies(con, as_of, rules, learners, report)
+    router = _Pass(as_of, rules, routes, guard, policies, report)
+    _escalating(con, plan)
+    if not con.execute("select count(*) from _proposal_work where _fast").fetchall()[0][0]:
+        plan.rendered.clear()  # nothing set-based this pass (an unchanged build): skip its statements
+    slow = _slow_work(con, plan)
+    automatic_rules = [rule_id for rule_id in plan.rendered if plan.rules[rule_id].maturity_level >= 4]
+    automatic_rules = [r for r in automatic_rules if not plan.rules[r].needs_review]
+    automatic = con.execute(
+        f"select _ordinal, rule_id from _proposal_work where _fast and {_ELIGIBLE.replace('journey_status', plan.column('journey_status'))} "
+        "and rule_id in (select unnest(?::varchar[])) order by _ordinal",
+        [automatic_rules],
+    ).fetchall()
+    events: list[ledger.LedgerEvent] = []
+    ordinals: list[int] = []
+    held: dict[tuple[str, str | None], list[int]] = {}
+
+    subs: list[int] = []
+
+    def route(ordinal: int, candidate: dict[str, Any], state: dict[str, Any] | None) -> None:
+        routed = router.route(candidate, state)
+        events.extend(routed)
+        ordinals.extend([ordinal] * len(routed))
+        subs.extend(range(len(routed)))
+
+    # the guardrails count in the pass's order over both paths
+    position = 0
+    for ordinal, rule_id in automatic:
+        while position < len(slow) and slow[position][0] < ordinal:
+            route(*slow[position])
+            position += 1
+        allowed, held_because = guard.automatic(rules[rule_id])
+        if not allowed:
+            held.setdefault((rule_id, held_because), []).append(ordinal)
+    for item in slow[position:]:
+        route(*item)
+    for rule_id, outcome, count in con.execute(
+        f"select rule_id, coalesce(nullif({plan.column('journey_status')}, ''), 'eligible'), count(*) "
+        "from _proposal_work where _fast group by all"
+    ).fetchall():
+        report.by_outcome[(rule_id, outcome)] += count
     report.expired = _expire_reviews(con, as_of, rules, events)
+    slow_counts = Counter(ordinals)
+    expiries = len(events) - len(ordinals)
+    ordinals += [_AFTER_ALL] * expiries  # expiries come last, in order
+    subs += range(expiries)
+    details = [
+        (
+            key,
+            ledger.encode_details(_proposal_details(dict(zip(names, values, strict=True)), rules[values[0]])),
+        )
+        for key, *values in con.execute(
+            f"""select _detail_key, any_value(rule_id), any_value(priority), any_value({plan.column("escalate", "boolean")}),
+                   any_value({plan.column("journey_status")}), any_value({plan.column("journey_reason")})
+            from _proposal_work where _fast group by 1"""
+        ).fetchall()
+        for names in [("rule_id", "priority", "escalate", "journey_status", "journey_reason")]
+    ]
+    learned_rows = _learned(con, as_of, plan, policies, report)
+    held_rows = []
+    for (rule_id, held_because), held_ordinals in held.items():
+        rule = rules[rule_id]
+        event = _held_request({"action_id": ""}, rule, as_of, "new candidate", held_because)
+        held_rows += [(o, event.next_action, ledger.encode_details(event.details)) for o in held_ordinals]
+    tables = {
+        "_proposal_rules": _rule_table(plan, as_of),
+        "_proposal_details": pa.table(
+            {
+                "_detail_key": pa.array([k for k, _ in details], pa.int64()),
+                "details": pa.array([d for _, d in details], pa.string()),
+            }
+        ),
+        "_proposal_held": pa.table(
+            {
+                "_ordinal": pa.array([o for o, _, _ in held_rows], pa.int64()),
+                "next_action": pa.array([n for _, n, _ in held_rows], pa.string()),
+                "details": pa.array([d for _, _, d in held_rows], pa.string()),
+            }
+        ),
+        "_proposal_learned": pa.table(
+            {
+                name: pa.array([row[i] for row in learned_rows], kind)
+                for i, (name, kind) in enumerate(
+                    [
+                        ("_ordinal", pa.int64()),
+                        ("_l_channel", pa.string()),
+                        ("_l_next", pa.string()),
+                        ("_l_details", pa.string()),
+                        ("_l_approved_next", pa.string()),
+                    ]
+                )
+            }
+        ),
+        "_proposal_slow": ledger.event_table(events, _ordinal=ordinals, _sub=subs),
+        "_proposal_counts": pa.table(
+            {
+                "_ordinal": pa.array(list(slow_counts), pa.int64()),
+                "n": pa.array(list(slow_counts.values()), pa.int64()),
+            }
+        ),
+    }
+    day = f"{as_of:%Y-%m-%d}"
+    for name, table in tables.items():
+        con.register(name, table)
     con.execute("begin transaction")
     try:
-        report.new_events = ledger.append(con, events)
+        source = "select * from _proposal_slow"
+        params: list[Any] = []
+        if plan.rendered:
+            source = f"({_fast_events_sql(plan)}) union all by name ({source})"
+            params = [as_of, as_of, day, as_of, day, as_of]
+        # each work row's first place in the batch, from the number of events of the rows before it (a narrow
+        # running sum instead of numbering the wide events)
+        fast_counts = (
+            f"""select _ordinal, case when coalesce({plan.column("journey_status")} in ('held_out', 'suppressed'),
+                                                  false) or _r_review or _r_automatic then 2 else 1 end as n
+            from _proposal_work join _proposal_rules using (rule_id) where _fast union all """
+            if plan.rendered
+            else ""
+        )
+        con.execute(
+            f"""create or replace temp table _proposal_first as
+            select _ordinal, sum(n) over (order by _ordinal) - n as _before, n
+            from ({fast_counts}select _ordinal, n from _proposal_counts)"""
+        )
+        total = con.execute("select coalesce(sum(n), 0) from _proposal_first").fetchall()[0][0]
+        distinct = (
+            len({event.event_id for event in events}) == len(events)
+            and con.execute("select count(*) = count(distinct action_id) from _proposal_work").fetchall()[0][
+                0
+            ]
+        )
+        report.new_events = ledger.append_query(
+            con,
+            f"""select events.* exclude (_ordinal, _sub), coalesce(first._before, ?) + events._sub as _position
+            from ({source}) as events left join _proposal_first as first on first._ordinal = events._ordinal""",
+            [total, *params],
+            distinct=distinct,
+        )
         report.alerts = alerts.raise_alerts(con, guard.alerts, as_of)
         # the first pass at an as-of time is what the blast-radius guard remembers (a re-run adds nothing)
         con.executemany(
@@ -602,27 +1102,84 @@ def propose(
     except Exception:
         con.execute("rollback")
         raise
+    finally:
+        for name in tables:
+            con.unregister(name)
     return report
+
+
+def _learned(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    plan: _Plan,
+    policies: Mapping[str, learning.ThompsonPolicy],
+    report: ProposalReport,
+) -> list[tuple[int, str, str, str | None, str]]:
+    """The arm of every level-5 action of the set-based path, as (ordinal, channel, the proposal's next action
+    and details, the approval's next action). The arm is drawn per action id (`learning.draw_arm`); what
+    follows from it depends only on the segment, the arm and the contact's zone, so `_decide` runs once per
+    such combination."""
+    rows: list[tuple[int, str, str, str | None, str]] = []
+    wanted = [
+        name
+        for name in ("action_id", "journey_status", "priority", "escalate", "journey_reason", "reason")
+        + learning.TIMEZONE_COLUMNS
+        if name in plan.columns
+    ]
+    for rule_id, policy in policies.items():
+        if rule_id not in plan.rendered:
+            continue
+        rule = plan.rules[rule_id]
+        segment_by = policy.config.segment_by
+        names = wanted + (
+            [segment_by] if segment_by and segment_by in plan.columns and segment_by not in wanted else []
+        )
+        cursor = con.execute(
+            f"select _ordinal, {', '.join(f'{chr(34)}{n}{chr(34)}' for n in names)} from _proposal_work "
+            f"where _fast and rule_id = ? and coalesce({plan.column('journey_status')} <> 'held_out', true) "
+            "order by _ordinal",
+            [rule_id],
+        )
+        cache: dict[tuple[Any, ...], tuple[str, str, str | None, str, str]] = {}
+        for ordinal, *values in cursor.fetchall():
+            candidate = dict(zip(names, values, strict=True))
+            segment = learning.segment_of(candidate, segment_by)
+            zone = learning.contact_timezone(candidate)
+            index = learning.draw_arm(candidate["action_id"], policy._segment(segment)[1])
+            key = (
+                segment,
+                index,
+                zone,
+                candidate.get("journey_status"),
+                candidate.get("priority"),
+                candidate.get("escalate"),
+                candidate.get("journey_reason"),
+            )
+            if key not in cache:
+                # the real decision of this action: every field but its id is the combination's
+                learned = _decide(policy, candidate, as_of)
+                state_like = {"channel": learned["arm_channel"], "not_before": learned["not_before"]}
+                cache[key] = (
+                    learned["arm"],
+                    learned["arm_channel"],
+                    _next_step(candidate, rule, learned),
+                    ledger.encode_details(_proposal_details(candidate, rule, None, learned)),
+                    _dispatch_hint(state_like["channel"] or rule.channel, state_like["not_before"]),
+                )
+            arm, channel, next_action, details, approved_next = cache[key]
+            report.learned[(rule_id, arm)] += 1
+            rows.append((ordinal, channel, next_action, details, approved_next))
+    return rows
 
 
 def _policies(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
     rules: Mapping[str, Rule],
-    candidates: list[dict[str, Any]],
-    known: Mapping[str, Any],
+    learners: list[str],
     report: ProposalReport,
 ) -> dict[str, learning.ThompsonPolicy]:
     """This pass's Thompson policy of every level-5 rule with a new candidate (posteriors read once)."""
-    learners = sorted(
-        {
-            c["rule_id"]
-            for c in candidates
-            if c["action_id"] not in known
-            and (rule := rules.get(c["rule_id"])) is not None
-            and rule.learning is not None
-        }
-    )
     if not learners:
         return {}
     counts, report.learning_source = _learning_counts(con, learners, as_of)

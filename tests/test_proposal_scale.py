@@ -10,8 +10,8 @@ import duckdb
 import pytest
 from proposal_support import AS_OF, candidate, rule_meta, write_candidates
 
-from actionlayer import ledger
-from actionlayer.proposals import _work, propose
+from actionlayer import ledger, proposals
+from actionlayer.proposals import _plan, _slow_work, _work, propose
 from actionlayer.rules import rule_from_meta
 from actionlayer.settings import EscalationRoutes
 
@@ -103,22 +103,48 @@ def test_statements_per_pass_do_not_grow_with_the_candidates_and_unchanged_rerun
     assert small_appended[1:] == large_appended[1:] == [0, 0, 0]
 
 
+def test_only_candidates_that_escalate_are_routed_one_by_one_in_python(tmp_path, monkeypatch):
+    routed: list[str] = []
+    real = proposals._proposal
+    monkeypatch.setattr(
+        proposals, "_proposal", lambda *a, **k: routed.append(a[0]["action_id"]) or real(*a, **k)
+    )
+    con = duckdb.connect(str(tmp_path / "routed.duckdb"))
+    ledger.ensure_schema(con)
+    _build(con, 900)
+    report = propose(con, AS_OF, RULES, ROUTES)
+    # the care rule's "refund" deals escalate (a person is named, an alert raised): those alone go through
+    # the per-candidate route; the other 870 candidates are written by one set-based insert
+    assert sorted(routed) == [f"care-{n:05d}" for n in range(900) if n % 30 == 2]
+    assert report.escalated > 0 and report.new_events > 900
+    con.close()
+
+
+def _work_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[tuple[str, bool]], list]:
+    """This pass's work (action id, written set-based?) and the rows the Python route gets."""
+    plan = _plan(con, RULES)
+    _work(con, plan)
+    rows = con.execute("select action_id, _fast from _proposal_work order by _ordinal").fetchall()
+    return rows, _slow_work(con, plan)
+
+
 def test_an_unchanged_build_fetches_no_candidate_rows(tmp_path):
     con = duckdb.connect(str(tmp_path / "rows.duckdb"))
     ledger.ensure_schema(con)
     _build(con, 300)
     propose(con, AS_OF, RULES, ROUTES)
     first = con.execute("select count(*) from ops.action_ledger").fetchall()[0][0]
-    candidates, known = _work(con)
-    assert (candidates, known) == ([], {})
-    # lifting one suppression brings back that candidate alone, with its latest ledger event
+    assert _work_rows(con) == ([], [])
+    # lifting one suppression brings back that candidate alone, for the Python route, with its latest event
     con.execute(
         "update main.action_candidates set journey_status = 'eligible', journey_reason = null "
         "where action_id = 'review-00006'"
     )
-    candidates, known = _work(con)
-    assert [c["action_id"] for c in candidates] == ["review-00006"]
-    assert "_state__seq" not in candidates[0] and known["review-00006"]["event_type"] == "suppressed"
+    rows, slow = _work_rows(con)
+    assert rows == [("review-00006", False)]
+    [(_, candidate_row, state)] = slow
+    assert candidate_row["action_id"] == "review-00006" and "_state__seq" not in candidate_row
+    assert "_fast" not in candidate_row and state["event_type"] == "suppressed"
     assert propose(con, AS_OF.replace(hour=10), RULES, ROUTES).new_events == 1
     assert con.execute("select count(*) from ops.action_ledger").fetchall()[0][0] == first + 1
     con.close()
@@ -130,7 +156,7 @@ def test_a_known_candidate_that_stays_withheld_is_not_fetched(tmp_path, status):
     ledger.ensure_schema(con)
     write_candidates(con, [candidate("x1", "review", status, "cooldown: 2 days ago")])
     propose(con, AS_OF, RULES, ROUTES)
-    assert _work(con) == ([], {})
+    assert _work_rows(con) == ([], [])
     con.close()
 
 
