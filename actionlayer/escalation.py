@@ -52,7 +52,8 @@ def _reason_values(candidate: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _matches(rule: EscalationRule, candidate: Mapping[str, Any]) -> list[str]:
+def matched_terms(rule: EscalationRule, candidate: Mapping[str, Any]) -> list[str]:
+    """The keywords and patterns of `rule` found in the candidate's searched fields (reason included)."""
     if not rule.fields or not (rule.keywords or rule.patterns):
         # nothing to search for (most rules): skip reading the reason of every candidate of a large pass
         return []
@@ -79,7 +80,7 @@ def evaluate(
     reasons = []
     if rule.severity and candidate.get("escalate"):
         reasons.append("severity threshold of the rule's condition")
-    reasons += _matches(rule, candidate)
+    reasons += matched_terms(rule, candidate)
     if not reasons:
         return None
     owner = (candidate.get("owner_email") or "").strip().lower()

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from action_sinks.templates import TemplateError, render_message
 from actionlayer import alerts, learning, ledger, template_sql
-from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, _matches, evaluate
+from actionlayer.escalation import ESCALATED_PRIORITY, Escalation, evaluate, matched_terms
 from actionlayer.rules import Rule
 from actionlayer.settings import EscalationRoutes, load_escalation_routes
 
@@ -538,7 +538,7 @@ def _plan(con: duckdb.DuckDBPyConnection, rules: Mapping[str, Rule], set_based: 
 
 def _escalating(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
     """Hand the candidates whose keywords or patterns escalate to the Python route. The search is Python's own
-    (`escalation._matches`, regular expressions included), over the reason and the searched columns only."""
+    (`escalation.matched_terms`, regular expressions included), over the reason and the searched columns only."""
     ordinals: list[int] = []
     for rule_id in plan.rendered:
         rule = plan.rules[rule_id].escalation
@@ -554,7 +554,7 @@ def _escalating(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
         ordinals += [
             ordinal
             for ordinal, *values in cursor.fetchall()
-            if _matches(rule, dict(zip(names, values, strict=True)))
+            if matched_terms(rule, dict(zip(names, values, strict=True)))
         ]
     if ordinals:
         con.execute(
