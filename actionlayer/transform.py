@@ -54,12 +54,17 @@ def manifest_path() -> Path:
     return dbt_target_dir() / "manifest.json"
 
 
-def _sources_newer_than(stamp: float) -> bool:
+def _newest_source_change() -> float:
+    """The latest modification time of any model, macro or config file of the project."""
     project = dbt_project_dir()
     watched = [project / "dbt_project.yml", project / "profiles.yml"]
     for folder in ("models", "macros", "tests", "seeds", "snapshots"):
         watched += [p for p in (project / folder).rglob("*") if p.is_file()]
-    return any(p.exists() and p.stat().st_mtime > stamp for p in watched)
+    return max((p.stat().st_mtime for p in watched if p.exists()), default=0.0)
+
+
+def _sources_newer_than(stamp: float) -> bool:
+    return _newest_source_change() > stamp
 
 
 def _dbt_env() -> None:
@@ -102,14 +107,44 @@ def _release_database() -> None:
             DuckDBConnectionManager._ENV = None
 
 
+# one parsed project per process and setting: (newest source change it saw, dbt's Manifest)
+_PARSED: dict[tuple[str, str, str], tuple[float, Any]] = {}
+
+
+def _parse(write_json: bool) -> Any:
+    stamp = _newest_source_change()
+    outcome = invoke(["parse", "--quiet", *([] if write_json else ["--no-write-json"])])
+    if not outcome.success or outcome.result is None:
+        raise TransformError(f"dbt parse failed: {outcome.exception or 'see the dbt log above'}")
+    # the node's database comes from the profile's DuckDB file, so a parse only serves that database
+    _PARSED[(str(db_path()), str(dbt_target_dir()), os.environ.get("DBT_PROFILES_DIR", ""))] = (
+        stamp,
+        outcome.result,
+    )
+    return outcome.result
+
+
 def ensure_manifest(force: bool = False) -> Path:
     """Parse the project when the manifest is missing or older than any model, macro or config file."""
     target = manifest_path()
     if force or not target.exists() or _sources_newer_than(target.stat().st_mtime):
-        outcome = invoke(["parse", "--quiet"])
-        if not outcome.success:
-            raise TransformError(f"dbt parse failed: {outcome.exception or 'see the dbt log above'}")
+        _parse(write_json=True)
     return target
+
+
+def parsed_manifest() -> Any:
+    """The project as dbt parsed it, once per process: every later dbt command here reuses it instead of
+    parsing again (dbt's partial parse still reads and rewrites its state and the manifest, about 2 s per
+    invocation). Parsed again when a model, macro or config file changed since."""
+    _dbt_env()
+    key = (str(db_path()), str(dbt_target_dir()), os.environ.get("DBT_PROFILES_DIR", ""))
+    cached = _PARSED.get(key)
+    if cached is not None and not _sources_newer_than(cached[0]):
+        return cached[1]
+    target = manifest_path()
+    # manifest.json is what Dagster reads; rewrite it only when it is behind the sources
+    fresh = target.exists() and not _sources_newer_than(target.stat().st_mtime)
+    return _parse(write_json=not fresh)
 
 
 def write_run_context(as_of: datetime) -> None:
@@ -141,7 +176,8 @@ def run(
         args += ["--exclude-resource-type", "unit_test"]
     if extra_vars:
         args += ["--vars", json.dumps(extra_vars)]
-    outcome = invoke(args)
+    # a var can change what parses (sources' schema), so only a run without extra vars reuses the parse
+    outcome = invoke(args, manifest=None if extra_vars else parsed_manifest())
     results: list[NodeResult] = []
     execution = outcome.result
     for item in getattr(execution, "results", None) or []:

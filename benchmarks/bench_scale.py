@@ -132,7 +132,13 @@ class RssSampler(threading.Thread):
 def pass_env(data: Path) -> dict[str, str]:
     """An isolated data folder, database, Dagster home and no settings file (the quick_demo pattern)."""
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ACTIONLAYER_")},
+        # PYTHONDONTWRITEBYTECODE would make every pass compile all of dbt and Dagster again (about 6 s of
+        # CPU): an installed command caches its bytecode after the first start
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ACTIONLAYER_") and k != "PYTHONDONTWRITEBYTECODE"
+        },
         "ACTIONLAYER_DATA": str(data),
         "ACTIONLAYER_DB": str(data / "actionlayer.duckdb"),
         "DAGSTER_HOME": str(data / "dagster_home"),

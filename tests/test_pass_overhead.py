@@ -1,0 +1,73 @@
+"""The fixed cost of a pass: dbt parses once per process, and the Dagster run history's SQLite writes keep
+their WAL for the run instead of checkpointing it on every event."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import dagster as dg
+
+from actionlayer import transform
+from actionlayer.config import dbt_project_dir
+from orchestration.runner import quick_run_history
+
+
+def test_the_parsed_project_is_reused_until_a_source_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "parse.duckdb"))
+    first = transform.parsed_manifest()
+    assert transform.parsed_manifest() is first
+    assert "model.actionlayer.action_candidates" in first.nodes
+
+    macro = dbt_project_dir() / "macros" / "as_of.sql"
+    before = macro.stat()
+    try:
+        # a later modification time than the parse saw: the project is parsed again
+        os.utime(macro, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))
+        second = transform.parsed_manifest()
+        assert second is not first
+        assert transform.parsed_manifest() is second
+    finally:
+        os.utime(macro, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    # another database is another parse (a node's database is the DuckDB file's name)
+    monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "other.duckdb"))
+    other = transform.parsed_manifest()
+    assert other is not second
+    assert other.nodes["model.actionlayer.action_candidates"].database == "other"
+
+
+def _wal(home: Path) -> Path:
+    return home / "history" / "runs" / "index.db-wal"
+
+
+def test_run_history_keeps_its_wal_during_a_run_and_every_event_is_stored(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    keys = [dg.AssetKey(["raw", f"object_{i}"]) for i in range(20)]
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=keys[0]))
+        # without the keeper, closing the last connection checkpoints and removes the WAL after each event
+        assert not _wal(home).exists()
+
+    with quick_run_history(home), dg.DagsterInstance.from_config(str(home)) as instance:
+        for key in keys:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+            assert _wal(home).exists(), "the WAL was checkpointed away after an event"
+        from sqlalchemy import create_engine
+
+        engine = create_engine(f"sqlite:///{home / 'history' / 'runs' / 'index.db'}")
+        with engine.connect() as connection:
+            synchronous = connection.exec_driver_sql("pragma synchronous").scalar()
+        engine.dispose()
+        assert synchronous == 1  # NORMAL
+
+    # after the run the keepers are closed: the WAL is checkpointed into the file and removed
+    assert not _wal(home).exists()
+    with sqlite3.connect(home / "history" / "runs" / "index.db") as plain:
+        assert plain.execute("pragma synchronous").fetchone()[0] == 2  # FULL again outside a run
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        stored = {key for key in keys if instance.get_latest_materialization_event(key) is not None}
+    assert stored == set(keys)
