@@ -182,6 +182,9 @@ class ObjectLoad:
     rows_validated: int = 0
     # what the row digests of this load were computed under (`_row_basis`); None: none were written
     row_basis: str | None = None
+    # for a row-diffed load: the as-of of the load it diffed against. raw rows this load did not write
+    # (`_loaded_at` before its as-of) are exactly as that load left them
+    diffed_since: datetime | None = None
 
 
 @dataclass
@@ -876,7 +879,7 @@ def _with_digests(obj: SorObject, df: pl.DataFrame) -> pl.DataFrame:
 
 def _previous_digests(
     con: duckdb.DuckDBPyConnection, obj: SorObject, basis: str, as_of: datetime
-) -> pl.DataFrame | None:
+) -> tuple[datetime, pl.DataFrame] | None:
     """The last load's good rows (key, digest, row number) when this load may diff against them: its
     latest `loaded` log row wrote them under the same basis at an as-of no later than this one, and
     raw.<object> still holds exactly as many rows. None: validate every row."""
@@ -897,7 +900,7 @@ def _previous_digests(
     if raw_rows != digests:
         return None
     sql = f"select record_key as _key, row_digest as {_DIGEST}, row_number as {_PREV_ROW} from {table}"
-    return pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
+    return rows[0][0], pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
 
 
 def _unchanged_rows(
@@ -1027,7 +1030,8 @@ def _load_one(
             )
     basis = _row_basis(obj, report.source, label, file_columns)
     df = _with_digests(obj, df)
-    previous = _previous_digests(con, obj, basis, as_of)
+    last = _previous_digests(con, obj, basis, as_of)
+    previous = last[1] if last is not None else None
     unchanged = _unchanged_rows(obj, df, previous, parents) if previous is not None else None
     if unchanged is not None:
         df = df.join(unchanged.select(_ROW), on=_ROW, how="anti")
@@ -1096,6 +1100,7 @@ def _load_one(
             moved=unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW),
             unchanged=unchanged.height,
         )
+        result.diffed_since = last[0] if last is not None else None
     good_keys = (
         good[obj.key] if unchanged is None else pl.concat([unchanged["_key"].alias(obj.key), good[obj.key]])
     )
