@@ -224,7 +224,9 @@ def validate_load(
     )
     sql = f"select {columns} from raw.{obj.name}"
     params: list[Any] = []
-    if as_of is not None:
+    kept = f"select 1 from hist.{obj.name} where _valid_to is null and _valid_from <> ?"
+    if as_of is not None and con.execute(f"select exists ({kept})", [as_of]).fetchall()[0][0]:
+        # some records kept a version from an earlier load; on a first load every one is new (whole raw)
         sql += f" where {obj.key} in (select {obj.key} from hist.{obj.name} where _valid_from = ?)"
         params.append(as_of)
     frame = con.execute(sql, params).df()

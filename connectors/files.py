@@ -912,7 +912,9 @@ def _unchanged_rows(
     rows = df.select(key.alias("_key"), _ROW, _DIGEST, *(col.name for col in obj.references))
     rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != ""))
     rows = rows.filter(pl.col("_key").is_duplicated().not_())
-    rows = rows.join(previous, on=["_key", _DIGEST], how="inner")
+    # joined on the 64-bit digest alone (much faster than on the key text), then the keys compared
+    rows = rows.join(previous, on=_DIGEST, how="inner", suffix="_previous")
+    rows = rows.filter(pl.col("_key") == pl.col("_key_previous"))
     for col in obj.references:
         parent = parents.get(col.references or "")
         if parent is None:
