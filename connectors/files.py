@@ -4,7 +4,10 @@ One responsibility: turn contract text (shared/SOR_CONTRACT.md) into typed good 
 broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say in words what happened.
 `load_folder` reads `<object>.csv|parquet|xlsx` files; `load_frames` takes the same text as in-memory
 frames (a connector sync's mirror), so every source is judged by this one validation. Each load is a
-full snapshot of the objects it covers, so it replaces those objects' raw tables.
+full snapshot of the objects it covers, so raw ends holding exactly its good rows; when the last load's
+row digests (ops.row_digests_<object>) allow, only the rows not provably unchanged are validated and
+applied to raw as deletes and inserts (see "row diff" below), with the same raw, quarantine and log rows
+as validating everything.
 
 Decisions other parts rely on:
 - One quarantine row per broken source row, with its most basic problem: missing_key, then
