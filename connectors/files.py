@@ -551,7 +551,11 @@ def _validate(
     )
     good = (
         df.filter(pl.col(_CODE).is_null())
-        .select([pl.col(f"_value_{c}").alias(c) for c in names] + [pl.col(_ROW)])
+        .select(
+            [pl.col(f"_value_{c}").alias(c) for c in names]
+            + [pl.col(_ROW)]
+            + ([pl.col(_DIGEST)] if _DIGEST in df.columns else [])
+        )
         .sort(_ROW)
     )
     broken = df.filter(pl.col(_CODE).is_not_null()).sort(_ROW)
@@ -1097,7 +1101,7 @@ def _load_one(
     good = validated.good.with_columns(
         pl.lit(label).alias("_source_file"), pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at")
     )
-    new_digests = good.select(pl.col(obj.key).alias("_key"), _ROW).join(df.select(_ROW, _DIGEST), on=_ROW)
+    new_digests = good.select(pl.col(obj.key).alias("_key"), _ROW, _DIGEST)
     delta = None
     if unchanged is not None and previous is not None:
         delta = _RowDelta(

@@ -175,6 +175,16 @@ def _record_one(
         return result
     key = obj.key
     columns = ", ".join([*obj.column_names, *(name for name, _ in LOAD_METADATA_COLUMNS)])
+    if latest is None:
+        # an empty history (the first load): every raw row opens a version, nothing to compare with
+        with _transaction(con):
+            result.opened = _run(
+                con,
+                f"insert into {table} select {columns}, ?, null, {_row_hash_sql(obj)} from raw.{obj.name}",
+                [as_of],
+            )[0][0]
+            _run(con, "insert into ops.history_log values (?, ?)", [obj.name, as_of])
+        return result
     current = f"select {key} as k, _row_hash from {table} where _valid_to is null"
     with _transaction(con):
         _run(con, f"create or replace temp table _al_hist_before as {current}")
