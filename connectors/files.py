@@ -4,7 +4,10 @@ One responsibility: turn contract text (shared/SOR_CONTRACT.md) into typed good 
 broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say in words what happened.
 `load_folder` reads `<object>.csv|parquet|xlsx` files; `load_frames` takes the same text as in-memory
 frames (a connector sync's mirror), so every source is judged by this one validation. Each load is a
-full snapshot of the objects it covers, so it replaces those objects' raw tables.
+full snapshot of the objects it covers, so raw ends holding exactly its good rows; when the last load's
+row digests (ops.row_digests_<object>) allow, only the rows not provably unchanged are validated and
+applied to raw as deletes and inserts (see "row diff" below), with the same raw, quarantine and log rows
+as validating everything.
 
 Decisions other parts rely on:
 - One quarantine row per broken source row, with its most basic problem: missing_key, then
@@ -115,10 +118,11 @@ alter table ops.load_log add column if not exists gate varchar;
 alter table ops.load_log add column if not exists quarantine_counts varchar;
 alter table ops.load_log add column if not exists input_digest varchar;
 alter table ops.load_log add column if not exists stable_until timestamp;
+alter table ops.load_log add column if not exists row_basis varchar;
 """
 _LOG_COLUMNS = (
     "as_of, object, source_file, fingerprint, rows_read, rows_loaded, rows_quarantined, status, message, "
-    "source, gate, quarantine_counts, input_digest, stable_until"
+    "source, gate, quarantine_counts, input_digest, stable_until, row_basis"
 )
 # Why a load was refused (ops.load_log.gate); every refusal blocks the rules that read the object.
 GATE_UNREADABLE = "unreadable"
@@ -140,6 +144,8 @@ _CURRENCY_RE = r"^[A-Za-z]{3}$"
 _BOOL_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
 _ROW = "_row_number"
+_DIGEST = "_row_digest"
+_PREV_ROW = "_previous_row_number"
 _CODE = "_reason_code"
 _COLUMN = "_reason_column"
 _MAX_KEYS_SHOWN = 5
@@ -174,6 +180,14 @@ class ObjectLoad:
     # for an unchanged object: the as-of of the load whose result it keeps, and the rows raw still holds
     unchanged_since: datetime | None = None
     rows_kept: int = 0
+    # rows this load validated: all of them, or for a row-diffed load only the rows not already in raw
+    # unchanged (new or changed content, duplicates, references to re-check, last load's broken rows)
+    rows_validated: int = 0
+    # what the row digests of this load were computed under (`_row_basis`); None: none were written
+    row_basis: str | None = None
+    # for a row-diffed load: the as-of of the load it diffed against. raw rows this load did not write
+    # (`_loaded_at` before its as-of) are exactly as that load left them
+    diffed_since: datetime | None = None
 
 
 @dataclass
@@ -466,8 +480,10 @@ def _validate(
     df = df.with_columns(pl.col(key).str.strip_chars().alias("_key"))
     missing_key = pl.col("_key").is_null() | (pl.col("_key") == "")
 
-    # Duplicates are judged on the written content (key trimmed), before any value check.
-    keyed = df.filter(missing_key.not_())
+    # Duplicates are judged on the written content (key trimmed), before any value check. Only keys that
+    # occur more than once can be duplicates: comparing content per key over every row cost most of a
+    # large load.
+    keyed = df.filter(missing_key.not_()).filter(pl.col("_key").is_duplicated())
     content = [c for c in names if c != key]
     per_key = keyed.group_by("_key").agg(
         pl.len().alias("copies"),
@@ -535,7 +551,11 @@ def _validate(
     )
     good = (
         df.filter(pl.col(_CODE).is_null())
-        .select([pl.col(f"_value_{c}").alias(c) for c in names] + [pl.col(_ROW)])
+        .select(
+            [pl.col(f"_value_{c}").alias(c) for c in names]
+            + [pl.col(_ROW)]
+            + ([pl.col(_DIGEST)] if _DIGEST in df.columns else [])
+        )
         .sort(_ROW)
     )
     broken = df.filter(pl.col(_CODE).is_not_null()).sort(_ROW)
@@ -652,7 +672,7 @@ def _raw_row_count(con: duckdb.DuckDBPyConnection, obj: SorObject) -> int | None
 def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLoad, source: str) -> None:
     _run(
         con,
-        f"insert into {LOAD_LOG_TABLE} ({_LOG_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"insert into {LOAD_LOG_TABLE} ({_LOG_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             as_of,
             result.object,
@@ -668,6 +688,7 @@ def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLo
             json.dumps(result.quarantine_counts, sort_keys=True) if result.quarantine_counts else None,
             result.input_digest,
             result.stable_until,
+            result.row_basis,
         ],
     )
 
@@ -682,23 +703,62 @@ def _write_object(
     source: str,
     *,
     replace_raw: bool = True,
+    digests: pl.DataFrame | None = None,
+    delta: _RowDelta | None = None,
 ) -> None:
-    """Replace raw.<object> and the object's quarantine rows and log the load, all in one transaction.
-    With `replace_raw=False` (a load the gate refused) raw.<object> keeps its last good copy while the
-    quarantine shows what is broken now, so people can fix it upstream."""
+    """Replace raw.<object> (or, with a `delta`, apply it) with its row digests, and the object's
+    quarantine rows, and log the load, all in one transaction. With `replace_raw=False` (a load the gate
+    refused) raw.<object> keeps its last good copy while the quarantine shows what is broken now, so people
+    can fix it upstream. Rows a delta keeps keep their `_loaded_at`: the as-of of the load that wrote them."""
     casts = ", ".join(f"cast({c.name} as {c.duckdb_type}) as {c.name}" for c in obj.columns)
     meta = ", ".join(name for name, _ in LOAD_METADATA_COLUMNS)
-    con.register("_al_incoming_good", good.to_arrow())
-    con.register("_al_incoming_quarantine", quarantine.to_arrow())
+    table = _digests_table(obj)
+    frames = {"_al_incoming_good": good, "_al_incoming_quarantine": quarantine}
+    if digests is not None:
+        frames["_al_incoming_digests"] = digests
+    if delta is not None:
+        frames["_al_gone"] = delta.gone
+        frames["_al_moved"] = delta.moved
+    for view, frame in frames.items():
+        con.register(view, frame.to_arrow())
     try:
         con.begin()
         try:
-            if replace_raw:
+            if replace_raw and delta is not None:
+                key = obj.key
+                _run(con, f"delete from {obj.raw_table} where {key} in (select _key from _al_gone)")
+                _run(con, f"delete from {table} where record_key in (select _key from _al_gone)")
+                _run(
+                    con,
+                    f"insert into {obj.raw_table} select {casts}, {meta} "
+                    "from _al_incoming_good order by _row_number",
+                )
+                # the file's row numbers of kept rows shift when rows before them come or go
+                for target, column, key_column in (
+                    (obj.raw_table, "_row_number", key),
+                    (table, "row_number", "record_key"),
+                ):
+                    _run(
+                        con,
+                        f"update {target} as t set {column} = m._row_number from _al_moved as m "
+                        f"where t.{key_column} = m._key",
+                    )
+            elif replace_raw:
                 _run(con, obj.raw_ddl())
                 _run(
                     con,
                     f"insert into {obj.raw_table} select {casts}, {meta} "
                     "from _al_incoming_good order by _row_number",
+                )
+                _run(
+                    con,
+                    f"create or replace table {table} "
+                    "(record_key varchar not null, row_digest ubigint not null, row_number bigint not null)",
+                )
+            if replace_raw and digests is not None:
+                _run(
+                    con,
+                    f"insert into {table} select _key, {_DIGEST}, _row_number from _al_incoming_digests",
                 )
             # first_seen_at survives for rows (object, key, reason) that were already quarantined.
             _run(
@@ -728,8 +788,8 @@ def _write_object(
             con.rollback()
             raise
     finally:
-        con.unregister("_al_incoming_good")
-        con.unregister("_al_incoming_quarantine")
+        for view in frames:
+            con.unregister(view)
 
 
 # --------------------------------------------------------------------------- loading
@@ -738,8 +798,8 @@ def _write_object(
 def _parent_keys_from_raw(con: duckdb.DuckDBPyConnection, parent: SorObject) -> _ParentKeys | None:
     if not _table_exists(con, "raw", parent.name):
         return None
-    rows = _run(con, f"select {parent.key} from {parent.raw_table}")
-    series = pl.Series(parent.key, [r[0] for r in rows], dtype=pl.String)
+    keys = pl.from_arrow(con.sql(f"select {parent.key} from {parent.raw_table}").to_arrow_table())
+    series = keys.to_series(0).cast(pl.String).alias(parent.key)  # type: ignore[union-attr]
     quarantined = set()
     if _table_exists(con, "ops", "quarantine"):
         rows = _run(
@@ -790,6 +850,95 @@ def _type_changes(
         )
         events.append(record_drift(con, source, obj.name, column, "type_changed", detail, as_of))
     return events
+
+
+# --------------------------------------------------------------------------- row diff
+#
+# A load of a large object usually changes few of its rows. The contract text of each good row is kept as a
+# digest (ops.row_digests_<object>: key, digest, row number), written in the same transaction as raw. The
+# next load whose digests were computed the same way (`_row_basis`) validates only the rows that are not
+# provably unchanged and applies them to raw as deletes and inserts. A row is unchanged when its key and
+# digest equal a good row of the last load, no other row in this load carries its key, and every parent
+# it references is among the parents' good keys of this load: the column checks are pure functions of the
+# row's text, except the future-timestamp check, which a row that passed at an earlier as-of still passes
+# (the last load's as-of must not be later than this one). So the rows this load quarantines are all among
+# the validated ones and the quarantine is exactly what a full validation would write.
+
+
+def _row_basis(obj: SorObject, source: str, label: str, columns: Sequence[str]) -> str:
+    """What the row digests depend on besides the rows: the contract, the future tolerance, the source and
+    file (raw._source_file), the columns the file has and the digest function (polars' row hash, whose
+    values are only stable within one polars version)."""
+    parts = [repr(obj), str(FUTURE_TOLERANCE), source, label, "\x1f".join(columns), pl.__version__, "v1"]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def _digests_table(obj: SorObject) -> str:
+    return f"ops.row_digests_{obj.name}"
+
+
+def _with_digests(obj: SorObject, df: pl.DataFrame) -> pl.DataFrame:
+    # A 64-bit hash: a changed row is taken for unchanged only if its hash collides with the previous
+    # content of the same key, about 1 in 1.8e19 per changed row.
+    digest = df.select(obj.column_names).hash_rows(seed=1)
+    return df.with_columns(digest.alias(_DIGEST))
+
+
+def _previous_digests(
+    con: duckdb.DuckDBPyConnection, obj: SorObject, basis: str, as_of: datetime
+) -> tuple[datetime, pl.DataFrame] | None:
+    """The last load's good rows (key, digest, row number) when this load may diff against them: its
+    latest `loaded` log row wrote them under the same basis at an as-of no later than this one, and
+    raw.<object> still holds exactly as many rows. None: validate every row."""
+    rows = _run(
+        con,
+        f"""select as_of, row_basis from {LOAD_LOG_TABLE}
+        where object = ? and status = 'loaded' order by rowid desc limit 1""",
+        [obj.name],
+    )
+    if not rows or rows[0][1] != basis or rows[0][0] > as_of:
+        return None
+    table = _digests_table(obj)
+    if not _table_exists(con, "raw", obj.name) or not _table_exists(con, "ops", table.split(".")[1]):
+        return None
+    raw_rows, digests = _run(
+        con, f"select (select count(*) from {obj.raw_table}), (select count(*) from {table})"
+    )[0]
+    if raw_rows != digests:
+        return None
+    sql = f"select record_key as _key, row_digest as {_DIGEST}, row_number as {_PREV_ROW} from {table}"
+    return rows[0][0], pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
+
+
+def _unchanged_rows(
+    obj: SorObject, df: pl.DataFrame, previous: pl.DataFrame, parents: dict[str, _ParentKeys | None]
+) -> pl.DataFrame:
+    """The rows of `df` that are provably unchanged (see the section comment): `_key`, row number, digest
+    and the row number raw holds for them."""
+    key = pl.col(obj.key).str.strip_chars()
+    rows = df.select(key.alias("_key"), _ROW, _DIGEST, *(col.name for col in obj.references))
+    rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != ""))
+    rows = rows.filter(pl.col("_key").is_duplicated().not_())
+    # joined on the 64-bit digest alone (much faster than on the key text), then the keys compared
+    rows = rows.join(previous, on=_DIGEST, how="inner", suffix="_previous")
+    rows = rows.filter(pl.col("_key") == pl.col("_key_previous"))
+    for col in obj.references:
+        parent = parents.get(col.references or "")
+        if parent is None:
+            continue
+        ref = pl.col(col.name).str.strip_chars()
+        rows = rows.filter(ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
+    return rows.select("_key", _ROW, _DIGEST, _PREV_ROW)
+
+
+@dataclass
+class _RowDelta:
+    """How raw.<object> changes under a row-diffed load: keys to delete (changed, now broken or gone from
+    the source) and unchanged rows whose row number moved; the good validated rows are inserted."""
+
+    gone: pl.DataFrame  # _key
+    moved: pl.DataFrame  # _key, _row_number
+    unchanged: int
 
 
 def _load_one(
@@ -888,6 +1037,14 @@ def _load_one(
                 f"(no {col.references}{' file' if report.folder else ''} in this load "
                 f"and no raw.{col.references} table)"
             )
+    basis = _row_basis(obj, report.source, label, file_columns)
+    df = _with_digests(obj, df)
+    last = _previous_digests(con, obj, basis, as_of)
+    previous = last[1] if last is not None else None
+    unchanged = _unchanged_rows(obj, df, previous, parents) if previous is not None else None
+    if unchanged is not None:
+        df = df.join(unchanged.select(_ROW), on=_ROW, how="anti")
+    result.rows_validated = df.height
     validated = _validate(obj, df, as_of, parents, short)
     report.warnings.extend(validated.warnings)
     result.stable_until = validated.stable_until
@@ -944,7 +1101,20 @@ def _load_one(
     good = validated.good.with_columns(
         pl.lit(label).alias("_source_file"), pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at")
     )
-    result.rows_loaded = good.height
+    new_digests = good.select(pl.col(obj.key).alias("_key"), _ROW, _DIGEST)
+    delta = None
+    if unchanged is not None and previous is not None:
+        delta = _RowDelta(
+            gone=previous.select("_key").join(unchanged.select("_key"), on="_key", how="anti"),
+            moved=unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW),
+            unchanged=unchanged.height,
+        )
+        result.diffed_since = last[0] if last is not None else None
+    good_keys = (
+        good[obj.key] if unchanged is None else pl.concat([unchanged["_key"].alias(obj.key), good[obj.key]])
+    )
+    result.row_basis = basis
+    result.rows_loaded = good.height + (delta.unchanged if delta is not None else 0)
     result.rows_quarantined = quarantine.height
     result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
     result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
@@ -960,11 +1130,12 @@ def _load_one(
             log=False,
         )
         result.rows_loaded = 0  # nothing was loaded: raw keeps its last good copy
+        result.row_basis = None
         _write_object(con, obj, good, quarantine, as_of, result, report.source, replace_raw=False)
         return None
-    _write_object(con, obj, good, quarantine, as_of, result, report.source)
+    _write_object(con, obj, good, quarantine, as_of, result, report.source, digests=new_digests, delta=delta)
     return _ParentKeys(
-        good=good[obj.key],
+        good=good_keys,
         quarantined={k for k in broken["_key"].to_list() if k},
         origin=f"{short} (this load)",
     )

@@ -14,6 +14,10 @@ Rules:
 - An as-of earlier than one already recorded for the object is not applied (history only moves
   forward); the report says so and the history is left as it was.
 - Each object is written in its own transaction: the caller must not be inside one.
+- `ops.history_log` records each as-of applied per object. After a row-diffed load (which rewrote only
+  the rows it changed, see connectors/files.py) whose previous load's as-of is the last one applied, only
+  the rows that load wrote and the keys gone from raw are compared: the other rows are those the last
+  application recorded.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from actionlayer.config import parse_as_of
 from actionlayer.contract import LOAD_METADATA_COLUMNS, OBJECTS, SorObject, get_object
 from actionlayer.db import run as _run
 from actionlayer.db import transaction as _transaction
-from connectors.files import LoadReport
+from connectors.files import LoadReport, ObjectLoad
 
 HIST_SCHEMA = "hist"
 _BOOKKEEPING = (
@@ -96,7 +100,55 @@ def _raw_exists(con: duckdb.DuckDBPyConnection, obj: SorObject) -> bool:
     )
 
 
-def _record_one(con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime) -> ObjectHistory:
+_HISTORY_LOG_DDL = """
+create schema if not exists ops;
+create table if not exists ops.history_log (object varchar not null, as_of timestamp not null)
+"""
+
+
+def _last_applied(con: duckdb.DuckDBPyConnection, obj: SorObject) -> datetime | None:
+    rows = _run(con, "select max(as_of) from ops.history_log where object = ?", [obj.name])
+    return rows[0][0] if rows else None
+
+
+def _record_changed(
+    con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime, result: ObjectHistory
+) -> None:
+    """Apply a row-diffed load: raw rows written at `as_of` and keys gone from raw against the current
+    versions; inside the caller's transaction."""
+    table, key = hist_table(obj.name), obj.key
+    columns = ", ".join([*obj.column_names, *(name for name, _ in LOAD_METADATA_COLUMNS)])
+    _run(
+        con,
+        f"create or replace temp table _al_hist_now as select {columns}, {_row_hash_sql(obj)} as _row_hash "
+        f"from raw.{obj.name} where _loaded_at = ?",
+        [as_of],
+    )
+    result.closed = _run(
+        con,
+        f"""update {table} as h set _valid_to = ?
+        where h._valid_to is null
+          and (h.{key} in (select {key} from _al_hist_now) or h.{key} not in (select {key} from raw.{obj.name}))
+          and not exists (select 1 from _al_hist_now as n where n.{key} = h.{key} and n._row_hash = h._row_hash)""",
+        [as_of],
+    )[0][0]
+    result.opened = _run(
+        con,
+        f"""insert into {table}
+        select {columns}, ?, null, n._row_hash from _al_hist_now as n
+        where not exists (
+            select 1 from {table} as h
+            where h._valid_to is null and h.{key} = n.{key} and h._row_hash = n._row_hash)""",
+        [as_of],
+    )[0][0]
+    current = _run(con, f"select count(*) from {table} where _valid_to is null")[0][0]
+    result.unchanged = current - result.opened
+    _run(con, "drop table _al_hist_now")
+
+
+def _record_one(
+    con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime, load: ObjectLoad | None = None
+) -> ObjectHistory:
     result = ObjectHistory(obj.name)
     table = hist_table(obj.name)
     if not _raw_exists(con, obj):
@@ -114,8 +166,25 @@ def _record_one(con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime)
             f"history only moves forward, {table} left as it was"
         )
         return result
+    _run(con, _HISTORY_LOG_DDL)
+    diffed = load is not None and load.diffed_since is not None and load.diffed_since < as_of
+    if diffed and load is not None and _last_applied(con, obj) == load.diffed_since:
+        with _transaction(con):
+            _record_changed(con, obj, as_of, result)
+            _run(con, "insert into ops.history_log values (?, ?)", [obj.name, as_of])
+        return result
     key = obj.key
     columns = ", ".join([*obj.column_names, *(name for name, _ in LOAD_METADATA_COLUMNS)])
+    if latest is None:
+        # an empty history (the first load): every raw row opens a version, nothing to compare with
+        with _transaction(con):
+            result.opened = _run(
+                con,
+                f"insert into {table} select {columns}, ?, null, {_row_hash_sql(obj)} from raw.{obj.name}",
+                [as_of],
+            )[0][0]
+            _run(con, "insert into ops.history_log values (?, ?)", [obj.name, as_of])
+        return result
     current = f"select {key} as k, _row_hash from {table} where _valid_to is null"
     with _transaction(con):
         _run(con, f"create or replace temp table _al_hist_before as {current}")
@@ -150,6 +219,7 @@ def _record_one(con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime)
         result.unchanged = _run(con, f"select count(*) from (from {before} intersect from {after})")[0][0]
         _run(con, "drop table _al_hist_now")
         _run(con, "drop table _al_hist_before")
+        _run(con, "insert into ops.history_log values (?, ?)", [obj.name, as_of])
     return result
 
 
@@ -161,14 +231,20 @@ def ensure_hist_tables(con: duckdb.DuckDBPyConnection) -> None:
         _run(con, _hist_ddl(obj))
 
 
-def record_history(con: duckdb.DuckDBPyConnection, objects: Sequence[str], as_of: datetime) -> HistoryReport:
-    """Record `raw.<object>` at `as_of` as versions in `hist.<object>` for each named object."""
+def record_history(
+    con: duckdb.DuckDBPyConnection,
+    objects: Sequence[str],
+    as_of: datetime,
+    loads: dict[str, ObjectLoad] | None = None,
+) -> HistoryReport:
+    """Record `raw.<object>` at `as_of` as versions in `hist.<object>` for each named object; `loads` (the
+    load of each object at `as_of`) lets a row-diffed load compare only the rows it wrote."""
     as_of = parse_as_of(as_of)
     _run(con, f"create schema if not exists {HIST_SCHEMA}")
     report = HistoryReport(as_of=as_of)
     for name in OBJECTS:
         if name in objects:
-            report.objects[name] = _record_one(con, OBJECTS[name], as_of)
+            report.objects[name] = _record_one(con, OBJECTS[name], as_of, (loads or {}).get(name))
     unknown = [name for name in objects if name not in OBJECTS]
     if unknown:
         raise ValueError(f"unknown object(s) {', '.join(unknown)}; the contract has {', '.join(OBJECTS)}")
@@ -182,7 +258,7 @@ def record_load_history(con: duckdb.DuckDBPyConnection, load_report: LoadReport)
     keep their history as it was: their raw tables did not change.
     """
     loaded = [name for name, result in load_report.objects.items() if result.status == "loaded"]
-    return record_history(con, loaded, load_report.as_of)
+    return record_history(con, loaded, load_report.as_of, load_report.objects)
 
 
 def as_of_relation(object_name: str, moment: datetime) -> str:

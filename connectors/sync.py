@@ -636,7 +636,7 @@ def sync_source(
                 frames[name] = mirror_frame(connection, source, name)
         report.load = load_frames(connection, frames, as_of, source=source)
         loaded = [name for name, result in report.load.objects.items() if result.status == "loaded"]
-        report.history = record_history(connection, loaded, as_of)
+        report.history = record_history(connection, loaded, as_of, report.load.objects)
     return report
 
 

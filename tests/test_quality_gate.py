@@ -189,6 +189,14 @@ def test_dagster_run_shows_the_gate_in_its_checks_and_still_builds_the_other_rul
     }
     refused = checks[("raw/deals", "contract_expectations")]
     assert not refused.passed and refused.metadata["gate"].value == GATE_TOO_MANY_BROKEN
+    # a reloaded child of deals is checked on the records the load added or changed, and says how many
+    validated = {
+        asset: (evaluation.metadata["rows_validated"].value, evaluation.metadata["rows_in_raw"].value)
+        for (asset, check), evaluation in checks.items()
+        if check == "contract_expectations" and "rows_validated" in evaluation.metadata
+    }
+    assert validated and all(0 <= rows <= in_raw for rows, in_raw in validated.values()), validated
+    assert all(checks[(asset, "contract_expectations")].passed for asset in validated)
     gate = checks[("action_candidates", "quality_gate")]
     assert not gate.passed and "post_quote_followup" in gate.metadata["blocked_rules"].value
     materialized = {
