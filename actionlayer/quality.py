@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import pandas
 
 _MAX_UNEXPECTED_SHOWN = 5
+# rows per pandas frame handed to Great Expectations by validate_load
+VALIDATION_CHUNK_ROWS = 1_000_000
 
 _lock = threading.Lock()
 _datasource: Any = None
@@ -204,8 +206,36 @@ def validate_batch(object_name: str, df: pandas.DataFrame) -> QualityResult:
     )
 
 
+def merge_results(object_name: str, parts: list[QualityResult]) -> QualityResult:
+    """One result from the validations of disjoint parts of a table by the same suite: an expectation
+    holds when it held in every part; unexpected counts add up, the examples shown come from the first
+    parts that had any."""
+    merged: list[dict[str, Any]] = []
+    for entries in zip(*(part.results for part in parts), strict=True):
+        entry = dict(entries[0])
+        entry["success"] = all(e["success"] for e in entries)
+        if entry["column"] is not None:
+            # table-level entries (the column set) are the same in every part and are kept as they are
+            entry["unexpected_count"] = sum(e["unexpected_count"] for e in entries)
+            shown = [v for e in entries for v in e["unexpected_values"]]
+            entry["unexpected_values"] = shown[:_MAX_UNEXPECTED_SHOWN]
+        errors = [e["error"] for e in entries if e.get("error")]
+        if errors:
+            entry["error"] = "; ".join(dict.fromkeys(errors))
+        merged.append(entry)
+    return QualityResult(
+        object_name=object_name,
+        success=all(part.success for part in parts),
+        row_count=sum(part.row_count for part in parts),
+        results=merged,
+    )
+
+
 def validate_load(
-    con: duckdb.DuckDBPyConnection, object_name: str, as_of: dt.datetime | None
+    con: duckdb.DuckDBPyConnection,
+    object_name: str,
+    as_of: dt.datetime | None,
+    chunk_rows: int = VALIDATION_CHUNK_ROWS,
 ) -> QualityResult:
     """Validate what one load put into `raw.<object>`: with `as_of`, only the rows of the records whose
     history (`hist.<object>`) opened a version at that as-of, i.e. the records the load added or changed;
@@ -217,6 +247,9 @@ def validate_load(
     objects are slow and large), and every raw row of a touched key: a second row for a key the load added
     or changed (a duplicate the loader failed to drop or quarantine) is in the frame with it, so the key
     uniqueness expectation still checks the loader's work for every record this load wrote.
+
+    More than `chunk_rows` rows are validated in parts of at most about that many (a first load of
+    millions of records as one pandas frame set the pass's memory peak).
     """
     obj = get_object(object_name)
     columns = ", ".join(
@@ -229,8 +262,24 @@ def validate_load(
         # some records kept a version from an earlier load; on a first load every one is new (whole raw)
         sql += f" where {obj.key} in (select {obj.key} from hist.{obj.name} where _valid_from = ?)"
         params.append(as_of)
-    frame = con.execute(sql, params).df()
-    result = validate_batch(object_name, frame)
+    rows = int(con.execute(f"select count(*) from ({sql})", params).fetchall()[0][0])
+    parts = max(1, -(-rows // chunk_rows))
+    if parts == 1:
+        result = validate_batch(object_name, con.execute(sql, params).df())
+    else:
+        # Every row of one key lands in the same part (split by the key's hash), so the uniqueness
+        # expectation stays exact; the parts' results are summed into one.
+        where = " and " if params else " where "
+        result = merge_results(
+            object_name,
+            [
+                validate_batch(
+                    object_name,
+                    con.execute(f"{sql}{where}hash({obj.key}) % {parts} = {part}", params).df(),
+                )
+                for part in range(parts)
+            ],
+        )
     if as_of is not None:
         result.rows_in_raw = int(con.execute(f"select count(*) from raw.{obj.name}").fetchall()[0][0])
     return result

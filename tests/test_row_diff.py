@@ -183,3 +183,22 @@ def test_expectations_run_on_the_records_a_load_added_or_changed(tmp_path: Path)
     con.execute("insert into raw.activities select * from raw.activities where activity_id = 'T0'")
     duplicate = validate_load(con, "activities", DAY_AFTER)
     assert [f["expectation_type"] for f in duplicate.failures] == ["expect_column_values_to_be_unique"]
+
+
+def test_expectations_in_parts_equal_one_validation(tmp_path: Path) -> None:
+    folder = write_world(tmp_path / "sor", world())
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    _pass(con, folder, AS_OF)
+    # two broken values and a duplicate key, so the parts must add up failures and still see the duplicate
+    con.execute(
+        "update raw.activities set kind = 'fax' where activity_id in (select activity_id from raw.activities limit 2)"
+    )
+    con.execute("insert into raw.activities select * from raw.activities limit 1")
+    whole = validate_load(con, "activities", None)
+    parts = validate_load(con, "activities", None, chunk_rows=7)
+    assert parts.row_count == whole.row_count == 41
+    assert not parts.success and not whole.success
+    assert [
+        (r["expectation_type"], r["column"], r["success"], r["unexpected_count"]) for r in parts.results
+    ] == [(r["expectation_type"], r["column"], r["success"], r["unexpected_count"]) for r in whole.results]
+    assert sorted(parts.failures[0]["unexpected_values"]) == sorted(whole.failures[0]["unexpected_values"])
