@@ -111,6 +111,20 @@ def _last_applied(con: duckdb.DuckDBPyConnection, obj: SorObject) -> datetime | 
     return rows[0][0] if rows else None
 
 
+def _open_new_versions(con: duckdb.DuckDBPyConnection, obj: SorObject, columns: str, as_of: datetime) -> int:
+    """Open a version at `as_of` for each row of `_al_hist_now` that no current version holds; the count."""
+    table, key = hist_table(obj.name), obj.key
+    return _run(
+        con,
+        f"""insert into {table}
+        select {columns}, ?, null, n._row_hash from _al_hist_now as n
+        where not exists (
+            select 1 from {table} as h
+            where h._valid_to is null and h.{key} = n.{key} and h._row_hash = n._row_hash)""",
+        [as_of],
+    )[0][0]
+
+
 def _record_changed(
     con: duckdb.DuckDBPyConnection, obj: SorObject, as_of: datetime, result: ObjectHistory
 ) -> None:
@@ -132,15 +146,7 @@ def _record_changed(
           and not exists (select 1 from _al_hist_now as n where n.{key} = h.{key} and n._row_hash = h._row_hash)""",
         [as_of],
     )[0][0]
-    result.opened = _run(
-        con,
-        f"""insert into {table}
-        select {columns}, ?, null, n._row_hash from _al_hist_now as n
-        where not exists (
-            select 1 from {table} as h
-            where h._valid_to is null and h.{key} = n.{key} and h._row_hash = n._row_hash)""",
-        [as_of],
-    )[0][0]
+    result.opened = _open_new_versions(con, obj, columns, as_of)
     current = _run(con, f"select count(*) from {table} where _valid_to is null")[0][0]
     result.unchanged = current - result.opened
     _run(con, "drop table _al_hist_now")
@@ -203,15 +209,7 @@ def _record_one(
                 select 1 from _al_hist_now as n where n.{key} = h.{key} and n._row_hash = h._row_hash)""",
             [as_of],
         )
-        _run(
-            con,
-            f"""insert into {table}
-            select {columns}, ?, null, n._row_hash from _al_hist_now as n
-            where not exists (
-                select 1 from {table} as h
-                where h._valid_to is null and h.{key} = n.{key} and h._row_hash = n._row_hash)""",
-            [as_of],
-        )
+        _open_new_versions(con, obj, columns, as_of)
         # Counted against the state before this call, so a repeated as-of reports no change.
         before, after = "_al_hist_before", f"({current})"
         result.opened = _run(con, f"select count(*) from (from {after} except from {before})")[0][0]

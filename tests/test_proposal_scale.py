@@ -4,11 +4,11 @@ the number of candidates, and an unchanged candidate build costs one anti-join t
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import duckdb
 import pytest
 from proposal_support import AS_OF, candidate, rule_meta, write_candidates
+from statement_counting import CountingConnection
 
 from actionlayer import ledger, proposals
 from actionlayer.proposals import _plan, _slow_work, _work, propose
@@ -28,25 +28,6 @@ RULES = {
     ),
 }
 STATUSES = [("eligible", None), ("held_out", "holdout"), ("suppressed", "frequency_cap: 3 in 7 days")]
-
-
-class CountingConnection:
-    """A real DuckDB connection that counts the statements sent through it (everything else passes through)."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._con = con
-        self.statements = 0
-
-    def execute(self, sql: str, *args: Any) -> duckdb.DuckDBPyConnection:
-        self.statements += 1
-        return self._con.execute(sql, *args)
-
-    def executemany(self, sql: str, params: list) -> duckdb.DuckDBPyConnection:
-        self.statements += len(params)
-        return self._con.executemany(sql, params)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
 
 
 def _build(

@@ -7,11 +7,11 @@ import json
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
 import xlsxwriter
+from statement_counting import CountingConnection
 
 from action_sinks.file import FileOutbox
 from action_sinks.registry import ChannelSinks
@@ -19,25 +19,6 @@ from actionlayer import alerts, ledger, review
 from actionlayer.signing import IssuedAction, Manifest
 
 AS_OF = datetime(2026, 9, 10, 9)
-
-
-class CountingConnection:
-    """A real DuckDB connection that counts the statements sent through it (everything else passes through)."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._con = con
-        self.statements = 0
-
-    def execute(self, sql: str, *args: Any) -> duckdb.DuckDBPyConnection:
-        self.statements += 1
-        return self._con.execute(sql, *args)
-
-    def executemany(self, sql: str, params: list) -> duckdb.DuckDBPyConnection:
-        self.statements += len(params)
-        return self._con.executemany(sql, params)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
 
 
 def _alerts(count: int) -> list[alerts.Alert]:
