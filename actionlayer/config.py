@@ -95,3 +95,18 @@ def parse_as_of(value: str | datetime | None) -> datetime:
     if dt.tzinfo is not None:
         dt = dt.astimezone(UTC).replace(tzinfo=None)
     return dt
+
+
+def review_export_workers() -> int:
+    """Processes that write review tables (`ACTIONLAYER_REVIEW_WORKERS`, default one per CPU; 1 writes
+    them in the exporting process)."""
+    env = os.environ.get("ACTIONLAYER_REVIEW_WORKERS", "").strip()
+    if env:
+        try:
+            workers = int(env)
+        except ValueError:
+            raise ValueError(f"ACTIONLAYER_REVIEW_WORKERS must be a whole number, got {env!r}") from None
+        if workers < 1:
+            raise ValueError(f"ACTIONLAYER_REVIEW_WORKERS must be at least 1, got {workers}")
+        return workers
+    return os.cpu_count() or 1

@@ -24,13 +24,16 @@ prefixed form is accepted and read back without the apostrophe).
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import json
+import multiprocessing as mp
 import operator
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,7 +52,7 @@ from xlsxwriter.utility import (
 )
 from xlsxwriter.worksheet import Worksheet
 
-from actionlayer import ledger
+from actionlayer import config, ledger
 from actionlayer.review_policy import ApprovalPolicy, ReviewConfigError, load_policy, norm_email
 from actionlayer.signing import (
     IssuedAction,
@@ -177,6 +180,9 @@ def _sst_special(string: str) -> bool:
     )
 
 
+# below this many rows (review + needs_checking) an export is written in-process: starting worker
+# processes would cost more than they save
+PARALLEL_MIN_ROWS = 5_000
 # the manifest JSON is split over cells below that limit
 _MANIFEST_CHUNK = 30_000
 _COLUMN_WIDTHS = {
@@ -913,8 +919,19 @@ def _write_xlsx(
         workbook.close()
 
 
-def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetime) -> ExportReport:
+def export_reviews(
+    con: duckdb.DuckDBPyConnection,
+    out_dir: Path,
+    as_of: datetime,
+    *,
+    workers: int | None = None,
+    parallel_min_rows: int = PARALLEL_MIN_ROWS,
+) -> ExportReport:
     """Write one XLSX and one CSV (+ signed manifest) per approver with the actions pending their review.
+
+    The files are written by `workers` processes (default `config.review_export_workers()`; 1 writes
+    them in this process), but only when the export has at least `parallel_min_rows` rows: a small one
+    is written here, where it costs less than starting workers.
 
     Raises `ReviewSecretError` (nothing written) when the signing key's environment variable is unset,
     and `ReviewConfigError` when the approval policy in `actionlayer.yml` is invalid.
@@ -966,32 +983,86 @@ def export_reviews(con: duckdb.DuckDBPyConnection, out_dir: Path, as_of: datetim
             file_stem[person] = f"review_{slug}{suffix}_{as_of:%Y%m%dT%H%M}"
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    _write_issues(issues, file_stem, out_dir, as_of, key, workers, parallel_min_rows)
     for person in sorted(issues):
         issue = issues[person]
-        manifest = _manifest_for(issue, as_of, key)
-        text = manifest.to_json()
-        # one neutralised copy of every cell (`neutralise`, inlined), for the CSV and the XLSX alike
-        cells = [
-            ["'" + value if value.startswith(_FORMULA_PREFIXES) else value for value in _REVIEW_VALUES(row)]
-            for row in issue.rows
-        ]
-        xlsx_path = out_dir / f"{file_stem[person]}.xlsx"
         csv_path = out_dir / f"{file_stem[person]}.csv"
-        sidecar = manifest_path_for(csv_path)
-        _replace_atomically(
-            xlsx_path,
-            lambda tmp, issue=issue, manifest=manifest, text=text, cells=cells: _write_xlsx(
-                tmp, issue, as_of, manifest, text, cells
-            ),
-        )
-        _write_manifest(sidecar, manifest, text)
-        _replace_atomically(csv_path, lambda tmp, cells=cells: _write_csv_cells(tmp, REVIEW_COLUMNS, cells))
-        report.files.extend([xlsx_path, csv_path])
-        report.manifests.append(sidecar)
+        report.files.extend([out_dir / f"{file_stem[person]}.xlsx", csv_path])
+        report.manifests.append(manifest_path_for(csv_path))
         report.rows_per_approver[person] = len(issue.rows)
         if issue.needs_checking:
             report.needs_checking_per_approver[person] = len(issue.needs_checking)
     return report
+
+
+def _write_issue(issue: _Issue, stem: str, out_dir: Path, as_of: datetime, key: bytes) -> None:
+    """One approver's XLSX, manifest sidecar and CSV, each replaced atomically."""
+    manifest = _manifest_for(issue, as_of, key)
+    text = manifest.to_json()
+    # one neutralised copy of every cell (`neutralise`, inlined), for the CSV and the XLSX alike
+    cells = [
+        ["'" + value if value.startswith(_FORMULA_PREFIXES) else value for value in _REVIEW_VALUES(row)]
+        for row in issue.rows
+    ]
+    csv_path = out_dir / f"{stem}.csv"
+    _replace_atomically(
+        out_dir / f"{stem}.xlsx", lambda tmp: _write_xlsx(tmp, issue, as_of, manifest, text, cells)
+    )
+    _write_manifest(manifest_path_for(csv_path), manifest, text)
+    _replace_atomically(csv_path, lambda tmp: _write_csv_cells(tmp, REVIEW_COLUMNS, cells))
+
+
+# What forked writers inherit instead of receiving it through a pipe: the approvers' issues and the
+# signing key, which so never leaves memory (nothing pickled, logged or written). Set only while a pool
+# runs.
+_FORKED: dict[str, Any] = {}
+
+
+def _write_forked(person: str) -> None:
+    job = _FORKED
+    _write_issue(job["issues"][person], job["stems"][person], job["out_dir"], job["as_of"], job["key"])
+
+
+def _write_issues(
+    issues: Mapping[str, _Issue],
+    file_stem: Mapping[str, str],
+    out_dir: Path,
+    as_of: datetime,
+    key: bytes,
+    workers: int | None,
+    parallel_min_rows: int,
+) -> None:
+    """Write every approver's files: in this process, or split over forked worker processes when the
+    export is large enough to repay starting them. The files are the same either way."""
+    wanted = config.review_export_workers() if workers is None else workers
+    rows = sum(len(issue.rows) + len(issue.needs_checking) for issue in issues.values())
+    processes = min(wanted, len(issues))
+    # fork: the workers get the issues and the key from this process's memory; without it, write here
+    if processes <= 1 or rows < parallel_min_rows or "fork" not in mp.get_all_start_methods():
+        for person in sorted(issues):
+            _write_issue(issues[person], file_stem[person], out_dir, as_of, key)
+        return
+    # the largest files first, so no worker is left with a big one at the end
+    order = sorted(issues, key=lambda p: (-len(issues[p].rows) - len(issues[p].needs_checking), p))
+    _FORKED.update(issues=issues, stems=file_stem, out_dir=out_dir, as_of=as_of, key=key)
+    # frozen objects are never scanned by the collector: a worker's collections would otherwise walk
+    # (and so copy, page by page) every inherited row
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_write_forked, person) for person in order]
+            try:
+                # the first failure is raised as the worker raised it (same type and message)
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                # files not yet started are not written; ones being written finish whole (their tmp
+                # files are renamed or removed), since shutdown waits and never kills a writer
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        gc.unfreeze()
+        _FORKED.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -835,3 +835,50 @@ def test_imports_only_append_to_the_ledger(con, tmp_path: Path) -> None:
     assert after[: len(before)] == before
     assert len(after) == len(before) + 3
     assert [row[0] for row in after] == sorted(row[0] for row in after)  # seq only grows
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_export_split_over_worker_processes_writes_the_same_files(con, tmp_path: Path, monkeypatch) -> None:
+    _settings(
+        tmp_path,
+        monkeypatch,
+        "approval:\n  rules:\n    quote_followup:\n      approvers: [manager@example.com]\n",
+    )
+    here = export_reviews(con, tmp_path / "here", AS_OF, workers=1)
+    # threshold 0: even this small export goes to two forked workers
+    forked = export_reviews(con, tmp_path / "forked", AS_OF, workers=2, parallel_min_rows=0)
+
+    assert len(here.rows_per_approver) >= 2
+    written = _tree(tmp_path / "here")
+    assert len(written) == 9
+    # byte for byte, the XLSX as a whole included (its zip members carry no clock time)
+    assert _tree(tmp_path / "forked") == written
+    assert [p.name for p in forked.files] == [p.name for p in here.files]
+    assert [p.name for p in forked.manifests] == [p.name for p in here.manifests]
+    here.out_dir = forked.out_dir
+    here.files, here.manifests = forked.files, forked.manifests
+    assert forked == here
+    # the forked files are genuine review tables: the import takes a decision from one
+    csv_path = _exported(forked, BOB, ".csv")
+    returned = fill_csv(csv_path, tmp_path / "bob.csv", {"act-dunning-1": "approve"})
+    imported = import_reviews(con, [returned], AS_OF)
+    assert [d.action_id for d in imported.applied] == ["act-dunning-1"], _messages(imported)
+
+
+def test_an_error_in_a_worker_process_surfaces_as_in_process(con, tmp_path: Path) -> None:
+    out = tmp_path / "outbox"
+    out.mkdir()
+    # a folder where Bob's CSV belongs: replacing it fails with the operating system's error
+    (out / "review_bob-example-com_20261123T0900.csv").mkdir()
+    with pytest.raises(OSError) as here:
+        export_reviews(con, out, AS_OF, workers=1)
+    with pytest.raises(OSError) as forked:
+        export_reviews(con, out, AS_OF, workers=2, parallel_min_rows=0)
+    assert type(forked.value) is type(here.value)
+    assert str(forked.value) == str(here.value)
+    assert "review_bob-example-com_20261123T0900.csv" in str(forked.value)
+    # no half-written file is left behind: every temporary file was renamed or removed
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
