@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 import xlsxwriter
 
-from actionlayer import ledger
+from actionlayer import config, ledger
 from actionlayer.review import (
     EDITABLE_COLUMNS,
     INSTRUCTIONS_SHEET,
@@ -882,3 +882,14 @@ def test_an_error_in_a_worker_process_surfaces_as_in_process(con, tmp_path: Path
     assert "review_bob-example-com_20261123T0900.csv" in str(forked.value)
     # no half-written file is left behind: every temporary file was renamed or removed
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_review_workers_come_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("ACTIONLAYER_REVIEW_WORKERS", "3")
+    assert config.review_export_workers() == 3
+    monkeypatch.delenv("ACTIONLAYER_REVIEW_WORKERS")
+    assert config.review_export_workers() == (os.cpu_count() or 1)
+    for bad in ("0", "two"):
+        monkeypatch.setenv("ACTIONLAYER_REVIEW_WORKERS", bad)
+        with pytest.raises(ValueError, match="ACTIONLAYER_REVIEW_WORKERS"):
+            config.review_export_workers()
