@@ -32,6 +32,7 @@ import multiprocessing as mp
 import operator
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -1014,8 +1015,9 @@ def _write_issue(issue: _Issue, stem: str, out_dir: Path, as_of: datetime, key: 
 
 # What forked writers inherit instead of receiving it through a pipe: the approvers' issues and the
 # signing key, which so never leaves memory (nothing pickled, logged or written). Set only while a pool
-# runs.
+# runs; the lock keeps two threads' exports from sharing it.
 _FORKED: dict[str, Any] = {}
+_FORKED_LOCK = threading.Lock()
 
 
 def _write_forked(person: str) -> None:
@@ -1044,25 +1046,26 @@ def _write_issues(
         return
     # the largest files first, so no worker is left with a big one at the end
     order = sorted(issues, key=lambda p: (-len(issues[p].rows) - len(issues[p].needs_checking), p))
-    _FORKED.update(issues=issues, stems=file_stem, out_dir=out_dir, as_of=as_of, key=key)
-    # frozen objects are never scanned by the collector: a worker's collections would otherwise walk
-    # (and so copy, page by page) every inherited row
-    gc.freeze()
-    try:
-        with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(_write_forked, person) for person in order]
-            try:
-                # the first failure is raised as the worker raised it (same type and message)
-                for future in as_completed(futures):
-                    future.result()
-            except BaseException:
-                # files not yet started are not written; ones being written finish whole (their tmp
-                # files are renamed or removed), since shutdown waits and never kills a writer
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    finally:
-        gc.unfreeze()
-        _FORKED.clear()
+    with _FORKED_LOCK:
+        _FORKED.update(issues=issues, stems=file_stem, out_dir=out_dir, as_of=as_of, key=key)
+        # frozen objects are never scanned by the collector: a worker's collections would otherwise walk
+        # (and so copy, page by page) every inherited row
+        gc.freeze()
+        try:
+            with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(_write_forked, person) for person in order]
+                try:
+                    # the first failure is raised as the worker raised it (same type and message)
+                    for future in as_completed(futures):
+                        future.result()
+                except BaseException:
+                    # files not yet started are not written; ones being written finish whole (their tmp
+                    # files are renamed or removed), since shutdown waits and never kills a writer
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        finally:
+            gc.unfreeze()
+            _FORKED.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------
