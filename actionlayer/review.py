@@ -518,15 +518,12 @@ def _replace_atomically(target: Path, write: Any) -> None:
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    # utf-8-sig: the BOM makes Excel open the file as UTF-8; csv's default \r\n line ends follow RFC 4180
-    with path.open("w", encoding="utf-8-sig", newline="") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(columns)
-        writer.writerows([neutralise(_text(row.get(name))) for name in columns] for row in rows)
+    _write_csv_cells(path, columns, [[neutralise(_text(row.get(name))) for name in columns] for row in rows])
 
 
 def _write_csv_cells(path: Path, columns: Sequence[str], cells: Sequence[Sequence[str]]) -> None:
-    # the export's rows as `_write_csv` writes them, from cells already neutralised
+    # cells already neutralised; utf-8-sig: the BOM makes Excel open the file as UTF-8; csv's default \r\n
+    # line ends follow RFC 4180
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL)
         writer.writerow(columns)
