@@ -76,6 +76,9 @@ class QualityResult:
 def _json_safe(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
+    if type(value).__name__ in ("NAType", "NaTType"):
+        # pandas' missing markers (Arrow-backed columns hand out pd.NA): shown as null, like None
+        return None
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, decimal.Decimal):
@@ -104,7 +107,12 @@ def _batch_definition(object_name: str) -> Any:
             disable_telemetry()
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
+            from great_expectations.execution_engine import pandas_execution_engine
 
+            # GE fingerprints every frame under this many bytes (an MD5 over a hash of every cell) as a
+            # batch marker nothing here reads; it was three quarters of the time of validating a million
+            # rows. Zero turns the fingerprint off.
+            pandas_execution_engine.HASH_THRESHOLD = 0
             context = gx.get_context(mode="ephemeral")
             # Progress bars would flood the Dagster log with one line per metric.
             context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -231,6 +239,14 @@ def merge_results(object_name: str, parts: list[QualityResult]) -> QualityResult
     )
 
 
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pandas.DataFrame:
+    """A query's rows as pandas columns backed by Arrow: about a third of the time of `.df()`, which converts
+    every text column; the expectations give the same results on either."""
+    import pandas
+
+    return con.sql(sql, params=params or None).to_arrow_table().to_pandas(types_mapper=pandas.ArrowDtype)
+
+
 def validate_load(
     con: duckdb.DuckDBPyConnection,
     object_name: str,
@@ -265,7 +281,7 @@ def validate_load(
     rows = int(con.execute(f"select count(*) from ({sql})", params).fetchall()[0][0])
     parts = max(1, -(-rows // chunk_rows))
     if parts == 1:
-        result = validate_batch(object_name, con.execute(sql, params).df())
+        result = validate_batch(object_name, _frame(con, sql, params))
     else:
         # Every row of one key lands in the same part (split by the key's hash), so the uniqueness
         # expectation stays exact; the parts' results are summed into one.
@@ -275,7 +291,7 @@ def validate_load(
             [
                 validate_batch(
                     object_name,
-                    con.execute(f"{sql}{where}hash({obj.key}) % {parts} = {part}", params).df(),
+                    _frame(con, f"{sql}{where}hash({obj.key}) % {parts} = {part}", params),
                 )
                 for part in range(parts)
             ],
