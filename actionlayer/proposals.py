@@ -1208,14 +1208,17 @@ def _review_deadline(state: Mapping[str, Any], expiry_days: int) -> datetime:
 
 
 def _pending_reviews_due(
-    con: duckdb.DuckDBPyConnection, as_of: datetime, shortest_expiry_days: int
+    con: duckdb.DuckDBPyConnection, as_of: datetime, expiry_days: Mapping[str, int]
 ) -> list[dict[str, Any]]:
     """The latest event of every action waiting for review whose deadline may have passed, oldest first.
 
     SQL narrows by the deadline the request carries (with a day's slack for one written with a UTC offset),
-    keeps every request whose deadline it cannot read, and every one old enough to be due by the fallback
-    deadline of any rule; `_review_deadline` decides exactly."""
-    stored = "try_cast(json_extract_string(details, '$.review_expires_at') as timestamp)"
+    keeps every request whose stored deadline it cannot read, and every one old enough to be due by its
+    rule's fallback deadline (`expiry_days` per rule, 7 for any other); `_review_deadline` decides exactly.
+    A request that carries no deadline is due by the fallback alone, which SQL decides as Python would."""
+    raw = "json_extract_string(events.details, '$.review_expires_at')"
+    stored = f"try_cast({raw} as timestamp)"
+    fallback = "events.occurred_at + to_days(coalesce(days.expiry_days, 7)) <= ?::timestamp"
     return _rows(
         con,
         f"""with latest as (
@@ -1223,15 +1226,20 @@ def _pending_reviews_due(
             from {ledger.LEDGER_TABLE}
             where action_id in (select action_id from {ledger.LEDGER_TABLE} where event_type = 'pending_review')
             group by action_id
+        ),
+        days as (
+            select unnest(?::varchar[]) as rule_id, unnest(?::integer[]) as expiry_days
         )
         select events.* from {ledger.LEDGER_TABLE} as events
         semi join latest
             on latest.action_id = events.action_id and latest.seq = events.seq
             and latest.event_type = 'pending_review'
-        where {stored} is null or {stored} <= ?::timestamp + interval 1 day
-            or occurred_at + to_days(?) <= ?::timestamp
+        left join days on days.rule_id = events.rule_id
+        where coalesce({raw}, '') = '' and {fallback}
+            or coalesce({raw}, '') <> ''
+                and ({stored} is null or {stored} <= ?::timestamp + interval 1 day or {fallback})
         order by seq""",
-        [as_of, shortest_expiry_days, as_of],
+        [list(expiry_days), list(expiry_days.values()), as_of, as_of, as_of],
     )
 
 
@@ -1242,8 +1250,8 @@ def _expire_reviews(
     events: list[ledger.LedgerEvent],
 ) -> int:
     expired = 0
-    shortest = min([rule.review_expiry_days for rule in rules.values()] + [7])
-    for state in _pending_reviews_due(con, as_of, shortest):
+    days = {rule_id: rule.review_expiry_days for rule_id, rule in rules.items()}
+    for state in _pending_reviews_due(con, as_of, days):
         rule = rules.get(state["rule_id"])
         expiry_days = rule.review_expiry_days if rule else 7
         deadline = _review_deadline(state, expiry_days)
