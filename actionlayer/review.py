@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -167,18 +168,14 @@ _XLSX_CELL_LIMIT = 32_767
 # a shared string xlsxwriter writes with more than plain escaping: one with control characters or
 # non-characters, or text that looks like their _xHHHH_ escape (both escaped), or with leading or trailing
 # whitespace (xml:space="preserve"; re's \s for str patterns is str.isspace)
-_SST_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")
-_SST_ESCAPE_LOOKALIKE = re.compile(r"_x[0-9a-fA-F]{4}_")
+_SST_CONTROL = "[\x00-\x08\x0b-\x1f\ufffe\uffff]"
+_SST_ESCAPE_LOOKALIKE = "_x[0-9a-fA-F]{4}_"
+# all of the above but rich text in one search (one call per shared string of an export)
+_SST_MARKUP = re.compile(rf"\A\s|\s\Z|{_SST_CONTROL}|{_SST_ESCAPE_LOOKALIKE}")
 
 
 def _sst_special(string: str) -> bool:
-    return bool(
-        string[:1].isspace()
-        or string[-1:].isspace()
-        or _SST_CONTROL.search(string)
-        or ("_x" in string and _SST_ESCAPE_LOOKALIKE.search(string))
-        or (string.startswith("<r>") and string.endswith("</r>"))
-    )
+    return bool(_SST_MARKUP.search(string) or (string.startswith("<r>") and string.endswith("</r>")))
 
 
 # below this many rows (review + needs_checking) an export is written in-process: starting worker
@@ -266,8 +263,15 @@ def _text(value: Any) -> str:
     if value.__class__ is str:  # the usual case, first
         return value
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        # an aware one is formatted each time: equal instants in two zones are equal keys, not equal texts
+        return _naive_stamp(value) if value.tzinfo is None else value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
+
+
+@lru_cache(maxsize=4096)
+def _naive_stamp(value: datetime) -> str:
+    # an export shows the same few timestamps (proposed at, review expiry) on thousands of rows
+    return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _details(raw: Any) -> dict[str, Any]:
@@ -452,10 +456,10 @@ def _pending_states(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 
 def _review_row(
-    state: Mapping[str, Any], history: _History, approver: str, policy: ApprovalPolicy
+    state: Mapping[str, Any], history: _History, approver: str, four_eyes: bool
 ) -> dict[str, str]:
     approvals = ""
-    if policy.four_eyes(state.get("rule_id")):
+    if four_eyes:
         first = history.first_approval
         approvals = (
             f"four eyes: approved first by {first.get('approver')} at {first.get('at')}; needs your approval too"
@@ -560,9 +564,18 @@ class _Issue:
     """Everything one approver's files hold."""
 
     approver: str
+    # (state, history, four eyes) of each action to decide; `build_rows` turns them into `rows` where the
+    # files are written (a forked writer), not in the exporting process
+    entries: list[tuple[Mapping[str, Any], _History, bool]] = field(default_factory=list)
     rows: list[dict[str, str]] = field(default_factory=list)
     needs_checking: list[dict[str, str]] = field(default_factory=list)
     four_eyes_rules: set[str] = field(default_factory=set)
+
+    def build_rows(self) -> None:
+        self.rows = [
+            _review_row(state, history, self.approver, four_eyes)
+            for state, history, four_eyes in self.entries
+        ]
 
 
 def _file_expiry(rows: Sequence[Mapping[str, str]], as_of: datetime) -> datetime:
@@ -636,15 +649,18 @@ class _StringRowsSheet(Worksheet):
         indices = strings.string_table
         added = counted = 0
         limit = self.xls_strmax
+        # below this length a value is neither cut nor too long in UTF-16: one test for the usual cell
+        short = min(max_chars, limit // 2)
         written: list[tuple[int, list[tuple[int, int]]]] = []
         for row_number, values in enumerate(rows, start=first_row):
             cells: list[tuple[int, int]] = []
             for col, value in enumerate(values):
                 if value:
-                    if len(value) > max_chars:
-                        value = value[:max_chars]
-                    if len(value) > limit // 2 and _utf16_len(value) > limit:
-                        value = _utf16_truncate(value, limit)
+                    if len(value) > short:
+                        if len(value) > max_chars:
+                            value = value[:max_chars]
+                        if len(value) > limit // 2 and _utf16_len(value) > limit:
+                            value = _utf16_truncate(value, limit)
                     # registered in write order, as write_string does: the shared-string indices match
                     index = indices.get(value)
                     if index is None:
@@ -943,6 +959,7 @@ def export_reviews(
 
     issues: dict[str, _Issue] = {}
     report = ExportReport(as_of=as_of, out_dir=out_dir, actions=len(pending))
+    four_eyes_of: dict[Any, bool] = {}
     for state in pending:
         action_id = str(state["action_id"])
         history = histories[action_id]
@@ -954,13 +971,17 @@ def export_reviews(
         if not people:
             report.unrouted.append(action_id)
         first = history.first_approval
+        rule_id = state.get("rule_id")
+        four_eyes = four_eyes_of.get(rule_id)
+        if four_eyes is None:
+            four_eyes = four_eyes_of[rule_id] = policy.four_eyes(rule_id)
         for person in sorted(people):
             if first and norm_email(first.get("approver")) == person:
                 continue  # four eyes: the first approver has done their part
             issue = issues.setdefault(person, _Issue(approver=person))
-            issue.rows.append(_review_row(state, history, person, policy))
-            if policy.four_eyes(state.get("rule_id")):
-                issue.four_eyes_rules.add(str(state.get("rule_id")))
+            issue.entries.append((state, history, four_eyes))
+            if four_eyes:
+                issue.four_eyes_rules.add(str(rule_id))
     for state in unknown:
         people = _deciders(policy, state)
         if not people:
@@ -987,7 +1008,7 @@ def export_reviews(
         csv_path = out_dir / f"{file_stem[person]}.csv"
         report.files.extend([out_dir / f"{file_stem[person]}.xlsx", csv_path])
         report.manifests.append(manifest_path_for(csv_path))
-        report.rows_per_approver[person] = len(issue.rows)
+        report.rows_per_approver[person] = len(issue.entries)
         if issue.needs_checking:
             report.needs_checking_per_approver[person] = len(issue.needs_checking)
     return report
@@ -995,6 +1016,7 @@ def export_reviews(
 
 def _write_issue(issue: _Issue, stem: str, out_dir: Path, as_of: datetime, key: bytes) -> None:
     """One approver's XLSX, manifest sidecar and CSV, each replaced atomically."""
+    issue.build_rows()
     manifest = _manifest_for(issue, as_of, key)
     text = manifest.to_json()
     # one neutralised copy of every cell (`neutralise`, inlined), for the CSV and the XLSX alike
@@ -1034,7 +1056,7 @@ def _write_issues(
     """Write every approver's files: in this process, or split over forked worker processes when the
     export is large enough to repay starting them. The files are the same either way."""
     wanted = config.review_export_workers() if workers is None else workers
-    rows = sum(len(issue.rows) + len(issue.needs_checking) for issue in issues.values())
+    rows = sum(len(issue.entries) + len(issue.needs_checking) for issue in issues.values())
     processes = min(wanted, len(issues))
     # fork: the workers get the issues and the key from this process's memory; without it, write here
     if processes <= 1 or rows < parallel_min_rows or "fork" not in mp.get_all_start_methods():
@@ -1042,7 +1064,7 @@ def _write_issues(
             _write_issue(issues[person], file_stem[person], out_dir, as_of, key)
         return
     # the largest files first, so no worker is left with a big one at the end
-    order = sorted(issues, key=lambda p: (-len(issues[p].rows) - len(issues[p].needs_checking), p))
+    order = sorted(issues, key=lambda p: (-len(issues[p].entries) - len(issues[p].needs_checking), p))
     with _FORKED_LOCK:
         _FORKED.update(issues=issues, stems=file_stem, out_dir=out_dir, as_of=as_of, key=key)
         # frozen objects are never scanned by the collector: a worker's collections would otherwise walk
