@@ -38,6 +38,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +169,18 @@ _XLSX_CELL_LIMIT = 32_767
 # a shared string xlsxwriter writes with more than plain escaping: one with control characters or
 # non-characters, or text that looks like their _xHHHH_ escape (both escaped), or with leading or trailing
 # whitespace (xml:space="preserve"; re's \s for str patterns is str.isspace)
-_SST_CONTROL = "[\x00-\x08\x0b-\x1f\ufffe\uffff]"
-_SST_ESCAPE_LOOKALIKE = "_x[0-9a-fA-F]{4}_"
-# all of the above but rich text in one search (one call per shared string of an export)
-_SST_MARKUP = re.compile(rf"\A\s|\s\Z|{_SST_CONTROL}|{_SST_ESCAPE_LOOKALIKE}")
+_SST_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")
+_SST_ESCAPE_LOOKALIKE = re.compile(r"_x[0-9a-fA-F]{4}_")
 
 
 def _sst_special(string: str) -> bool:
-    return bool(_SST_MARKUP.search(string) or (string.startswith("<r>") and string.endswith("</r>")))
+    return bool(
+        string[:1].isspace()
+        or string[-1:].isspace()
+        or _SST_CONTROL.search(string)
+        or ("_x" in string and _SST_ESCAPE_LOOKALIKE.search(string))
+        or (string.startswith("<r>") and string.endswith("</r>"))
+    )
 
 
 # below this many rows (review + needs_checking) an export is written in-process: starting worker
@@ -624,11 +629,15 @@ class _StringRowsSheet(Worksheet):
     their `<row>`/`<c>` elements are built directly, with exactly the markup xlsxwriter writes for them
     (same shared-string indices, styles, spans and dimensions): the workbook is byte for byte the one the
     per-cell calls would write. Cells written the ordinary way (the header) are written by xlsxwriter.
+
+    A row's markup depends only on which of its cells are text, blank or absent (its shape) and on the
+    numbers in it, so each shape becomes one format string and a row is one `str.format` call.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._string_rows: list[tuple[int, list[tuple[int, int]]]] = []
+        # per written row: its number, its shape and the shared-string indices of its text cells
+        self._string_rows: list[tuple[int, tuple[int, ...], list[int]]] = []
         self._string_formats: list[Format | None] = []
 
     def write_string_rows(
@@ -644,47 +653,57 @@ class _StringRowsSheet(Worksheet):
         if self._string_rows:
             raise ValueError("write_string_rows takes all its rows in one call")
         self._string_formats = list(formats)
-        strings = self.str_table
-        # SharedStringTable._get_shared_string_index, inlined: it runs once per cell
-        indices = strings.string_table
-        added = counted = 0
+        formatted = [cell_format is not None for cell_format in self._string_formats]
         limit = self.xls_strmax
-        # below this length a value is neither cut nor too long in UTF-16: one test for the usual cell
+        # below this length a value is neither cut nor too long in UTF-16: one test per row for the usual one
         short = min(max_chars, limit // 2)
-        written: list[tuple[int, list[tuple[int, int]]]] = []
+
+        def cut(value: str) -> str:
+            if len(value) > max_chars:
+                value = value[:max_chars]
+            if len(value) > limit // 2 and _utf16_len(value) > limit:
+                value = _utf16_truncate(value, limit)
+            return value
+
+        rows = [
+            row if max(map(len, row), default=0) <= short else [cut(value) for value in row] for row in rows
+        ]
+        # shared strings are numbered in write order (row by row, left to right), as write_string numbers
+        # them: the first sight of each new text, in order, gets the next number
+        strings = self.str_table
+        indices = strings.string_table
+        texts = list(filter(None, chain.from_iterable(rows)))
+        fresh = [text for text in dict.fromkeys(texts) if text not in indices]
+        indices.update(
+            zip(fresh, range(strings.unique_count, strings.unique_count + len(fresh)), strict=True)
+        )
+        strings.unique_count += len(fresh)
+        strings.count += len(texts)
+        # a cell's shape code: col + 1 for text, -(col + 1) for a blank with a format; absent cells left out
+        shapes: dict[tuple[bool, ...], tuple[int, ...]] = {}
+        written: list[tuple[int, tuple[int, ...], list[int]]] = []
         for row_number, values in enumerate(rows, start=first_row):
-            cells: list[tuple[int, int]] = []
-            for col, value in enumerate(values):
-                if value:
-                    if len(value) > short:
-                        if len(value) > max_chars:
-                            value = value[:max_chars]
-                        if len(value) > limit // 2 and _utf16_len(value) > limit:
-                            value = _utf16_truncate(value, limit)
-                    # registered in write order, as write_string does: the shared-string indices match
-                    index = indices.get(value)
-                    if index is None:
-                        index = indices[value] = strings.unique_count + added
-                        added += 1
-                    cells.append((col, index))
-                    counted += 1
-                elif self._string_formats[col] is not None:
-                    cells.append((col, -1))
-            if cells:
-                written.append((row_number, cells))
-                self._check_dimensions(row_number, cells[0][0])
-                self._check_dimensions(row_number, cells[-1][0])
-        strings.unique_count += added
-        strings.count += counted
+            present = tuple(map(bool, values))
+            shape = shapes.get(present)
+            if shape is None:
+                shape = shapes[present] = tuple(
+                    col + 1 if text else -(col + 1)
+                    for col, text in enumerate(present)
+                    if text or formatted[col]
+                )
+            if shape:
+                written.append((row_number, shape, [indices[text] for text in values if text]))
+                self._check_dimensions(row_number, abs(shape[0]) - 1)
+                self._check_dimensions(row_number, abs(shape[-1]) - 1)
         self._string_rows = written
 
     def _calculate_spans(self) -> None:
         # xlsxwriter's spans cover the cells it stores; the block's rows given here widen them, as their
         # cells would have
         super()._calculate_spans()
-        for row_number, cells in self._string_rows:
+        for row_number, shape, _ in self._string_rows:
             block = row_number // 16
-            low, high = cells[0][0] + 1, cells[-1][0] + 1
+            low, high = abs(shape[0]), abs(shape[-1])
             if block in self.row_spans:
                 old_low, old_high = (int(part) for part in self.row_spans[block].split(":"))
                 low, high = min(low, old_low), max(high, old_high)
@@ -698,28 +717,40 @@ class _StringRowsSheet(Worksheet):
             raise ValueError(
                 "write_string_rows supports plain rows only (no row formats, comments or 2010 markup)"
             )
-        if any(self.table.get(row_number) for row_number, _ in self._string_rows):
+        if any(self.table.get(row_number) for row_number, _, _ in self._string_rows):
             raise ValueError("a row given to write_string_rows was also written cell by cell")
         # the style of a cell: its own format, else its column's (indices taken in the order xlsxwriter's
         # close takes them: the first data row, left to right)
         styles: dict[int, str] = {}
-        for _, cells in self._string_rows:
-            for col, _ in cells:
+        for _, shape, _ in self._string_rows:
+            for code in shape:
+                col = abs(code) - 1
                 if col not in styles:
                     styles[col] = self._style_of(col)
         spans = self.row_spans
-        letters = [xl_col_to_name(col) for col in range(len(self._string_formats))]
+        templates: dict[tuple[int, ...], str] = {}
         parts: list[str] = []
-        for row_number, cells in self._string_rows:
-            number = row_number + 1
-            parts.append(f'<row r="{number}" spans="{spans[row_number // 16]}">')
-            for col, index in cells:
-                if index < 0:
-                    parts.append(f'<c r="{letters[col]}{number}"{styles[col]}/>')
-                else:
-                    parts.append(f'<c r="{letters[col]}{number}"{styles[col]} t="s"><v>{index}</v></c>')
-            parts.append("</row>")
+        for row_number, shape, numbers in self._string_rows:
+            template = templates.get(shape)
+            if template is None:
+                template = templates[shape] = self._row_template(shape, styles)
+            parts.append(template.format(row_number + 1, spans[row_number // 16], *numbers))
         self.fh.write("".join(parts))
+
+    @staticmethod
+    def _row_template(shape: tuple[int, ...], styles: Mapping[int, str]) -> str:
+        # {0}: the row's number, {1}: its spans, {2}…: the shared-string indices of its text cells
+        cells = []
+        text_cells = 0
+        for code in shape:
+            col = abs(code) - 1
+            where = f'<c r="{xl_col_to_name(col)}{{0}}"{styles[col]}'
+            if code > 0:
+                cells.append(f'{where} t="s"><v>{{{text_cells + 2}}}</v></c>')
+                text_cells += 1
+            else:
+                cells.append(f"{where}/>")
+        return '<row r="{0}" spans="{1}">' + "".join(cells) + "</row>"
 
     def _style_of(self, col: int) -> str:
         cell_format = self._string_formats[col]
@@ -731,7 +762,10 @@ class _StringRowsSheet(Worksheet):
 class _SharedStringsPackager(Packager):
     """xlsxwriter's packager, with the shared-strings part written in one pass: a string that needs no
     special markup (control characters, edge whitespace, rich text) becomes `<si><t>…</t></si>` directly,
-    any other goes through xlsxwriter's own writer, so the part is byte for byte xlsxwriter's."""
+    any other goes through xlsxwriter's own writer, so the part is byte for byte xlsxwriter's.
+
+    Runs of plain strings are escaped and joined as one text: NUL, a control character, can only be in a
+    special string, so it separates them."""
 
     def _write_shared_strings_file(self) -> None:
         table = self.workbook.str_table
@@ -742,19 +776,32 @@ class _SharedStringsPackager(Packager):
         sst._set_xml_writer(self._filename("xl/sharedStrings.xml"))
         sst._xml_declaration()
         sst._write_sst()
-        parts: list[str] = []
-        for string in table.string_array:
-            if _sst_special(string):
-                sst.fh.write("".join(parts))
-                parts.clear()
+        strings = table.string_array
+        joined = "\n".join(strings)
+        # "\n" is neither a control character here nor part of an escape look-alike, so neither can span
+        # two strings of the joined text: when it has none, only edge whitespace makes a string special
+        maybe_special = bool(
+            _SST_CONTROL.search(joined) or _SST_ESCAPE_LOOKALIKE.search(joined) or "<r>" in joined
+        )
+        run: list[str] = []
+        for string in strings:
+            if string.strip() != string or (maybe_special and _sst_special(string)):
+                _write_plain_strings(sst, run)
+                run.clear()
                 sst._write_si(string)
             else:
-                # xlsxwriter's _escape_data: & < > only
-                text = string.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-                parts.append(f"<si><t>{text}</t></si>")
-        sst.fh.write("".join(parts))
+                run.append(string)
+        _write_plain_strings(sst, run)
         sst._xml_end_tag("sst")
         sst._xml_close()
+
+
+def _write_plain_strings(sst: SharedStrings, strings: Sequence[str]) -> None:
+    if not strings:
+        return
+    # xlsxwriter's _escape_data: & < > only
+    text = "\x00".join(strings).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    sst.fh.write("<si><t>" + text.replace("\x00", "</t></si><si><t>") + "</t></si>")
 
 
 class _ReviewWorkbook(xlsxwriter.Workbook):

@@ -149,6 +149,47 @@ def test_the_review_sheets_block_writer_writes_exactly_what_per_cell_calls_write
     assert _workbook_parts(tmp_path / "block.xlsx") == _workbook_parts(tmp_path / "cells.xlsx")
 
 
+@pytest.mark.parametrize(
+    "rows",
+    [
+        # no control character, escape look-alike or rich text anywhere: only edge whitespace is special
+        [["a & b", " edge", "plain"], ["tail\u3000", "", "a & b"], ["", "", ""], ["x"]],
+        # rows of different lengths and shapes, the same shape again, a row with nothing to write
+        [
+            ["one"],
+            ["", "two", "", "three"],
+            ["one", "", "", ""],
+            [],
+            ["", "", "", ""],
+            ["four", "x" * 20_000],
+        ],
+    ],
+)
+def test_the_block_writer_matches_per_cell_calls_for_any_row_shape(tmp_path, rows):
+    def build(path: Path, block: bool) -> None:
+        options = {"strings_to_formulas": False, "strings_to_numbers": False, "in_memory": True}
+        workbook = (review._ReviewWorkbook if block else xlsxwriter.Workbook)(str(path), options)
+        workbook.set_properties({"created": AS_OF})
+        fill = workbook.add_format({"bg_color": "#FFFBEA", "locked": False})
+        sheet = workbook.add_worksheet("review", review._StringRowsSheet if block else None)
+        sheet.write_string(0, 0, "head")
+        formats = [None, fill, None, fill]
+        if block:
+            sheet.write_string_rows(1, rows, formats, 10_000)
+        else:
+            for number, values in enumerate(rows, start=1):
+                for col, value in enumerate(values):
+                    if value:
+                        sheet.write_string(number, col, value[:10_000], formats[col])
+                    elif formats[col] is not None:
+                        sheet.write_blank(number, col, None, formats[col])
+        workbook.close()
+
+    build(tmp_path / "block.xlsx", block=True)
+    build(tmp_path / "cells.xlsx", block=False)
+    assert _workbook_parts(tmp_path / "block.xlsx") == _workbook_parts(tmp_path / "cells.xlsx")
+
+
 def _pending_ledger(path: Path, count: int) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path))
     ledger.ensure_schema(con)
