@@ -125,6 +125,8 @@ class Variables:
     def internal(self) -> list[str]:
         """The helper columns `layers()` add."""
         names = ["_reason_object", "_reason_ok"] + ([] if self.names else ["_no_variables", "_no_texts"])
+        if self.names and self.columns.get(self.reason, "").upper() == "VARCHAR":
+            names += ["_kinds", "_values"]
         for index in self.names.values():
             names += [f"_k{index}", f"_e{index}", f"_t{index}", f"_b{index}"]
         return names
@@ -139,13 +141,16 @@ class Variables:
             else "false as _reason_object, true as _reason_ok"
         )
         second, third = [], []
+        # every variable's JSON type and value in one read of the reason each (a list of paths), not one per
+        # variable; the lists' items are then the per-variable columns
+        paths = "[" + ", ".join(literal(f'$."{name}"') for name in self.names) + "]"
+        lists = (
+            f"case when _reason_object then json_type({reason}, {paths}) end as _kinds, "
+            f"case when _reason_object then json_extract({reason}, {paths}) end as _values"
+        )
         for name, index in self.names.items():
-            path = literal(f'$."{name}"')
             if has_reason:
-                second.append(
-                    f"case when _reason_object then json_type({reason}, {path}) end as _k{index}, "
-                    f"case when _reason_object then json_extract({reason}, {path}) end as _e{index}"
-                )
+                second.append(f"_kinds[{index + 1}] as _k{index}, _values[{index + 1}] as _e{index}")
             else:
                 second.append(f"null::varchar as _k{index}, null::json as _e{index}")
             kind, value = f"_k{index}", f"_e{index}"
@@ -163,7 +168,9 @@ class Variables:
                 f"when 'UBIGINT' then {value}::hugeint <> 0 when 'DOUBLE' then {value}::double <> 0 "
                 f"else (case when {kind} is null then {column_truth} end) end) as _b{index}"
             )
-        return [first, ", ".join(second) or "1 as _no_variables", ", ".join(third) or "1 as _no_texts"]
+        if not (has_reason and self.names):
+            return [first, ", ".join(second) or "1 as _no_variables", ", ".join(third) or "1 as _no_texts"]
+        return [first, lists, ", ".join(second), ", ".join(third)]
 
     def _column(self, name: str) -> tuple[str, str]:
         if name in _ALIASES:
