@@ -600,7 +600,9 @@ def _work(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
         ),
         work as (
             select candidates.*, latest.seq is not null as _known,
-                   row_number() over (order by candidates.priority desc, candidates.action_id) as _ordinal
+                   row_number() over (order by candidates.priority desc, candidates.action_id) as _ordinal,
+                   -- ranked here, before the template columns widen every row the window sorts
+                   dense_rank() over (order by {detail_key}) as _detail_key
             from {CANDIDATES_TABLE} as candidates
             left join latest using (action_id)
             where latest.seq is null
@@ -611,8 +613,7 @@ def _work(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
         ){layers}
         select * exclude ({", ".join(plan.variables.internal())}),
                case when _fast then {plan.by_rule("subject")} end as _subject,
-               case when _fast then {plan.by_rule("body")} end as _body,
-               dense_rank() over (order by {detail_key}) as _detail_key
+               case when _fast then {plan.by_rule("body")} end as _body
         from (select *, {plan.fast()} as _fast from layer{len(plan.variables.layers())})"""
     )
 
