@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 from proposal_support import AS_OF, rule_meta
 
-from actionlayer import proposals
+from actionlayer import ledger, proposals
 from actionlayer.proposals import propose
 from actionlayer.rules import rule_from_meta
 from actionlayer.settings import EscalationRoutes
@@ -184,3 +184,47 @@ def test_the_set_based_path_writes_the_ledger_the_python_route_writes(tmp_path, 
     # both paths were taken: the awkward values (about half of these candidates) were rendered in Python
     proposed = sum(1 for row in reference if isinstance(row, tuple) and row[3] == "proposed")
     assert 0 < len(calls) < proposed * 3 / 4
+
+
+def test_pending_reviews_are_read_only_when_their_own_rules_deadline_may_have_passed(tmp_path):
+    # rule "quick" expires reviews after 1 day, "slow" after 7; an unknown rule falls back to 7 days
+    con = duckdb.connect(str(tmp_path / "ledger.duckdb"))
+    ledger.ensure_schema(con)
+    requested = AS_OF - timedelta(days=2)
+    events = []
+    for action_id, rule_id, stored in (
+        ("quick-stored", "quick", requested + timedelta(days=1)),
+        ("slow-stored", "slow", requested + timedelta(days=7)),
+        ("quick-bare", "quick", None),
+        ("slow-bare", "slow", None),
+        ("other-bare", "gone", None),
+        ("slow-odd", "slow", "next tuesday"),
+    ):
+        proposed = ledger.LedgerEvent(
+            action_id=action_id,
+            event_type="proposed",
+            occurred_at=requested,
+            actor=f"rule:{rule_id}",
+            rule_id=rule_id,
+            rule_version=1,
+            maturity_level=3,
+            record_type="deal",
+            record_id=action_id,
+        )
+        state = {"action_id": action_id, **{k: getattr(proposed, k) for k in ledger.IDENTITY_FIELDS}}
+        details = {} if stored is None else {"review_expires_at": str(stored)}
+        events += [proposed, ledger.next_event(state, "pending_review", requested, "rule", details=details)]
+    ledger.append(con, events)
+
+    due = proposals._pending_reviews_due(con, AS_OF, {"quick": 1, "slow": 7})
+    # the slow rule's reviews (stored or fallback deadline five days ahead) are not read at all; a deadline
+    # SQL cannot read is left to Python
+    assert [row["action_id"] for row in due] == ["quick-stored", "quick-bare", "slow-odd"]
+    # and what is read is exactly what expires
+    rules = {
+        rule_id: rule_from_meta(f"rule_{rule_id}", rule_meta(rule_id, 3, review_expiry_days=days))
+        for rule_id, days in (("quick", 1), ("slow", 7))
+    }
+    written: list = []
+    assert proposals._expire_reviews(con, AS_OF, rules, written) == 2
+    assert sorted(event.action_id for event in written) == ["quick-bare", "quick-stored"]
