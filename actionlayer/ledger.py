@@ -204,6 +204,8 @@ _ARROW_TYPES: dict[str, pa.DataType] = {name: pa.string() for name in _COLUMNS} 
     "seq": pa.int64(),
 }
 _ROW_OF = attrgetter(*_COLUMNS)
+# up to this many events, `append` looks their ids up in the ledger first instead of anti-joining all of it
+PROBE_MAX_EVENTS = 1_000
 # what json.dumps(details, sort_keys=True, default=str) writes, without building an encoder per event
 _DETAILS_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
@@ -238,23 +240,42 @@ def append(con: duckdb.DuckDBPyConnection, events: Iterable[LedgerEvent]) -> int
     batch = list(events)
     if not batch:
         return 0
+    ids = [event.event_id for event in batch]
+    present = None
+    if len(ids) <= PROBE_MAX_EVENTS:
+        # a small batch (a dispatch round): its ids looked up as a list of values filter the ledger's ids
+        # as they are read, cheaper than hashing every id of a large ledger for the anti-join
+        present = [
+            row[0]
+            for row in con.execute(
+                f"select event_id from ops.action_ledger where event_id in ({', '.join('?' * len(ids))})", ids
+            ).fetchall()
+        ]
     frame = event_table(batch, _position=list(range(len(batch))))
     con.register("_ledger_batch", frame)
     try:
-        distinct = len({event.event_id for event in batch}) == len(batch)
-        return append_query(con, "select * from _ledger_batch", distinct=distinct)
+        distinct = len(set(ids)) == len(batch)
+        return append_query(con, "select * from _ledger_batch", distinct=distinct, present=present)
     finally:
         con.unregister("_ledger_batch")
 
 
 def append_query(
-    con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None, *, distinct: bool = False
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    params: list[Any] | None = None,
+    *,
+    distinct: bool = False,
+    present: list[str] | None = None,
 ) -> int:
     """Append the events a query returns (the ledger's columns but `seq` and `recorded_at`, plus `_position`,
     their distinct 0-based places in the batch): `seq` is the ledger's next number plus the position, events
     whose id is already present are skipped (their numbers stay unused), and of one id named twice only the
     first is written (`distinct=True` says the caller knows no id is named twice). Returns the number of
     rows inserted.
+
+    `present`: the ids of the query's events already in the ledger, when the caller has looked them up
+    (they are skipped as the anti-join would skip them).
 
     The caller owns the transaction, as for `append`."""
     names = ", ".join(name for name in _COLUMNS)
@@ -263,14 +284,19 @@ def append_query(
         "" if distinct else "qualify row_number() over (partition by batch.event_id order by _position) = 1"
     )
     # an anti-join, then a plain insert: twice as fast as ON CONFLICT on the primary key's index, same rows
+    skip = (
+        "anti join ops.action_ledger as present on present.event_id = batch.event_id"
+        if present is None
+        else "where batch.event_id not in (select unnest(?::varchar[]))"
+    )
     inserted = con.execute(
         f"""insert into ops.action_ledger ({names}, seq, recorded_at)
         select {", ".join(f"batch.{name}" for name in _COLUMNS)}, ? + _position as seq, ?::timestamp
         from ({query}) as batch
-        anti join ops.action_ledger as present on present.event_id = batch.event_id
+        {skip}
         {first_only}
         order by seq""",
-        [first_seq, _wall_clock(), *(params or [])],
+        [first_seq, _wall_clock(), *(params or []), *([] if present is None else [present])],
     ).fetchall()
     return int(inserted[0][0]) if inserted else 0
 

@@ -154,3 +154,31 @@ def test_rule_meta_errors_name_the_model_and_key():
     del broken["channel"]
     with pytest.raises(RuleConfigError, match="rule_x: config.meta.channel is missing"):
         rule_from_meta("rule_x", broken)
+
+
+@pytest.mark.parametrize("probe_max", [0, ledger.PROBE_MAX_EVENTS])
+def test_a_small_batch_looked_up_first_is_appended_as_the_anti_join_appends_it(
+    tmp_path, monkeypatch, probe_max
+):
+    """Both ways of skipping events already present (a lookup of a small batch's ids, or the anti-join)
+    write the same rows with the same numbers, gaps for the skipped ones included."""
+    monkeypatch.setattr(ledger, "PROBE_MAX_EVENTS", probe_max)
+    con = duckdb.connect(str(tmp_path / "ledger.duckdb"))
+    ledger.ensure_schema(con)
+
+    def event(n: int, event_type: str = "proposed") -> ledger.LedgerEvent:
+        return ledger.LedgerEvent(
+            action_id=f"a{n}",
+            event_type=event_type,
+            occurred_at=AS_OF,
+            actor="t",
+            rule_id="r",
+            record_id=f"R{n}",
+        )
+
+    assert ledger.append(con, [event(1), event(2)]) == 2
+    # a2 is already there, a3 twice: a2 is skipped (its number unused), a3 written once
+    assert ledger.append(con, [event(3), event(2), event(4), event(3)]) == 2
+    assert ledger.append(con, [event(2), event(4)]) == 0
+    rows = con.execute("select seq, action_id from ops.action_ledger order by seq").fetchall()
+    assert rows == [(1, "a1"), (2, "a2"), (3, "a3"), (5, "a4")]
