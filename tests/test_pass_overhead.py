@@ -1,5 +1,6 @@
 """The fixed cost of a pass: dbt parses once per process, and the Dagster run history's SQLite writes keep
-their WAL for the run instead of checkpointing it on every event, through one engine per database file."""
+their WAL for the run instead of checkpointing it on every event, through one engine per database file; a
+pass's dbt build rewrites no JSON artifacts and logs no debug lines to its file."""
 
 from __future__ import annotations
 
@@ -107,3 +108,43 @@ def test_the_event_log_reuses_one_engine_per_database_during_a_run(tmp_path):
     with dg.DagsterInstance.from_config(str(home)) as instance:
         stored = {key for key in keys if instance.get_latest_materialization_event(key) is not None}
     assert stored == set(keys)
+
+
+def test_a_pass_build_keeps_the_parsed_manifest_and_logs_no_debug_lines(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    import duckdb
+
+    from actionlayer.demo.world import generate_world, load_demo_config, write_sor
+    from connectors.files import load_folder
+
+    day = datetime(2026, 9, 1, 9)
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("ACTIONLAYER_DATA", str(data))
+    monkeypatch.setenv("ACTIONLAYER_DB", str(data / "actionlayer.duckdb"))
+    monkeypatch.setenv("ACTIONLAYER_CONFIG", str(tmp_path / "none.yml"))
+    logs = tmp_path / "dbt_logs"
+    monkeypatch.setenv("DBT_LOG_PATH", str(logs))
+    monkeypatch.delenv("DBT_LOG_LEVEL_FILE", raising=False)
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    sor = tmp_path / "sor"
+    write_sor(generate_world(load_demo_config(size="small")), sor, day)
+    with duckdb.connect(str(data / "actionlayer.duckdb")) as con:
+        load_folder(con, sor, day)
+
+    transform.parsed_manifest()
+    manifest = transform.manifest_path()
+    run_results = manifest.with_name("run_results.json")
+    before = [p.stat().st_mtime_ns if p.exists() else None for p in (manifest, run_results)]
+    outcome = transform.run("build", day, ["--select", "+action_candidates"])
+    assert outcome.failed() == []
+    assert {r.resource_type for r in outcome.results} >= {"model", "test"}
+    # the build reuses the parse: it rewrites neither manifest.json nor (for nobody) run_results.json
+    assert [p.stat().st_mtime_ns if p.exists() else None for p in (manifest, run_results)] == before
+    assert "[debug]" not in (logs / "dbt.log").read_text(encoding="utf-8")
+
+    # asked for, the debug lines come back
+    monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "debug")
+    assert transform.run("build", day, ["--select", "stg_accounts"]).failed() == []
+    assert "[debug]" in (logs / "dbt.log").read_text(encoding="utf-8")
