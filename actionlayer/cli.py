@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
 import os
 import subprocess
 import sys
@@ -63,10 +61,6 @@ def run(
 ) -> None:
     """One pass of the loop, through the Dagster assets: load the SoR (the contract folder, or the sources
     in actionlayer.yml), build candidates, propose, dispatch, refresh the marts."""
-    # A pass leaves dbt's parsed project and Dagster's definitions in memory, millions of objects the
-    # interpreter's last collections would walk at exit (about 2 s). By then every file, database and
-    # run-history connection the pass opened is closed, so the collector is told to leave them be.
-    atexit.register(gc.freeze)
     from actionlayer.reports import load_summary_lines, pass_summary_lines, quality_gate_lines
 
     sources = _sources()
