@@ -1,5 +1,6 @@
 """The fixed cost of a pass: dbt parses once per process, and the Dagster run history's SQLite writes keep
-their WAL for the run instead of checkpointing it on every event."""
+their WAL for the run instead of checkpointing it on every event, through one engine per database file; a
+pass's dbt build rewrites no JSON artifacts and logs no debug lines to its file."""
 
 from __future__ import annotations
 
@@ -71,3 +72,79 @@ def test_run_history_keeps_its_wal_during_a_run_and_every_event_is_stored(tmp_pa
     with dg.DagsterInstance.from_config(str(home)) as instance:
         stored = {key for key in keys if instance.get_latest_materialization_event(key) is not None}
     assert stored == set(keys)
+
+
+def test_the_event_log_reuses_one_engine_per_database_during_a_run(tmp_path):
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    keys = [dg.AssetKey(["marts", f"model_{i}"]) for i in range(20)]
+    engines: dict[str, set] = {"plain": set(), "run": set()}
+    phase = "plain"
+
+    def seen(connection: object) -> None:
+        # the engines themselves, not their ids: a disposed engine's id can be reused
+        engines[phase].add(connection.engine)
+
+    original = SqliteEventLogStorage._connect
+    event.listen(Engine, "engine_connect", seen)
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            for key in keys[:10]:
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+        phase = "run"
+        with quick_run_history(home), dg.DagsterInstance.from_config(str(home)) as instance:
+            for key in keys[10:]:
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+    finally:
+        event.remove(Engine, "engine_connect", seen)
+
+    assert len(engines["plain"]) >= 10  # Dagster's own: an engine per event
+    assert len(engines["run"]) <= 4  # during a run: the index shard, the run storage, …, each once
+    assert SqliteEventLogStorage._connect is original  # restored after the run
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        stored = {key for key in keys if instance.get_latest_materialization_event(key) is not None}
+    assert stored == set(keys)
+
+
+def test_a_pass_build_keeps_the_parsed_manifest_and_logs_no_debug_lines(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    import duckdb
+
+    from actionlayer.demo.world import generate_world, load_demo_config, write_sor
+    from connectors.files import load_folder
+
+    day = datetime(2026, 9, 1, 9)
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("ACTIONLAYER_DATA", str(data))
+    monkeypatch.setenv("ACTIONLAYER_DB", str(data / "actionlayer.duckdb"))
+    monkeypatch.setenv("ACTIONLAYER_CONFIG", str(tmp_path / "none.yml"))
+    logs = tmp_path / "dbt_logs"
+    monkeypatch.setenv("DBT_LOG_PATH", str(logs))
+    monkeypatch.delenv("DBT_LOG_LEVEL_FILE", raising=False)
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    sor = tmp_path / "sor"
+    write_sor(generate_world(load_demo_config(size="small")), sor, day)
+    with duckdb.connect(str(data / "actionlayer.duckdb")) as con:
+        load_folder(con, sor, day)
+
+    transform.parsed_manifest()
+    manifest = transform.manifest_path()
+    run_results = manifest.with_name("run_results.json")
+    before = [p.stat().st_mtime_ns if p.exists() else None for p in (manifest, run_results)]
+    outcome = transform.run("build", day, ["--select", "+action_candidates"])
+    assert outcome.failed() == []
+    assert {r.resource_type for r in outcome.results} >= {"model", "test"}
+    # the build reuses the parse: it rewrites neither manifest.json nor (for nobody) run_results.json
+    assert [p.stat().st_mtime_ns if p.exists() else None for p in (manifest, run_results)] == before
+    assert "[debug]" not in (logs / "dbt.log").read_text(encoding="utf-8")
+
+    # asked for, the debug lines come back
+    monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "debug")
+    assert transform.run("build", day, ["--select", "stg_accounts"]).failed() == []
+    assert "[debug]" in (logs / "dbt.log").read_text(encoding="utf-8")
