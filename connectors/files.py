@@ -351,21 +351,12 @@ def _timezones() -> list[str]:
     return sorted(zoneinfo.available_timezones())
 
 
-def _timestamp_stages(name: str) -> list[list[pl.Expr]]:
-    """Columns that parse one timestamp column, in `with_columns` stages so each regex and date parse
-    runs once per value (eager polars does not share repeated subexpressions). `_timestamp_parts` reads
-    them back.
-
-    Most values have the plain shape `YYYY-MM-DD HH:MM:SS` (or `T` between): those are parsed directly
-    (`_ts_fast_`), and only the others go through the general pattern's groups, which cost several times
-    as much per value. Both parse the same digits with the same calendar rules, so a value gets the same
-    datetime (or null when impossible) either way."""
-    raw = pl.col(name)
-    fast = raw.str.contains(_PLAIN_TIMESTAMP_RE).fill_null(False).alias(f"_ts_fast_{name}")
-    is_fast = pl.col(f"_ts_fast_{name}")
-    other = pl.when(is_fast.not_()).then(raw)
-    groups = other.str.strip_chars().str.extract_groups(_TIMESTAMP_RE).alias(f"_ts_groups_{name}")
-    parts = pl.col(f"_ts_groups_{name}")
+def _general_timestamp_stages(name: str) -> tuple[pl.Expr, list[pl.Expr]]:
+    """Columns that parse one timestamp column of any contract shape, in two `with_columns` stages so the
+    regex and the date parse run once per value (eager polars does not share repeated subexpressions):
+    first the regex groups, then the shape flag and the local and UTC datetimes."""
+    groups = pl.col(name).str.strip_chars().str.extract_groups(_TIMESTAMP_RE).alias("_groups")
+    parts = pl.col("_groups")
     text = pl.concat_str(
         [
             parts.struct.field("1"),
@@ -379,39 +370,56 @@ def _timestamp_stages(name: str) -> list[list[pl.Expr]]:
     )
     # Non-strict parsing yields null for calendar-impossible values (2026-02-31, 24:00) of a valid shape.
     local = text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S%.f", strict=False)
-    plain = (
-        pl.when(is_fast)
-        .then(raw)
-        .str.replace("T", " ", literal=True)
-        .str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False)
-    )
     offset = parts.struct.field("5")
     digits = offset.str.replace_all(":", "")
     minutes = pl.when(offset.str.starts_with("-")).then(-1).otherwise(1) * (
         digits.str.slice(1, 2).cast(pl.Int64, strict=False).fill_null(0) * 60
         + digits.str.slice(3, 2).cast(pl.Int64, strict=False).fill_null(0)
     )
-    return [
-        [fast],
-        [groups],
-        [
-            pl.when(is_fast).then(plain).otherwise(local).alias(f"_ts_local_{name}"),
-            pl.when(is_fast)
-            .then(plain)
-            .otherwise(local - pl.duration(minutes=minutes))
-            .alias(f"_ts_utc_{name}"),
-        ],
+    return groups, [
+        parts.struct.field("1").is_not_null().alias("shaped"),
+        local.alias("local"),
+        (local - pl.duration(minutes=minutes)).alias("utc"),
     ]
 
 
-_TIMESTAMP_STAGES = ("fast", "groups", "local", "utc")
+def _parse_timestamps(df: pl.DataFrame, name: str) -> list[pl.Series]:
+    """Parse one timestamp column into `_ts_shaped_`, `_ts_local_` and `_ts_utc_` series, which
+    `_timestamp_parts` reads back.
+
+    Most values have the plain shape `YYYY-MM-DD HH:MM:SS` (or `T` between): those are parsed directly,
+    and only the others go through the general pattern's groups, which cost several times as much per
+    value even when null. Both parse the same digits with the same calendar rules, so a value gets the same
+    datetime (or null when impossible) either way."""
+    raw = df.get_column(name)
+    fast = raw.str.contains(_PLAIN_TIMESTAMP_RE).fill_null(False)
+    plain = (
+        pl.select(pl.when(fast).then(raw))
+        .to_series()
+        .str.replace("T", " ", literal=True)
+        .str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False)
+    )
+    shaped, local, utc = fast, plain, plain.clone()
+    others = (fast.not_() & raw.is_not_null()).arg_true()
+    if others.len():
+        groups, exprs = _general_timestamp_stages(name)
+        general = raw.gather(others).to_frame().with_columns(groups).with_columns(exprs)
+        for target, column in ((shaped, "shaped"), (local, "local"), (utc, "utc")):
+            target.scatter(others, general.get_column(column))
+    return [
+        shaped.alias(f"_ts_shaped_{name}"),
+        local.alias(f"_ts_local_{name}"),
+        utc.alias(f"_ts_utc_{name}"),
+    ]
+
+
+_TIMESTAMP_STAGES = ("shaped", "local", "utc")
 
 
 def _timestamp_parts(name: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """(shape matched, local datetime or null when impossible, UTC naive datetime), from the columns
-    `_timestamp_stages` added."""
-    shaped = pl.col(f"_ts_fast_{name}") | pl.col(f"_ts_groups_{name}").struct.field("1").is_not_null()
-    return shaped, pl.col(f"_ts_local_{name}"), pl.col(f"_ts_utc_{name}")
+    `_parse_timestamps` added."""
+    return pl.col(f"_ts_shaped_{name}"), pl.col(f"_ts_local_{name}"), pl.col(f"_ts_utc_{name}")
 
 
 def _column_check(col: Column, as_of: datetime, timezones: list[str]) -> tuple[pl.Expr, pl.Expr]:
@@ -510,7 +518,7 @@ def _validate(
     # Duplicates are judged on the written content (key trimmed), before any value check. Only keys that
     # occur more than once can be duplicates: comparing content per key over every row cost most of a
     # large load.
-    keyed = df.filter(missing_key.not_()).filter(pl.col("_key").is_duplicated())
+    keyed = df.filter(missing_key.not_() & pl.col("_key").is_duplicated())
     content = [c for c in names if c != key]
     per_key = keyed.group_by("_key").agg(
         pl.len().alias("copies"),
@@ -545,9 +553,8 @@ def _validate(
     code_columns = [(f"_code_{key}_missing", key), (f"_code_{key}_conflict", key)]
     values: list[pl.Expr] = []
     stamps = [c.name for c in obj.columns if c.kind in (Kind.EVENT_TS, Kind.PLANNED_TS)]
-    staged = [_timestamp_stages(name) for name in stamps]
-    for stage in range(len(staged[0]) if staged else 0):
-        df = df.with_columns(expr for stages in staged for expr in stages[stage])
+    if stamps:
+        df = df.with_columns(series for name in stamps for series in _parse_timestamps(df, name))
     for col in obj.columns:
         code, value = _column_check(col, as_of, timezones)
         codes.append(code.alias(f"_code_{col.name}"))
@@ -569,22 +576,22 @@ def _validate(
         )
         code_columns.append((f"_code_{col.name}_ref", col.name))
 
-    df = df.with_columns(
-        pl.coalesce([pl.col(c) for c, _ in code_columns]).alias(_CODE),
-        pl.coalesce([pl.when(pl.col(c).is_not_null()).then(pl.lit(n)) for c, n in code_columns]).alias(
-            _COLUMN
-        ),
-    )
-    good = (
-        df.filter(pl.col(_CODE).is_null())
-        .select(
-            [pl.col(f"_value_{c}").alias(c) for c in names]
-            + [pl.col(_ROW)]
-            + ([pl.col(_DIGEST)] if _DIGEST in df.columns else [])
+    # Broken rows are few: the reason and its column are picked on them only, not on every row.
+    df = df.with_columns(pl.any_horizontal(pl.col(c).is_not_null() for c, _ in code_columns).alias("_broken"))
+    kept = [pl.col(f"_value_{c}").alias(c) for c in names] + [pl.col(_ROW)]
+    kept += [pl.col(_DIGEST)] if _DIGEST in df.columns else []
+    good = df.select(*kept, "_broken").filter(pl.col("_broken").not_()).drop("_broken").sort(_ROW)
+    broken = (
+        df.filter(pl.col("_broken"))
+        .drop("_broken")
+        .with_columns(
+            pl.coalesce([pl.col(c) for c, _ in code_columns]).alias(_CODE),
+            pl.coalesce([pl.when(pl.col(c).is_not_null()).then(pl.lit(n)) for c, n in code_columns]).alias(
+                _COLUMN
+            ),
         )
         .sort(_ROW)
     )
-    broken = df.filter(pl.col(_CODE).is_not_null()).sort(_ROW)
     return _Validated(good=good, broken=broken, warnings=warnings, stable_until=_stable_until(broken, stamps))
 
 
