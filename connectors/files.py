@@ -946,22 +946,38 @@ def _previous_digests(
 def _unchanged_rows(
     obj: SorObject, df: pl.DataFrame, previous: pl.DataFrame, parents: dict[str, _ParentKeys | None]
 ) -> pl.DataFrame:
-    """The rows of `df` that are provably unchanged (see the section comment): `_key`, row number, digest
-    and the row number raw holds for them."""
+    """The rows of `df` that are provably unchanged (see the section comment): `_key`, row number, digest,
+    the row number raw holds for them, and their positions in `df` (`_pos`) and `previous` (`_prev_pos`)."""
     key = pl.col(obj.key).str.strip_chars()
-    rows = df.select(key.alias("_key"), _ROW, _DIGEST, *(col.name for col in obj.references))
-    rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != ""))
-    rows = rows.filter(pl.col("_key").is_duplicated().not_())
+    rows = df.select(
+        key.alias("_key"),
+        _ROW,
+        _DIGEST,
+        *(col.name for col in obj.references),
+        pl.int_range(pl.len()).alias("_pos"),
+    )
+    # A key's 64-bit hash stands in for the key text when looking for repeated keys (several times
+    # cheaper): a collision only sends both rows to validation, which judges them as if diffed against
+    # nothing.
+    repeated = pl.col("_key").hash(seed=1).is_duplicated()
+    rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != "") & repeated.not_())
     # joined on the 64-bit digest alone (much faster than on the key text), then the keys compared
-    rows = rows.join(previous, on=_DIGEST, how="inner", suffix="_previous")
-    rows = rows.filter(pl.col("_key") == pl.col("_key_previous"))
+    indexed = previous.with_row_index("_prev_pos")
+    rows = rows.join(indexed, on=_DIGEST, how="inner", suffix="_previous")
+    same = pl.col("_key") == pl.col("_key_previous")
     for col in obj.references:
         parent = parents.get(col.references or "")
         if parent is None:
             continue
         ref = pl.col(col.name).str.strip_chars()
-        rows = rows.filter(ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
-    return rows.select("_key", _ROW, _DIGEST, _PREV_ROW)
+        same = same & (ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
+    return rows.filter(same).select("_key", _ROW, _DIGEST, _PREV_ROW, "_pos", "_prev_pos")
+
+
+def _except_positions(frame: pl.DataFrame, positions: pl.Series) -> pl.DataFrame:
+    """`frame` without the rows at `positions` (cheaper than an anti join on a key)."""
+    keep = pl.repeat(True, frame.height, dtype=pl.Boolean, eager=True).scatter(positions, False)
+    return frame.filter(keep)
 
 
 @dataclass
@@ -1076,7 +1092,7 @@ def _load_one(
     previous = last[1] if last is not None else None
     unchanged = _unchanged_rows(obj, df, previous, parents) if previous is not None else None
     if unchanged is not None:
-        df = df.join(unchanged.select(_ROW), on=_ROW, how="anti")
+        df = _except_positions(df, unchanged["_pos"])
     result.rows_validated = df.height
     validated = _validate(obj, df, as_of, parents, short)
     report.warnings.extend(validated.warnings)
@@ -1138,7 +1154,7 @@ def _load_one(
     delta = None
     if unchanged is not None and previous is not None:
         delta = _RowDelta(
-            gone=previous.select("_key").join(unchanged.select("_key"), on="_key", how="anti"),
+            gone=_except_positions(previous.select("_key"), unchanged["_prev_pos"]),
             moved=unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW),
             unchanged=unchanged.height,
         )
