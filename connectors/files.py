@@ -133,6 +133,8 @@ GATE_TOO_MANY_BROKEN = "too_many_broken_rows"
 FUTURE_TOLERANCE = timedelta(days=1)
 
 _CONTROL_RE = r"[\r\n\x00]"
+# The plain shape most exports write, parsed without the general pattern's groups (ASCII digits only).
+_PLAIN_TIMESTAMP_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}$"
 _TIMESTAMP_RE = r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _EMAIL_RE = rf"^{_ATOM}(?:\.{_ATOM})*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+[A-Za-z]{{2,63}}$"
@@ -349,12 +351,12 @@ def _timezones() -> list[str]:
     return sorted(zoneinfo.available_timezones())
 
 
-def _timestamp_stages(name: str) -> tuple[pl.Expr, list[pl.Expr]]:
-    """Columns that parse one timestamp column, in two `with_columns` stages so the regex and the date
-    parse run once per value (eager polars does not share repeated subexpressions): first the regex
-    groups, then the local and UTC datetimes. `_timestamp_parts` reads them back."""
-    groups = pl.col(name).str.strip_chars().str.extract_groups(_TIMESTAMP_RE).alias(f"_ts_groups_{name}")
-    parts = pl.col(f"_ts_groups_{name}")
+def _general_timestamp_stages(name: str) -> tuple[pl.Expr, list[pl.Expr]]:
+    """Columns that parse one timestamp column of any contract shape, in two `with_columns` stages so the
+    regex and the date parse run once per value (eager polars does not share repeated subexpressions):
+    first the regex groups, then the shape flag and the local and UTC datetimes."""
+    groups = pl.col(name).str.strip_chars().str.extract_groups(_TIMESTAMP_RE).alias("_groups")
+    parts = pl.col("_groups")
     text = pl.concat_str(
         [
             parts.struct.field("1"),
@@ -375,16 +377,49 @@ def _timestamp_stages(name: str) -> tuple[pl.Expr, list[pl.Expr]]:
         + digits.str.slice(3, 2).cast(pl.Int64, strict=False).fill_null(0)
     )
     return groups, [
-        local.alias(f"_ts_local_{name}"),
-        (local - pl.duration(minutes=minutes)).alias(f"_ts_utc_{name}"),
+        parts.struct.field("1").is_not_null().alias("shaped"),
+        local.alias("local"),
+        (local - pl.duration(minutes=minutes)).alias("utc"),
     ]
+
+
+def _parse_timestamps(df: pl.DataFrame, name: str) -> list[pl.Series]:
+    """Parse one timestamp column into `_ts_shaped_`, `_ts_local_` and `_ts_utc_` series, which
+    `_timestamp_parts` reads back.
+
+    Most values have the plain shape `YYYY-MM-DD HH:MM:SS` (or `T` between): those are parsed directly,
+    and only the others go through the general pattern's groups, which cost several times as much per
+    value even when null. Both parse the same digits with the same calendar rules, so a value gets the same
+    datetime (or null when impossible) either way."""
+    raw = df.get_column(name)
+    fast = raw.str.contains(_PLAIN_TIMESTAMP_RE).fill_null(False)
+    plain = (
+        pl.select(pl.when(fast).then(raw))
+        .to_series()
+        .str.replace("T", " ", literal=True)
+        .str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False)
+    )
+    shaped, local, utc = fast, plain, plain.clone()
+    others = (fast.not_() & raw.is_not_null()).arg_true()
+    if others.len():
+        groups, exprs = _general_timestamp_stages(name)
+        general = raw.gather(others).to_frame().with_columns(groups).with_columns(exprs)
+        for target, column in ((shaped, "shaped"), (local, "local"), (utc, "utc")):
+            target.scatter(others, general.get_column(column))
+    return [
+        shaped.alias(f"_ts_shaped_{name}"),
+        local.alias(f"_ts_local_{name}"),
+        utc.alias(f"_ts_utc_{name}"),
+    ]
+
+
+_TIMESTAMP_STAGES = ("shaped", "local", "utc")
 
 
 def _timestamp_parts(name: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """(shape matched, local datetime or null when impossible, UTC naive datetime), from the columns
-    `_timestamp_stages` added."""
-    shaped = pl.col(f"_ts_groups_{name}").struct.field("1").is_not_null()
-    return shaped, pl.col(f"_ts_local_{name}"), pl.col(f"_ts_utc_{name}")
+    `_parse_timestamps` added."""
+    return pl.col(f"_ts_shaped_{name}"), pl.col(f"_ts_local_{name}"), pl.col(f"_ts_utc_{name}")
 
 
 def _column_check(col: Column, as_of: datetime, timezones: list[str]) -> tuple[pl.Expr, pl.Expr]:
@@ -483,7 +518,7 @@ def _validate(
     # Duplicates are judged on the written content (key trimmed), before any value check. Only keys that
     # occur more than once can be duplicates: comparing content per key over every row cost most of a
     # large load.
-    keyed = df.filter(missing_key.not_()).filter(pl.col("_key").is_duplicated())
+    keyed = df.filter(missing_key.not_() & pl.col("_key").is_duplicated())
     content = [c for c in names if c != key]
     per_key = keyed.group_by("_key").agg(
         pl.len().alias("copies"),
@@ -518,17 +553,15 @@ def _validate(
     code_columns = [(f"_code_{key}_missing", key), (f"_code_{key}_conflict", key)]
     values: list[pl.Expr] = []
     stamps = [c.name for c in obj.columns if c.kind in (Kind.EVENT_TS, Kind.PLANNED_TS)]
-    staged = [_timestamp_stages(name) for name in stamps]
-    if staged:
-        df = df.with_columns(groups for groups, _ in staged)
-        df = df.with_columns(expr for _, exprs in staged for expr in exprs)
+    if stamps:
+        df = df.with_columns(series for name in stamps for series in _parse_timestamps(df, name))
     for col in obj.columns:
         code, value = _column_check(col, as_of, timezones)
         codes.append(code.alias(f"_code_{col.name}"))
         code_columns.append((f"_code_{col.name}", col.name))
         values.append(value.alias(f"_value_{col.name}"))
     df = df.with_columns(*codes, *values).drop(
-        [f"_ts_{stage}_{name}" for name in stamps for stage in ("groups", "local", "utc")]
+        [f"_ts_{stage}_{name}" for name in stamps for stage in _TIMESTAMP_STAGES]
     )
 
     # References last: a row that is broken in itself says so rather than blaming its parent.
@@ -543,22 +576,22 @@ def _validate(
         )
         code_columns.append((f"_code_{col.name}_ref", col.name))
 
-    df = df.with_columns(
-        pl.coalesce([pl.col(c) for c, _ in code_columns]).alias(_CODE),
-        pl.coalesce([pl.when(pl.col(c).is_not_null()).then(pl.lit(n)) for c, n in code_columns]).alias(
-            _COLUMN
-        ),
-    )
-    good = (
-        df.filter(pl.col(_CODE).is_null())
-        .select(
-            [pl.col(f"_value_{c}").alias(c) for c in names]
-            + [pl.col(_ROW)]
-            + ([pl.col(_DIGEST)] if _DIGEST in df.columns else [])
+    # Broken rows are few: the reason and its column are picked on them only, not on every row.
+    df = df.with_columns(pl.any_horizontal(pl.col(c).is_not_null() for c, _ in code_columns).alias("_broken"))
+    kept = [pl.col(f"_value_{c}").alias(c) for c in names] + [pl.col(_ROW)]
+    kept += [pl.col(_DIGEST)] if _DIGEST in df.columns else []
+    good = df.select(*kept, "_broken").filter(pl.col("_broken").not_()).drop("_broken").sort(_ROW)
+    broken = (
+        df.filter(pl.col("_broken"))
+        .drop("_broken")
+        .with_columns(
+            pl.coalesce([pl.col(c) for c, _ in code_columns]).alias(_CODE),
+            pl.coalesce([pl.when(pl.col(c).is_not_null()).then(pl.lit(n)) for c, n in code_columns]).alias(
+                _COLUMN
+            ),
         )
         .sort(_ROW)
     )
-    broken = df.filter(pl.col(_CODE).is_not_null()).sort(_ROW)
     return _Validated(good=good, broken=broken, warnings=warnings, stable_until=_stable_until(broken, stamps))
 
 
@@ -913,22 +946,38 @@ def _previous_digests(
 def _unchanged_rows(
     obj: SorObject, df: pl.DataFrame, previous: pl.DataFrame, parents: dict[str, _ParentKeys | None]
 ) -> pl.DataFrame:
-    """The rows of `df` that are provably unchanged (see the section comment): `_key`, row number, digest
-    and the row number raw holds for them."""
+    """The rows of `df` that are provably unchanged (see the section comment): `_key`, row number, digest,
+    the row number raw holds for them, and their positions in `df` (`_pos`) and `previous` (`_prev_pos`)."""
     key = pl.col(obj.key).str.strip_chars()
-    rows = df.select(key.alias("_key"), _ROW, _DIGEST, *(col.name for col in obj.references))
-    rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != ""))
-    rows = rows.filter(pl.col("_key").is_duplicated().not_())
+    rows = df.select(
+        key.alias("_key"),
+        _ROW,
+        _DIGEST,
+        *(col.name for col in obj.references),
+        pl.int_range(pl.len()).alias("_pos"),
+    )
+    # A key's 64-bit hash stands in for the key text when looking for repeated keys (several times
+    # cheaper): a collision only sends both rows to validation, which judges them as if diffed against
+    # nothing.
+    repeated = pl.col("_key").hash(seed=1).is_duplicated()
+    rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != "") & repeated.not_())
     # joined on the 64-bit digest alone (much faster than on the key text), then the keys compared
-    rows = rows.join(previous, on=_DIGEST, how="inner", suffix="_previous")
-    rows = rows.filter(pl.col("_key") == pl.col("_key_previous"))
+    indexed = previous.with_row_index("_prev_pos")
+    rows = rows.join(indexed, on=_DIGEST, how="inner", suffix="_previous")
+    same = pl.col("_key") == pl.col("_key_previous")
     for col in obj.references:
         parent = parents.get(col.references or "")
         if parent is None:
             continue
         ref = pl.col(col.name).str.strip_chars()
-        rows = rows.filter(ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
-    return rows.select("_key", _ROW, _DIGEST, _PREV_ROW)
+        same = same & (ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
+    return rows.filter(same).select("_key", _ROW, _DIGEST, _PREV_ROW, "_pos", "_prev_pos")
+
+
+def _except_positions(frame: pl.DataFrame, positions: pl.Series) -> pl.DataFrame:
+    """`frame` without the rows at `positions` (cheaper than an anti join on a key)."""
+    keep = pl.repeat(True, frame.height, dtype=pl.Boolean, eager=True).scatter(positions, False)
+    return frame.filter(keep)
 
 
 @dataclass
@@ -1043,7 +1092,7 @@ def _load_one(
     previous = last[1] if last is not None else None
     unchanged = _unchanged_rows(obj, df, previous, parents) if previous is not None else None
     if unchanged is not None:
-        df = df.join(unchanged.select(_ROW), on=_ROW, how="anti")
+        df = _except_positions(df, unchanged["_pos"])
     result.rows_validated = df.height
     validated = _validate(obj, df, as_of, parents, short)
     report.warnings.extend(validated.warnings)
@@ -1105,7 +1154,7 @@ def _load_one(
     delta = None
     if unchanged is not None and previous is not None:
         delta = _RowDelta(
-            gone=previous.select("_key").join(unchanged.select("_key"), on="_key", how="anti"),
+            gone=_except_positions(previous.select("_key"), unchanged["_prev_pos"]),
             moved=unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW),
             unchanged=unchanged.height,
         )

@@ -5,8 +5,12 @@ as versions with `_valid_from` / `_valid_to` (null = current), so any past momen
 with `as_of_relation`. Any source (a file folder or a connector sync) calls it after loading.
 
 Rules:
-- A version's identity is its key and `_row_hash`, an MD5 of the contract columns only: a reload that
-  changes nothing but `_loaded_at`, `_source_file` or `_row_number` opens no new version.
+- A version's identity is its key and `_row_hash`, a 64-bit hash of the contract columns only: a reload
+  that changes nothing but `_loaded_at`, `_source_file` or `_row_number` opens no new version. It is
+  DuckDB's `hash()` (a stored MD5 text column cost several times as much to write at scale), which is
+  only stable within one DuckDB version: `ops.history_log.row_hash_basis` says what the hashes were
+  computed under, and a table whose basis differs (or that still holds the MD5 text of earlier releases)
+  has every version's hash recomputed from its own columns first, so an upgrade opens no versions.
 - New keys open a version at as-of; a changed row closes its current version at as-of and opens one;
   a key gone from raw closes its version at as-of.
 - Repeating an as-of is idempotent: the versions that as-of opened are removed and the ones it closed
@@ -38,8 +42,10 @@ HIST_SCHEMA = "hist"
 _BOOKKEEPING = (
     ("_valid_from", "TIMESTAMP NOT NULL"),
     ("_valid_to", "TIMESTAMP"),
-    ("_row_hash", "VARCHAR NOT NULL"),
+    ("_row_hash", "UBIGINT NOT NULL"),
 )
+# What `_row_hash` values are computed under; a change makes the next application recompute them.
+ROW_HASH_BASIS = f"duckdb-hash {duckdb.__version__} v1"
 
 
 @dataclass
@@ -86,8 +92,7 @@ def _hist_ddl(obj: SorObject) -> str:
 
 
 def _row_hash_sql(obj: SorObject) -> str:
-    fields = ", ".join(f"{c.name} := {c.name}" for c in obj.columns)
-    return f"md5(cast(to_json(struct_pack({fields})) as varchar))"
+    return f"hash({', '.join(obj.column_names)})"
 
 
 def _raw_exists(con: duckdb.DuckDBPyConnection, obj: SorObject) -> bool:
@@ -102,13 +107,43 @@ def _raw_exists(con: duckdb.DuckDBPyConnection, obj: SorObject) -> bool:
 
 _HISTORY_LOG_DDL = """
 create schema if not exists ops;
-create table if not exists ops.history_log (object varchar not null, as_of timestamp not null)
+create table if not exists ops.history_log (object varchar not null, as_of timestamp not null);
+alter table ops.history_log add column if not exists row_hash_basis varchar;
 """
+_LOG_APPLIED = "insert into ops.history_log (object, as_of, row_hash_basis) values (?, ?, ?)"
 
 
 def _last_applied(con: duckdb.DuckDBPyConnection, obj: SorObject) -> datetime | None:
     rows = _run(con, "select max(as_of) from ops.history_log where object = ?", [obj.name])
     return rows[0][0] if rows else None
+
+
+def _rehash_if_needed(con: duckdb.DuckDBPyConnection, obj: SorObject) -> None:
+    """Recompute every version's `_row_hash` from its own columns when they were computed under another
+    basis than `ROW_HASH_BASIS` (an MD5 text column of an earlier release, another DuckDB version), so
+    unchanged records compare equal to raw again; an empty table only gets the current column type."""
+    table = hist_table(obj.name)
+    dtype = _run(
+        con,
+        "select data_type from information_schema.columns "
+        "where table_schema = ? and table_name = ? and column_name = '_row_hash'",
+        [HIST_SCHEMA, obj.name],
+    )[0][0]
+    if dtype == "UBIGINT":
+        if not _run(con, f"select count(*) from (select 1 from {table} limit 1)")[0][0]:
+            return
+        last = _run(
+            con,
+            "select row_hash_basis from ops.history_log where object = ? order by rowid desc limit 1",
+            [obj.name],
+        )
+        if last and last[0][0] == ROW_HASH_BASIS:
+            return
+        with _transaction(con):
+            _run(con, f"update {table} set _row_hash = {_row_hash_sql(obj)}")
+        return
+    with _transaction(con):
+        _run(con, f"alter table {table} alter _row_hash set data type UBIGINT using {_row_hash_sql(obj)}")
 
 
 def _open_new_versions(con: duckdb.DuckDBPyConnection, obj: SorObject, columns: str, as_of: datetime) -> int:
@@ -173,11 +208,12 @@ def _record_one(
         )
         return result
     _run(con, _HISTORY_LOG_DDL)
+    _rehash_if_needed(con, obj)
     diffed = load is not None and load.diffed_since is not None and load.diffed_since < as_of
     if diffed and load is not None and _last_applied(con, obj) == load.diffed_since:
         with _transaction(con):
             _record_changed(con, obj, as_of, result)
-            _run(con, "insert into ops.history_log values (?, ?)", [obj.name, as_of])
+            _run(con, _LOG_APPLIED, [obj.name, as_of, ROW_HASH_BASIS])
         return result
     key = obj.key
     columns = ", ".join([*obj.column_names, *(name for name, _ in LOAD_METADATA_COLUMNS)])
@@ -189,7 +225,7 @@ def _record_one(
                 f"insert into {table} select {columns}, ?, null, {_row_hash_sql(obj)} from raw.{obj.name}",
                 [as_of],
             )[0][0]
-            _run(con, "insert into ops.history_log values (?, ?)", [obj.name, as_of])
+            _run(con, _LOG_APPLIED, [obj.name, as_of, ROW_HASH_BASIS])
         return result
     current = f"select {key} as k, _row_hash from {table} where _valid_to is null"
     with _transaction(con):
@@ -217,7 +253,7 @@ def _record_one(
         result.unchanged = _run(con, f"select count(*) from (from {before} intersect from {after})")[0][0]
         _run(con, "drop table _al_hist_now")
         _run(con, "drop table _al_hist_before")
-        _run(con, "insert into ops.history_log values (?, ?)", [obj.name, as_of])
+        _run(con, _LOG_APPLIED, [obj.name, as_of, ROW_HASH_BASIS])
     return result
 
 

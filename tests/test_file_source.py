@@ -296,6 +296,41 @@ def test_each_broken_row_kind_is_quarantined_and_never_loaded(
     assert report.has_problems
 
 
+PLAIN_TIMESTAMPS = [
+    "2026-10-01 10:00:00",
+    "2026-10-01T10:00:00",
+    "2024-02-29 23:59:60",  # a leap second
+    "2026-02-29 10:00:00",  # not a leap year
+    "2026-04-31 12:00:00",
+    "2026-01-01 24:00:00",
+    "2026-01-01 23:60:00",
+    "2026-13-01 00:00:00",
+    "2026-11-24 09:00:01",  # just past as-of + tolerance
+    "2026-11-24 09:00:00",
+    "0001-01-01 00:00:00",
+    "1969-12-31 23:59:59",
+]
+
+
+def test_plain_timestamps_judged_as_the_general_pattern_judges_them(tmp_path: Path, con) -> None:
+    # The plain shape is parsed on a fast path; the same instant with a fraction takes the general one.
+    data = world()
+    template = data["accounts"][0]
+    for i, stamp in enumerate(PLAIN_TIMESTAMPS):
+        for suffix, key in (("", f"P{i}"), (".0", f"P{i}g")):
+            data["accounts"].append(dict(template, account_id=key, created_at=stamp + suffix))
+    load_folder(con, write_world(tmp_path, data), AS_OF)
+
+    loaded = dict(con.execute("select account_id, created_at from raw.accounts").fetchall())
+    reasons = {q["record_key"]: q["reason_code"] for q in quarantine(con, "accounts")}
+    for i, stamp in enumerate(PLAIN_TIMESTAMPS):
+        fast, general = f"P{i}", f"P{i}g"
+        assert (loaded.get(fast), reasons.get(fast)) == (loaded.get(general), reasons.get(general)), stamp
+    assert loaded["P0"] == datetime(2026, 10, 1, 10) == loaded["P1"]
+    assert reasons["P3"] == "impossible_date" and reasons["P8"] == "future_timestamp"
+    assert "P9" in loaded and "P11" in loaded and "P2" in loaded
+
+
 def test_reason_sentence_names_field_and_value(tmp_path: Path, con) -> None:
     data = world()
     data["accounts"][2]["tier"] = "gold"
