@@ -134,7 +134,7 @@ def _rehash_if_needed(con: duckdb.DuckDBPyConnection, obj: SorObject) -> None:
             return
         last = _run(
             con,
-            "select row_hash_basis from ops.history_log where object = ? order by rowid desc limit 1",
+            "select row_hash_basis from ops.history_log where object = ? order by as_of desc, rowid desc limit 1",
             [obj.name],
         )
         if last and last[0][0] == ROW_HASH_BASIS:
