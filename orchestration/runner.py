@@ -79,42 +79,34 @@ def quick_run_history(home: Path) -> Iterator[None]:
 
 @contextmanager
 def _engine_per_shard() -> Iterator[None]:
-    """While a run executes here, Dagster's SQLite event log reuses one SQLAlchemy engine, and one open
-    connection, per database file.
+    """While a run executes here, Dagster's SQLite event log reuses one SQLAlchemy engine per database file.
 
     Out of the box it creates (and disposes) an engine for every event it stores, and again for every
-    `has_table` it asks while storing an asset check's result: some 2,400 engines and as many SQLite
-    connections in a small pass. A new engine also starts with an empty statement cache, so each event's
-    INSERTs are compiled again. Together about 7 ms of CPU per event, 5 s of a small pass; reused, under
-    3 ms. Dagster's own busy timeout, its lock around each use and its schema setup are kept; the engines
-    are disposed (their connections closed) when the run ends."""
+    `has_table` it asks while storing an asset check's result: some 2,400 engines in a small pass. A new
+    engine also starts with an empty statement cache, so each event's INSERTs are compiled again, about
+    5 s per pass in all. The reused engines keep Dagster's own settings (a new SQLite connection per use,
+    its busy timeout, its lock around each use) and are disposed when the run ends."""
     from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
         INDEX_SHARD_NAME,
         SqliteEventLogStorage,
     )
     from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
     from sqlalchemy import create_engine
-    from sqlalchemy.pool import QueuePool
+    from sqlalchemy.pool import NullPool
 
-    engines: dict[str, Any] = {}  # by database URL
+    engines: dict[tuple[int, str], Any] = {}
     engines_lock = threading.Lock()
     original_connect = SqliteEventLogStorage._connect
     original_has_table = SqliteEventLogStorage.has_table
 
     def engine_for(storage: SqliteEventLogStorage, shard: str) -> Any:
-        url = storage.conn_string_for_shard(shard)
         with engines_lock:
-            engine = engines.get(url)
+            engine = engines.get((id(storage), shard))
             if engine is None:
-                engine = engines[url] = create_engine(
-                    url,
-                    poolclass=QueuePool,
-                    # one connection stays open between events; more are opened (and closed again) only
-                    # while it is in use, e.g. for a has_table asked inside a write
-                    pool_size=1,
-                    max_overflow=-1,
-                    # the connection is used under the storage's lock, from whichever thread stores
-                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+                engine = engines[(id(storage), shard)] = create_engine(
+                    storage.conn_string_for_shard(shard),
+                    poolclass=NullPool,
+                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
                 )
             return engine
 
