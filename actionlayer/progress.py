@@ -26,8 +26,11 @@ class StageRecord:
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)
     failed: bool = False
+    skipped: bool = False
 
     def line(self) -> str:
+        if self.skipped:
+            return f"{self.stage}: skipped (a stage it depends on did not produce its input)"
         moved = ", ".join(f"{value:,} {name}" for name, value in self.counts.items())
         state = "FAILED after" if self.failed else "done in"
         return f"{self.stage}: {state} {self.seconds:.1f} s" + (f" ({moved})" if moved else "")
@@ -55,13 +58,15 @@ class Progress:
         *,
         seconds: float | None = None,
         failed: bool = False,
+        skipped: bool = False,
     ) -> StageRecord:
         started = self._started.pop(stage, None)
         elapsed = seconds if seconds is not None else (time.monotonic() - started if started else 0.0)
-        record = StageRecord(stage, elapsed, {k: int(v) for k, v in (counts or {}).items()}, failed)
+        record = StageRecord(stage, elapsed, {k: int(v) for k, v in (counts or {}).items()}, failed, skipped)
         self.finished.append(record)
         if self.live:
-            self.console.print(("[red]✗[/red] " if failed else "[green]✓[/green] ") + record.line())
+            mark = "[red]✗[/red] " if failed else "[yellow]–[/yellow] " if skipped else "[green]✓[/green] "
+            self.console.print(mark + record.line())
         else:
             self._plain(record.line())
         return record

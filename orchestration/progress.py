@@ -70,6 +70,10 @@ class StepProgress:
             self.progress.start(stage)
         elif kind == "ASSET_MATERIALIZATION":
             self._count(step, event.step_materialization_data.materialization.metadata)
+        elif kind == "STEP_SKIPPED":
+            # Dagster skips a step whose upstream output was never produced; saying so beats silence
+            self._finished.add(step)
+            self.progress.finish(stage, skipped=True)
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
             self._finished.add(step)
             counts = dict(self._counts.pop(step, {}))

@@ -84,9 +84,15 @@ def test_whole_loop_from_the_cli(world_env):
         "dispatch",
         "marts",
     ):
+        # on failure show every stage line (the whole stderr is cut short in pytest's report)
         assert re.search(rf"^{re.escape(stage)}: done in \d+\.\d s", first.stderr, re.M), (
             stage,
-            first.stderr,
+            [
+                line
+                for line in first.stderr.splitlines()
+                if ": done in" in line or ": FAILED" in line or ": skipped" in line
+            ],
+            first.stderr[-3000:],
         )
     assert re.search(
         r"^load \+ quality gate: .*\(\d[\d,]* rows loaded, [1-9]\d* rows quarantined\)", first.stderr, re.M

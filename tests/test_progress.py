@@ -112,3 +112,17 @@ class _StepEvent(_Event):
     def __init__(self, step: str, event: _Event) -> None:
         self.__dict__.update(event.__dict__)
         self.step_key = step
+
+
+def test_a_skipped_step_is_said_to_be_skipped_not_left_out() -> None:
+    progress, out = _piped()
+    listener = StepProgress(progress)
+    listener(_Entry("action_dispatch", _Event("STEP_SUCCESS")))
+    listener(_Entry("outcome_marts", _Event("STEP_SKIPPED")))
+    listener.settle([_StepEvent("outcome_marts", _Event("STEP_SKIPPED"))])
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "dispatch: done in 0.0 s",
+        "marts: skipped (a stage it depends on did not produce its input)",
+    ]
+    assert progress.finished[-1].skipped and not progress.finished[-1].failed
