@@ -1,6 +1,6 @@
 """The fixed cost of a pass: dbt parses once per process, and the Dagster run history's SQLite writes keep
-their WAL for the run instead of checkpointing it on every event; a pass's dbt build rewrites no JSON
-artifacts and logs no debug lines to its file."""
+their WAL for the run instead of checkpointing it on every event, through one engine per database file; a
+pass's dbt build rewrites no JSON artifacts and logs no debug lines to its file."""
 
 from __future__ import annotations
 
@@ -113,3 +113,39 @@ def test_a_pass_build_keeps_the_parsed_manifest_and_logs_no_debug_lines(tmp_path
     monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "debug")
     assert transform.run("build", day, ["--select", "stg_accounts"]).failed() == []
     assert "[debug]" in (logs / "dbt.log").read_text(encoding="utf-8")
+
+
+def test_the_event_log_reuses_one_engine_per_database_during_a_run(tmp_path):
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    keys = [dg.AssetKey(["marts", f"model_{i}"]) for i in range(20)]
+    engines: dict[str, set] = {"plain": set(), "run": set()}
+    phase = "plain"
+
+    def seen(connection: object) -> None:
+        # the engines themselves, not their ids: a disposed engine's id can be reused
+        engines[phase].add(connection.engine)
+
+    original = SqliteEventLogStorage._connect
+    event.listen(Engine, "engine_connect", seen)
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            for key in keys[:10]:
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+        phase = "run"
+        with quick_run_history(home), dg.DagsterInstance.from_config(str(home)) as instance:
+            for key in keys[10:]:
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+    finally:
+        event.remove(Engine, "engine_connect", seen)
+
+    assert len(engines["plain"]) >= 10  # Dagster's own: an engine per event
+    assert len(engines["run"]) <= 4  # during a run: the index shard, the run storage, …, each once
+    assert SqliteEventLogStorage._connect is original  # restored after the run
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        stored = {key for key in keys if instance.get_latest_materialization_event(key) is not None}
+    assert stored == set(keys)
