@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,10 +72,6 @@ def _dbt_env() -> None:
     os.environ.setdefault("DBT_PROFILES_DIR", str(dbt_project_dir()))
     # the profile reads ACTIONLAYER_DB; pass the path Python resolved so ACTIONLAYER_DATA is honoured too
     os.environ["ACTIONLAYER_DB"] = str(db_path())
-    # dbt's file log (logs/dbt.log) writes every debug line by default, about 20 per node: some 0.2 s of CPU
-    # per build of a small pass (dbt still formats each line; "none" would save another 0.4 s but lose the
-    # warnings too). Warnings and errors still go there; DBT_LOG_LEVEL_FILE=debug brings the rest back.
-    os.environ.setdefault("DBT_LOG_LEVEL_FILE", "warn")
 
 
 def invoke(args: Sequence[str], manifest: Any = None) -> Any:
@@ -88,10 +84,41 @@ def invoke(args: Sequence[str], manifest: Any = None) -> Any:
 
     project = str(dbt_project_dir())
     full = [*args, "--project-dir", project, "--profiles-dir", project]
+    callbacks: list[Callable[[Any], None]] = []
+    if not any(os.environ.get(name) for name in ("DBT_LOG_LEVEL", "DBT_LOG_LEVEL_FILE")):
+        # dbt formats (and scrubs of secrets) every one of its ~20 log lines per node for each of its
+        # loggers, even those the level then drops: about 1 s of CPU per small pass. Its loggers are off
+        # and one callback keeps what they showed: warnings and errors in logs/dbt.log, errors on stdout.
+        # Setting DBT_LOG_LEVEL or DBT_LOG_LEVEL_FILE (e.g. debug) gives dbt's own loggers back.
+        full += ["--log-level", "none", "--log-level-file", "none"]
+        callbacks.append(_WarningLog(Path(os.environ.get("DBT_LOG_PATH") or Path(project) / "logs")))
     try:
-        return dbtRunner(manifest=manifest).invoke(full)
+        return dbtRunner(manifest=manifest, callbacks=callbacks).invoke(full)
     finally:
         _release_database()
+
+
+class _WarningLog:
+    """A dbt event callback: warnings and errors to `<log path>/dbt.log`, errors also to stdout."""
+
+    LEVELS = frozenset({"warn", "error"})
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "dbt.log"
+
+    def __call__(self, event: Any) -> None:
+        info = event.info
+        if info.level not in self.LEVELS:
+            return
+        from dbt_common.events.functions import env_scrubber
+
+        text = env_scrubber(info.msg)
+        stamp = info.ts.ToDatetime().strftime("%H:%M:%S.%f")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as log:
+            log.write(f"{stamp} [{info.level:<5}] {text}\n")
+        if info.level == "error":
+            print(text, flush=True)
 
 
 def _release_database() -> None:
