@@ -120,11 +120,19 @@ def _engine_per_shard() -> Iterator[None]:
             with engine.connect() as connection, connection.begin():
                 yield connection
 
+    tables_seen: set[tuple[int, str]] = set()
+
     def has_table(self: SqliteEventLogStorage, table_name: str) -> bool:
+        # asked again for every asset check event; a table that exists stays for the run, so a yes is kept
+        if (id(self), table_name) in tables_seen:
+            return True
         # like Dagster's: outside the storage's lock, since it is asked while a connection is open
         engine = engine_for(self, INDEX_SHARD_NAME)
         with engine.connect() as connection:
-            return bool(engine.dialect.has_table(connection, table_name))
+            present = bool(engine.dialect.has_table(connection, table_name))
+        if present:
+            tables_seen.add((id(self), table_name))
+        return present
 
     SqliteEventLogStorage._connect = connect  # type: ignore[method-assign]
     SqliteEventLogStorage.has_table = has_table  # type: ignore[method-assign]
