@@ -55,7 +55,7 @@ from xlsxwriter.utility import (
 )
 from xlsxwriter.worksheet import Worksheet
 
-from actionlayer import config, ledger
+from actionlayer import config, ledger, review_reuse
 from actionlayer.review_policy import ApprovalPolicy, ReviewConfigError, load_policy, norm_email
 from actionlayer.signing import (
     IssuedAction,
@@ -403,11 +403,19 @@ class ExportReport:
     unrouted: list[str] = field(default_factory=list)
     unrouted_unknown: list[str] = field(default_factory=list)
     past_expiry: list[str] = field(default_factory=list)
+    # approvers whose files from an earlier export still hold exactly this content: kept, not rewritten
+    unchanged: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         lines = [
             f"review export as of {self.as_of:%Y-%m-%d %H:%M}: {self.actions} action(s) pending review, "
             f"{len(self.rows_per_approver)} approver(s), {len(self.files)} file(s) in {self.out_dir}"
+            + (
+                f" ({len(self.unchanged)} approver(s) unchanged: their files from an earlier export are "
+                "still current and were kept)"
+                if self.unchanged
+                else ""
+            )
         ]
         for approver, count in sorted(self.rows_per_approver.items()):
             checking = self.needs_checking_per_approver.get(approver, 0)
@@ -1049,7 +1057,11 @@ def export_reviews(
             file_stem[person] = f"review_{slug}{suffix}_{as_of:%Y%m%dT%H%M}"
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_issues(issues, file_stem, out_dir, as_of, key, workers, parallel_min_rows)
+    exports, unchanged = _reusable_files(con, issues, file_stem, out_dir, as_of, key)
+    changed = {person: issue for person, issue in issues.items() if person not in unchanged}
+    _write_issues(changed, file_stem, out_dir, as_of, key, workers, parallel_min_rows)
+    review_reuse.record(con, out_dir, as_of, exports, written=changed)
+    report.unchanged = sorted(unchanged)
     for person in sorted(issues):
         issue = issues[person]
         csv_path = out_dir / f"{file_stem[person]}.csv"
@@ -1059,6 +1071,45 @@ def export_reviews(
         if issue.needs_checking:
             report.needs_checking_per_approver[person] = len(issue.needs_checking)
     return report
+
+
+def _reusable_files(
+    con: duckdb.DuckDBPyConnection,
+    issues: Mapping[str, _Issue],
+    file_stem: dict[str, str],
+    out_dir: Path,
+    as_of: datetime,
+    key: bytes,
+) -> tuple[dict[str, review_reuse.Export], set[str]]:
+    """Each approver's files after this export, and the approvers whose files from an earlier export are
+    still current (same content, all three files there, not expired): `file_stem` is pointed at those."""
+    earlier = review_reuse.latest(con, out_dir)
+    exports: dict[str, review_reuse.Export] = {}
+    unchanged: set[str] = set()
+    for person, issue in issues.items():
+        digest = review_reuse.fingerprint(person, issue.entries, issue.needs_checking, key)
+        before = earlier.get(person)
+        if (
+            before is not None
+            and before.fingerprint == digest
+            and as_of < before.expires_at
+            and all(
+                path.is_file()
+                for path in (
+                    out_dir / f"{before.file_stem}.xlsx",
+                    out_dir / f"{before.file_stem}.csv",
+                    manifest_path_for(out_dir / f"{before.file_stem}.csv"),
+                )
+            )
+        ):
+            unchanged.add(person)
+            file_stem[person] = before.file_stem
+            exports[person] = before
+            continue
+        expiries = [history.review_expires_at() for _, history, _ in issue.entries]
+        expires = max(expiries) if expiries else as_of + timedelta(days=DEFAULT_REVIEW_EXPIRY_DAYS)
+        exports[person] = review_reuse.Export(file_stem[person], digest, expires)
+    return exports, unchanged
 
 
 def _write_issue(issue: _Issue, stem: str, out_dir: Path, as_of: datetime, key: bytes) -> None:

@@ -893,3 +893,47 @@ def test_review_workers_come_from_the_environment(monkeypatch) -> None:
         monkeypatch.setenv("ACTIONLAYER_REVIEW_WORKERS", bad)
         with pytest.raises(ValueError, match="ACTIONLAYER_REVIEW_WORKERS"):
             config.review_export_workers()
+
+
+def test_an_approver_whose_table_did_not_change_keeps_the_earlier_files(
+    con, tmp_path: Path, monkeypatch
+) -> None:
+    out = tmp_path / "outbox"
+    first = export_reviews(con, out, AS_OF)
+    written = _tree(out)
+    assert first.unchanged == []
+
+    # an hour later nothing changed for anyone: nothing is written, the earlier files stay current
+    later = export_reviews(con, out, AS_OF + timedelta(hours=1))
+    assert later.unchanged == [ALICE, BOB]
+    assert _tree(out) == written
+    assert [p.name for p in later.files] == [p.name for p in first.files]
+    assert "2 approver(s) unchanged" in later.summary_lines()[0]
+    # the kept file is still a genuine review table: a decision from it is applied
+    returned = fill_csv(_exported(later, ALICE, ".csv"), tmp_path / "a.csv", {"act-followup-2": "approve"})
+    assert [d.action_id for d in import_reviews(con, [returned], AS_OF + timedelta(hours=1)).applied] == [
+        "act-followup-2"
+    ]
+
+    # Alice decided one row: only her table is written again, under this export's time
+    again = export_reviews(con, out, AS_OF + timedelta(hours=2))
+    assert again.unchanged == [BOB]
+    assert _exported(again, ALICE, ".csv").name.endswith("_20261123T1100.csv")
+    assert _exported(again, BOB, ".csv").name.endswith("_20261123T0900.csv")
+    assert _exported(again, ALICE, ".csv").read_text(encoding="utf-8").count("act-followup-") == 1
+
+    # a missing file, or another signing key, means the table is written again
+    _exported(again, BOB, ".xlsx").unlink()
+    assert export_reviews(con, out, AS_OF + timedelta(hours=3)).unchanged == [ALICE]
+    monkeypatch.setenv(SECRET_ENV, "a" * 64)
+    assert export_reviews(con, out, AS_OF + timedelta(hours=4)).unchanged == []
+    kept = con.execute(
+        "select as_of, approver, written from ops.review_exports order by as_of, approver"
+    ).fetchall()
+    assert [(when.hour, who[0], written) for when, who, written in kept] == [
+        (9, "a", True), (9, "b", True),
+        (10, "a", False), (10, "b", False),
+        (11, "a", True), (11, "b", False),
+        (12, "a", False), (12, "b", True),
+        (13, "a", True), (13, "b", True),
+    ]  # fmt: skip
