@@ -444,6 +444,7 @@ class ExportReport:
 # what the export reads of a pending action's state: its review row, its approvers (details: escalated_to)
 _PENDING_STATE_COLUMNS = (
     "action_id",
+    "seq",
     "rule_id",
     "record_type",
     "record_id",
@@ -582,6 +583,7 @@ class _Issue:
     entries: list[tuple[Mapping[str, Any], _History, bool]] = field(default_factory=list)
     rows: list[dict[str, str]] = field(default_factory=list)
     needs_checking: list[dict[str, str]] = field(default_factory=list)
+    unknown_states: list[Mapping[str, Any]] = field(default_factory=list)  # the rows above came from these
     four_eyes_rules: set[str] = field(default_factory=set)
 
     def build_rows(self) -> None:
@@ -1042,9 +1044,9 @@ def export_reviews(
         if not people:
             report.unrouted_unknown.append(str(state["action_id"]))
         for person in sorted(people):
-            issues.setdefault(person, _Issue(approver=person)).needs_checking.append(
-                _needs_checking_row(state)
-            )
+            issue = issues.setdefault(person, _Issue(approver=person))
+            issue.needs_checking.append(_needs_checking_row(state))
+            issue.unknown_states.append(state)
 
     # two addresses can share a slug (a.b@x vs a-b@x); a hash suffix keeps their files apart
     slugs: dict[str, list[str]] = {}
@@ -1087,7 +1089,7 @@ def _reusable_files(
     exports: dict[str, review_reuse.Export] = {}
     unchanged: set[str] = set()
     for person, issue in issues.items():
-        digest = review_reuse.fingerprint(person, issue.entries, issue.needs_checking, key)
+        digest = review_reuse.fingerprint(person, issue.entries, issue.unknown_states, key)
         before = earlier.get(person)
         if (
             before is not None

@@ -2,9 +2,8 @@
 files whose content would change (a sensor's hourly pass leaves an approver's unchanged table alone
 instead of sending them a new copy of it).
 
-An approver's files are a pure function of what is exported to them (each action's state row, its review
-history and the four-eyes flag, the send checks routed to them), the file format and the signing key. That
-fingerprint is recorded per export and approver in `ops.review_exports`; an export that computes the same
+An approver's files are a pure function of what is exported to them (each action's ledger events and the
+four-eyes flag, the send checks routed to them), the file format and the signing key. Their fingerprint is recorded per export and approver in `ops.review_exports`; an export that computes the same
 fingerprint for the same folder, while the earlier files are all still there and not expired, keeps them.
 """
 
@@ -41,35 +40,23 @@ def ensure_table(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _plain(value: Any) -> Any:
-    """A value whose repr is the same in every process (sets and dicts in sorted order)."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _plain(v)) for k, v in value.items()))
-    if isinstance(value, set | frozenset):
-        return tuple(sorted(repr(_plain(v)) for v in value))
-    if isinstance(value, list | tuple):
-        return tuple(_plain(v) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    return value
-
-
 def fingerprint(
     approver: str,
     entries: Iterable[tuple[Mapping[str, Any], Any, bool]],
     needs_checking: Iterable[Mapping[str, Any]],
     key: bytes,
 ) -> str:
-    """What one approver's files would hold, as a digest; another signing key is another fingerprint."""
+    """What one approver's files would hold, as a digest; another signing key is another fingerprint.
+
+    The ledger is append-only and a state row is an action's latest event, so an action's id and latest
+    `seq` stand for everything its row shows (message, review history, expiry): any change to those is a
+    new event with a higher seq. The four-eyes flag is the one input from outside the ledger."""
     digest = hashlib.sha256(hmac.new(key, b"actionlayer review files", "sha256").digest())
-    digest.update(f"{FILE_FORMAT}\x1f{approver}".encode())
-    for state, history, four_eyes in entries:
-        digest.update(repr((_plain(state), _plain(history), four_eyes)).encode())
-        digest.update(b"\x1e")
-    digest.update(b"\x1d")
-    for row in needs_checking:
-        digest.update(repr(_plain(row)).encode())
-        digest.update(b"\x1e")
+    parts = [f"{FILE_FORMAT}", approver]
+    parts += [f"{state['action_id']}:{state['seq']}:{int(four_eyes)}" for state, _, four_eyes in entries]
+    parts.append("needs checking")
+    parts += [f"{state['action_id']}:{state['seq']}" for state in needs_checking]
+    digest.update("\x1f".join(parts).encode())
     return digest.hexdigest()
 
 
@@ -88,7 +75,8 @@ def latest(con: duckdb.DuckDBPyConnection, out_dir: Path) -> dict[str, Export]:
     rows = con.execute(
         f"""select approver, file_stem, fingerprint, expires_at from {_TABLE}
         where out_dir = ?
-        qualify row_number() over (partition by approver order by as_of desc, rowid desc) = 1""",
+        -- the export recorded last, whatever its as-of (a replay may export an earlier time after a later one)
+        qualify row_number() over (partition by approver order by rowid desc) = 1""",
         [str(out_dir)],
     ).fetchall()
     return {approver: Export(stem, digest, expires) for approver, stem, digest, expires in rows}
