@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -142,17 +144,54 @@ def _release_database() -> None:
 _PARSED: dict[tuple[str, str, str], tuple[float, Any]] = {}
 
 
+def _parse_key() -> tuple[str, str, str]:
+    # the node's database comes from the profile's DuckDB file, so a parse only serves that database
+    return (str(db_path()), str(dbt_target_dir()), os.environ.get("DBT_PROFILES_DIR", ""))
+
+
 def _parse(write_json: bool) -> Any:
     stamp = _newest_source_change()
     outcome = invoke(["parse", "--quiet", *([] if write_json else ["--no-write-json"])])
     if not outcome.success or outcome.result is None:
         raise TransformError(f"dbt parse failed: {outcome.exception or 'see the dbt log above'}")
-    # the node's database comes from the profile's DuckDB file, so a parse only serves that database
-    _PARSED[(str(db_path()), str(dbt_target_dir()), os.environ.get("DBT_PROFILES_DIR", ""))] = (
-        stamp,
-        outcome.result,
-    )
+    _PARSED[_parse_key()] = (stamp, outcome.result)
+    _store_parse(stamp, outcome.result)
     return outcome.result
+
+
+# The parse a pass reuses, kept between processes: a CLI pass or a sensor's run is a new process, and even
+# dbt's partial parse (it still reads every file and rewrites its state) costs about 2 s of each, a full
+# parse 8 s. The pickle is written by this module only, into the project's own target folder, and is used
+# only when everything the parse depended on is the same: the key below and the newest project file.
+PARSE_CACHE = "actionlayer_parse.pickle"
+
+
+def _parse_cache_key(stamp: float) -> tuple[Any, ...]:
+    from dbt.version import __version__ as dbt_version
+
+    return (*_parse_key(), str(dbt_project_dir()), dbt_version, sys.version, stamp)
+
+
+def _store_parse(stamp: float, manifest: Any) -> None:
+    path = dbt_target_dir() / PARSE_CACHE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(pickle.dumps((_parse_cache_key(stamp), manifest), protocol=5))
+        os.replace(temporary, path)
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        # the cache only saves time: without it the next process parses again
+        return
+
+
+def _stored_parse() -> tuple[float, Any] | None:
+    path = dbt_target_dir() / PARSE_CACHE
+    stamp = _newest_source_change()
+    try:
+        key, manifest = pickle.loads(path.read_bytes())
+    except Exception:  # absent, half-written by a killed process, or from another dbt: parse instead
+        return None
+    return (stamp, manifest) if key == _parse_cache_key(stamp) else None
 
 
 def ensure_manifest(force: bool = False) -> Path:
@@ -164,14 +203,19 @@ def ensure_manifest(force: bool = False) -> Path:
 
 
 def parsed_manifest() -> Any:
-    """The project as dbt parsed it, once per process: every later dbt command here reuses it instead of
-    parsing again (dbt's partial parse still reads and rewrites its state and the manifest, about 2 s per
-    invocation). Parsed again when a model, macro or config file changed since."""
+    """The project as dbt parsed it, once per process and kept between processes (`PARSE_CACHE`): every
+    later dbt command reuses it instead of parsing again (dbt's partial parse still reads and rewrites its
+    state and the manifest, about 2 s per invocation). Parsed again when a model, macro or config file
+    changed since."""
     _dbt_env()
-    key = (str(db_path()), str(dbt_target_dir()), os.environ.get("DBT_PROFILES_DIR", ""))
+    key = _parse_key()
     cached = _PARSED.get(key)
     if cached is not None and not _sources_newer_than(cached[0]):
         return cached[1]
+    stored = _stored_parse()
+    if stored is not None:
+        _PARSED[key] = stored
+        return stored[1]
     target = manifest_path()
     # manifest.json is what Dagster reads; rewrite it only when it is behind the sources
     fresh = target.exists() and not _sources_newer_than(target.stat().st_mtime)

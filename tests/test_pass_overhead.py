@@ -1,4 +1,4 @@
-"""The fixed cost of a pass: dbt parses once per process, and the Dagster run history's SQLite writes keep
+"""The fixed cost of a pass: dbt parses once (its parse kept between processes), and the Dagster run history's SQLite writes keep
 their WAL for the run instead of checkpointing it on every event, through one engine per database file; a
 pass's dbt build rewrites no JSON artifacts and logs no debug lines to its file."""
 
@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from actionlayer import transform
 from actionlayer.config import dbt_project_dir
@@ -154,3 +155,43 @@ def test_the_event_log_reuses_one_engine_per_database_during_a_run(tmp_path):
     with dg.DagsterInstance.from_config(str(home)) as instance:
         stored = {key for key in keys if instance.get_latest_materialization_event(key) is not None}
     assert stored == set(keys)
+
+
+def test_a_new_process_reuses_the_stored_parse_until_a_source_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "stored.duckdb"))
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    transform._PARSED.clear()
+    parsed = transform.parsed_manifest()
+    stored = transform.dbt_target_dir() / transform.PARSE_CACHE
+    assert stored.is_file()
+
+    def no_parse(write_json: bool) -> None:
+        raise AssertionError("parsed again")
+
+    # a new process: nothing in memory, the stored parse serves (dbt is never asked to parse)
+    transform._PARSED.clear()
+    monkeypatch.setattr(transform, "_parse", no_parse)
+    again = transform.parsed_manifest()
+    assert again is not parsed and set(again.nodes) == set(parsed.nodes)
+
+    # another database is another parse
+    transform._PARSED.clear()
+    monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "other.duckdb"))
+    with pytest.raises(AssertionError, match="parsed again"):
+        transform.parsed_manifest()
+    monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "stored.duckdb"))
+
+    # a project file newer than the stored parse: parsed again
+    transform._PARSED.clear()
+    monkeypatch.setattr(transform, "_newest_source_change", lambda: 4_102_444_800.0)
+    with pytest.raises(AssertionError, match="parsed again"):
+        transform.parsed_manifest()
+    monkeypatch.undo()
+
+    # a damaged cache file is no error: the project is parsed again
+    monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "stored.duckdb"))
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    stored.write_bytes(b"not a pickle")
+    transform._PARSED.clear()
+    assert set(transform.parsed_manifest().nodes) == set(parsed.nodes)
+    transform._PARSED.clear()
