@@ -3,8 +3,9 @@ files whose content would change (a sensor's hourly pass leaves an approver's un
 instead of sending them a new copy of it).
 
 An approver's files are a pure function of what is exported to them (each action's ledger events and the
-four-eyes flag, the send checks routed to them), the file format and the signing key. Their fingerprint is recorded per export and approver in `ops.review_exports`; an export that computes the same
-fingerprint for the same folder, while the earlier files are all still there and not expired, keeps them.
+four-eyes flag, the send checks routed to them), the file format and the signing key. Their fingerprint is
+recorded per export and approver in `ops.review_exports`; an export that computes the same fingerprint for
+the same folder, while the earlier files are all still there and not expired, keeps them.
 """
 
 from __future__ import annotations

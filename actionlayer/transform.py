@@ -3,6 +3,7 @@ manifest current; orchestration and the CLI both go through here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -56,13 +57,28 @@ def manifest_path() -> Path:
     return dbt_target_dir() / "manifest.json"
 
 
-def _newest_source_change() -> float:
-    """The latest modification time of any model, macro or config file of the project."""
+def _project_files() -> list[Path]:
+    """Every model, macro and config file of the project: what a parse reads."""
     project = dbt_project_dir()
     watched = [project / "dbt_project.yml", project / "profiles.yml"]
     for folder in ("models", "macros", "tests", "seeds", "snapshots"):
-        watched += [p for p in (project / folder).rglob("*") if p.is_file()]
-    return max((p.stat().st_mtime for p in watched if p.exists()), default=0.0)
+        watched += sorted(p for p in (project / folder).rglob("*") if p.is_file())
+    return [p for p in watched if p.exists()]
+
+
+def _newest_source_change() -> float:
+    """The latest modification time of any model, macro or config file of the project."""
+    return max((p.stat().st_mtime for p in _project_files()), default=0.0)
+
+
+def _project_digest() -> str:
+    """The project's files by name and content: a file added, removed, renamed or edited (whatever its
+    modification time says) gives another digest. Some 100 small files: a few milliseconds."""
+    project = dbt_project_dir()
+    digest = hashlib.sha256()
+    for path in _project_files():
+        digest.update(str(path.relative_to(project)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _sources_newer_than(stamp: float) -> bool:
@@ -155,29 +171,35 @@ def _parse(write_json: bool) -> Any:
     if not outcome.success or outcome.result is None:
         raise TransformError(f"dbt parse failed: {outcome.exception or 'see the dbt log above'}")
     _PARSED[_parse_key()] = (stamp, outcome.result)
-    _store_parse(stamp, outcome.result)
+    _store_parse(outcome.result)
     return outcome.result
 
 
 # The parse a pass reuses, kept between processes: a CLI pass or a sensor's run is a new process, and even
 # dbt's partial parse (it still reads every file and rewrites its state) costs about 2 s of each, a full
 # parse 8 s. The pickle is written by this module only, into the project's own target folder, and is used
-# only when everything the parse depended on is the same: the key below and the newest project file.
+# only when everything the parse depended on is the same: the key below, project files' names and content.
 PARSE_CACHE = "actionlayer_parse.pickle"
 
 
-def _parse_cache_key(stamp: float) -> tuple[Any, ...]:
+def _parse_cache_key() -> tuple[Any, ...]:
     from dbt.version import __version__ as dbt_version
 
-    return (*_parse_key(), str(dbt_project_dir()), dbt_version, sys.version, stamp)
+    # dbt's own settings from the environment (a target, a profile) can change what parses; its log ones cannot
+    dbt_settings = sorted(
+        (name, value)
+        for name, value in os.environ.items()
+        if name.startswith("DBT_") and not name.startswith("DBT_LOG")
+    )
+    return (*_parse_key(), str(dbt_project_dir()), dbt_version, sys.version, dbt_settings, _project_digest())
 
 
-def _store_parse(stamp: float, manifest: Any) -> None:
+def _store_parse(manifest: Any) -> None:
     path = dbt_target_dir() / PARSE_CACHE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(pickle.dumps((_parse_cache_key(stamp), manifest), protocol=5))
+        temporary.write_bytes(pickle.dumps((_parse_cache_key(), manifest), protocol=5))
         os.replace(temporary, path)
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         # the cache only saves time: without it the next process parses again
@@ -191,7 +213,7 @@ def _stored_parse() -> tuple[float, Any] | None:
         key, manifest = pickle.loads(path.read_bytes())
     except Exception:  # absent, half-written by a killed process, or from another dbt: parse instead
         return None
-    return (stamp, manifest) if key == _parse_cache_key(stamp) else None
+    return (stamp, manifest) if key == _parse_cache_key() else None
 
 
 def ensure_manifest(force: bool = False) -> Path:

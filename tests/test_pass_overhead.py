@@ -181,11 +181,24 @@ def test_a_new_process_reuses_the_stored_parse_until_a_source_changes(tmp_path, 
         transform.parsed_manifest()
     monkeypatch.setenv("ACTIONLAYER_DB", str(tmp_path / "stored.duckdb"))
 
-    # a project file newer than the stored parse: parsed again
+    # a project file edited, or one removed, even with an old modification time: parsed again
     transform._PARSED.clear()
-    monkeypatch.setattr(transform, "_newest_source_change", lambda: 4_102_444_800.0)
+    files = transform._project_files()
+    monkeypatch.setattr(transform, "_project_files", lambda: files[:-1])
     with pytest.raises(AssertionError, match="parsed again"):
         transform.parsed_manifest()
+    macro = dbt_project_dir() / "macros" / "as_of.sql"
+    before, stat = macro.read_bytes(), macro.stat()
+    monkeypatch.setattr(transform, "_project_files", lambda: files)
+    try:
+        macro.write_bytes(before + b"\n")
+        os.utime(macro, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        transform._PARSED.clear()
+        with pytest.raises(AssertionError, match="parsed again"):
+            transform.parsed_manifest()
+    finally:
+        macro.write_bytes(before)
+        os.utime(macro, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     monkeypatch.undo()
 
     # a damaged cache file is no error: the project is parsed again
