@@ -194,12 +194,37 @@ def _parse_cache_key() -> tuple[Any, ...]:
     return (*_parse_key(), str(dbt_project_dir()), dbt_version, sys.version, dbt_settings, _project_digest())
 
 
+# Caches a Manifest rebuilds on first use (its lookups, macros by name and package); its lock is made anew.
+_REBUILT = ("_macros_by_name", "_macros_by_package")
+
+
+def _manifest_state(manifest: Any) -> dict[str, Any]:
+    """The Manifest's attributes, without what is rebuilt on load. dbt's own pickling of a Manifest
+    (`__reduce_ex__`, dbt 1.11) leaves out its `fixtures`, which shifts every later field by one: a manifest
+    restored that way fails every `ref`. Its attributes are stored and set back by name instead."""
+    return {
+        name: None if name.endswith("_lookup") or name in _REBUILT else value
+        for name, value in vars(manifest).items()
+        if name != "_lock"
+    }
+
+
+def _manifest_from_state(state: dict[str, Any]) -> Any:
+    from dbt.contracts.graph.manifest import Manifest
+    from dbt.mp_context import get_mp_context
+
+    manifest = Manifest.__new__(Manifest)
+    manifest.__dict__.update(state)
+    manifest._lock = get_mp_context().Lock()
+    return manifest
+
+
 def _store_parse(manifest: Any) -> None:
     path = dbt_target_dir() / PARSE_CACHE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(pickle.dumps((_parse_cache_key(), manifest), protocol=5))
+        temporary.write_bytes(pickle.dumps((_parse_cache_key(), _manifest_state(manifest)), protocol=5))
         os.replace(temporary, path)
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         # the cache only saves time: without it the next process parses again
@@ -210,10 +235,12 @@ def _stored_parse() -> tuple[float, Any] | None:
     path = dbt_target_dir() / PARSE_CACHE
     stamp = _newest_source_change()
     try:
-        key, manifest = pickle.loads(path.read_bytes())
+        key, state = pickle.loads(path.read_bytes())
+        if key != _parse_cache_key():
+            return None
+        return stamp, _manifest_from_state(state)
     except Exception:  # absent, half-written by a killed process, or from another dbt: parse instead
         return None
-    return (stamp, manifest) if key == _parse_cache_key() else None
 
 
 def ensure_manifest(force: bool = False) -> Path:

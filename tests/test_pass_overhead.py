@@ -173,6 +173,11 @@ def test_a_new_process_reuses_the_stored_parse_until_a_source_changes(tmp_path, 
     monkeypatch.setattr(transform, "_parse", no_parse)
     again = transform.parsed_manifest()
     assert again is not parsed and set(again.nodes) == set(parsed.nodes)
+    # and it works: dbt resolves every ref and source of a model through it
+    compiled = transform.invoke(
+        ["compile", "--select", "+action_candidates", "--no-write-json"], manifest=again
+    )
+    assert compiled.success, compiled.exception
 
     # another database is another parse
     transform._PARSED.clear()
