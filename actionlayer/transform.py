@@ -161,8 +161,9 @@ _PARSED: dict[tuple[str, str, str], tuple[float, Any]] = {}
 
 
 def _parse_key() -> tuple[str, str, str]:
-    # the node's database comes from the profile's DuckDB file, so a parse only serves that database
-    return (str(db_path()), str(dbt_target_dir()), os.environ.get("DBT_PROFILES_DIR", ""))
+    # a node's database is the DuckDB file's name (its stem), so a parse serves every file of that name and
+    # no other: the suite's passes, each on its own actionlayer.duckdb, share one
+    return (db_path().stem, str(dbt_target_dir()), os.environ.get("DBT_PROFILES_DIR", ""))
 
 
 def _parse(write_json: bool) -> Any:
