@@ -7,7 +7,8 @@ frames (a connector sync's mirror), so every source is judged by this one valida
 full snapshot of the objects it covers, so raw ends holding exactly its good rows; when the last load's
 row digests (ops.row_digests_<object>) allow, only the rows not provably unchanged are validated and
 applied to raw as deletes and inserts (see "row diff" below), with the same raw, quarantine and log rows
-as validating everything.
+as validating everything. A CSV or Parquet file is read in chunks (`CHUNK_ROWS`) and never held whole:
+the checks that need the whole object (repeated keys, the row diff) read only each row's key and digest.
 
 Decisions other parts rely on:
 - One quarantine row per broken source row, with its most basic problem: missing_key, then
@@ -41,7 +42,7 @@ import json
 import re
 import zoneinfo
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -259,6 +260,8 @@ class SourceFrame:
     unknown columns are reported and not loaded). `source_label` becomes `ops.quarantine.source_file`
     and `raw.<object>._source_file` (a file path, or e.g. `zoho:deals`); `row_numbers` are the 1-based
     positions quarantine rows point at (default 1..n). `read_error` refuses the object with that reason.
+    A file's frame has `chunks` instead of rows: `data` is then its empty header and `chunks(n)` reads
+    the records in consecutive chunks of about n rows, so a large file is never held whole.
     """
 
     data: pl.DataFrame
@@ -268,6 +271,7 @@ class SourceFrame:
     fingerprint: str | None = None
     read_error: str | None = None
     notes: tuple[str, ...] = ()  # warnings that belong before this object's own (e.g. ignored files)
+    chunks: Callable[[int], Iterator[pl.DataFrame]] | None = None
 
     def __post_init__(self) -> None:
         if not self.short_label:
@@ -323,23 +327,48 @@ def _as_strings(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(exprs)
 
 
+def _normalized(df: pl.DataFrame) -> pl.DataFrame:
+    """Contract text as read: every column a string, header names trimmed, empty = null."""
+    if any(dtype != pl.String for dtype in df.schema.values()):
+        df = _as_strings(df)
+    df = df.rename({c: str(c).strip() for c in df.columns})
+    return df.with_columns(
+        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in df.columns
+    )
+
+
+def _scan(path: Path) -> pl.LazyFrame | None:
+    """A lazy scan of a CSV or Parquet file (None for a type read whole: a spreadsheet)."""
+    ext = path.suffix.lower().lstrip(".")
+    if ext == "csv":
+        return pl.scan_csv(path, infer_schema=False, encoding="utf8")
+    if ext == "parquet":
+        return pl.scan_parquet(path)
+    return None
+
+
 def read_strings(path: Path) -> pl.DataFrame:
     """Read one contract file with every value as a string (header names trimmed, empty = null)."""
     ext = path.suffix.lower().lstrip(".")
     if ext == "csv":
         df = pl.read_csv(path, infer_schema=False, encoding="utf8")
     elif ext == "parquet":
-        df = _as_strings(pl.read_parquet(path))
+        df = pl.read_parquet(path)
     elif ext == "xlsx":
         # Empty rows are kept so that row numbers stay those of the sheet's data rows.
         df = pl.read_excel(path, sheet_id=1, engine="calamine", infer_schema_length=0, drop_empty_rows=False)
-        df = _as_strings(df)
     else:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .parquet or .xlsx")
-    df = df.rename({c: str(c).strip() for c in df.columns})
-    return df.with_columns(
-        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in df.columns
-    )
+    return _normalized(df)
+
+
+def _file_chunks(path: Path, rows: int) -> Iterator[pl.DataFrame]:
+    """The file's contract text in consecutive chunks of about `rows` rows, in file order."""
+    scan = _scan(path)
+    if scan is None:
+        raise ValueError(f"{path}: only CSV and Parquet files are read in chunks")
+    for batch in scan.collect_batches(chunk_size=rows, maintain_order=True):
+        yield _normalized(batch)
 
 
 # --------------------------------------------------------------------------- validation
@@ -500,26 +529,28 @@ class _Validated:
     stable_until: datetime | None = None
 
 
-def _validate(
-    obj: SorObject,
-    df: pl.DataFrame,
-    as_of: datetime,
-    parents: dict[str, _ParentKeys | None],
-    file_label: str,
-) -> _Validated:
-    warnings: list[str] = []
-    key = obj.key
-    names = list(obj.column_names)
-    timezones = _timezones()
+@dataclass
+class _Duplicates:
+    """The rows that share a key with others: exact copies to drop (all but the first) and the keys whose
+    copies differ (every copy is quarantined), with the warnings about the exact copies."""
 
-    df = df.with_columns(pl.col(key).str.strip_chars().alias("_key"))
-    missing_key = pl.col("_key").is_null() | (pl.col("_key") == "")
+    drop_rows: pl.Series  # _row_number
+    conflicting: pl.Series  # _key
+    warnings: list[str]
 
+
+_MISSING_KEY = pl.col("_key").is_null() | (pl.col("_key") == "")
+
+
+def _duplicates(obj: SorObject, df: pl.DataFrame, file_label: str) -> _Duplicates:
+    """Judge repeated keys among the rows of `df` (with `_key`): only those rows matter, so `df` may hold
+    just the rows of keys known to repeat."""
     # Duplicates are judged on the written content (key trimmed), before any value check. Only keys that
     # occur more than once can be duplicates: comparing content per key over every row cost most of a
     # large load.
-    keyed = df.filter(missing_key.not_() & pl.col("_key").is_duplicated())
-    content = [c for c in names if c != key]
+    warnings: list[str] = []
+    keyed = df.filter(_MISSING_KEY.not_() & pl.col("_key").is_duplicated())
+    content = [c for c in obj.column_names if c != obj.key]
     per_key = keyed.group_by("_key").agg(
         pl.len().alias("copies"),
         pl.struct(content).n_unique().alias("versions") if content else pl.lit(1).alias("versions"),
@@ -541,12 +572,38 @@ def _validate(
             f"{file_label}: {exact.height - _MAX_KEYS_SHOWN} more keys had exact duplicates; "
             "each kept its first row"
         )
-    if drop_rows:
-        df = df.filter(pl.col(_ROW).is_in(drop_rows).not_())
+    return _Duplicates(
+        drop_rows=pl.Series(_ROW, drop_rows, dtype=pl.Int64),
+        conflicting=conflicting.get_column("_key"),
+        warnings=warnings,
+    )
+
+
+def _validate(
+    obj: SorObject,
+    df: pl.DataFrame,
+    as_of: datetime,
+    parents: dict[str, _ParentKeys | None],
+    file_label: str,
+    duplicates: _Duplicates | None = None,
+) -> _Validated:
+    """Judge the rows of `df`; `duplicates` (judged over the whole object when `df` is one chunk of it)
+    default to those among `df`'s rows, and their warnings are returned only then."""
+    key = obj.key
+    names = list(obj.column_names)
+    timezones = _timezones()
+
+    df = df.with_columns(pl.col(key).str.strip_chars().alias("_key"))
+    missing_key = _MISSING_KEY
+    own = duplicates is None
+    dups = _duplicates(obj, df, file_label) if duplicates is None else duplicates
+    warnings = list(dups.warnings) if own else []
+    if dups.drop_rows.len():
+        df = df.filter(pl.col(_ROW).is_in(dups.drop_rows.implode()).not_())
 
     codes: list[pl.Expr] = [
         pl.when(missing_key).then(pl.lit("missing_key")).alias(f"_code_{key}_missing"),
-        pl.when(pl.col("_key").is_in(conflicting["_key"].implode()))
+        pl.when(pl.col("_key").is_in(dups.conflicting.implode()))
         .then(pl.lit("conflicting_duplicate"))
         .alias(f"_code_{key}_conflict"),
     ]
@@ -726,103 +783,122 @@ def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLo
     )
 
 
-def _write_object(
+def _begin_raw(con: duckdb.DuckDBPyConnection, obj: SorObject, gone: pl.DataFrame | None) -> None:
+    """In the object's open transaction, before its good rows are appended: start raw.<object> and its row
+    digests afresh, or (a row-diffed load) delete the rows of the `gone` keys: changed, now broken or no
+    longer in the source."""
+    table = _digests_table(obj)
+    if gone is None:
+        _run(con, obj.raw_ddl())
+        _run(
+            con,
+            f"create or replace table {table} "
+            "(record_key varchar not null, row_digest ubigint not null, row_number bigint not null)",
+        )
+        return
+    con.register("_al_gone", gone.to_arrow())
+    try:
+        _run(con, f"delete from {obj.raw_table} where {obj.key} in (select _key from _al_gone)")
+        _run(con, f"delete from {table} where record_key in (select _key from _al_gone)")
+    finally:
+        con.unregister("_al_gone")
+
+
+def _append_good(con: duckdb.DuckDBPyConnection, obj: SorObject, good: pl.DataFrame) -> None:
+    """Append one chunk's good rows (with `_source_file`, `_loaded_at` and `_row_digest`) to raw.<object>
+    and its row digests; chunks come in row order, so raw holds its rows in file order."""
+    casts = ", ".join(f"cast({c.name} as {c.duckdb_type}) as {c.name}" for c in obj.columns)
+    meta = ", ".join(name for name, _ in LOAD_METADATA_COLUMNS)
+    con.register("_al_incoming_good", good.to_arrow())
+    try:
+        _run(
+            con,
+            f"insert into {obj.raw_table} select {casts}, {meta} from _al_incoming_good order by _row_number",
+        )
+        _run(
+            con,
+            f"insert into {_digests_table(obj)} select {obj.key}, {_DIGEST}, _row_number "
+            "from _al_incoming_good order by _row_number",
+        )
+    finally:
+        con.unregister("_al_incoming_good")
+
+
+def _move_rows(con: duckdb.DuckDBPyConnection, obj: SorObject, moved: pl.DataFrame) -> None:
+    """Give kept rows of a row-diffed load their new row numbers: the file's row numbers of kept rows
+    shift when rows before them come or go."""
+    if not moved.height:
+        return
+    con.register("_al_moved", moved.to_arrow())
+    try:
+        for target, column, key_column in (
+            (obj.raw_table, "_row_number", obj.key),
+            (_digests_table(obj), "row_number", "record_key"),
+        ):
+            _run(
+                con,
+                f"update {target} as t set {column} = m._row_number from _al_moved as m "
+                f"where t.{key_column} = m._key",
+            )
+    finally:
+        con.unregister("_al_moved")
+
+
+def _write_quarantine_and_log(
     con: duckdb.DuckDBPyConnection,
     obj: SorObject,
-    good: pl.DataFrame,
     quarantine: pl.DataFrame,
     as_of: datetime,
     result: ObjectLoad,
     source: str,
-    *,
-    replace_raw: bool = True,
-    digests: pl.DataFrame | None = None,
-    delta: _RowDelta | None = None,
 ) -> None:
-    """Replace raw.<object> (or, with a `delta`, apply it) with its row digests, and the object's
-    quarantine rows, and log the load, all in one transaction. With `replace_raw=False` (a load the gate
-    refused) raw.<object> keeps its last good copy while the quarantine shows what is broken now, so people
-    can fix it upstream. Rows a delta keeps keep their `_loaded_at`: the as-of of the load that wrote them."""
-    casts = ", ".join(f"cast({c.name} as {c.duckdb_type}) as {c.name}" for c in obj.columns)
-    meta = ", ".join(name for name, _ in LOAD_METADATA_COLUMNS)
-    table = _digests_table(obj)
-    frames = {"_al_incoming_good": good, "_al_incoming_quarantine": quarantine}
-    if digests is not None:
-        frames["_al_incoming_digests"] = digests
-    if delta is not None:
-        frames["_al_gone"] = delta.gone
-        frames["_al_moved"] = delta.moved
-    for view, frame in frames.items():
-        con.register(view, frame.to_arrow())
+    """In the object's open transaction: replace its quarantine rows and log the load."""
+    con.register("_al_incoming_quarantine", quarantine.to_arrow())
     try:
-        con.begin()
-        try:
-            if replace_raw and delta is not None:
-                key = obj.key
-                _run(con, f"delete from {obj.raw_table} where {key} in (select _key from _al_gone)")
-                _run(con, f"delete from {table} where record_key in (select _key from _al_gone)")
-                _run(
-                    con,
-                    f"insert into {obj.raw_table} select {casts}, {meta} "
-                    "from _al_incoming_good order by _row_number",
-                )
-                # the file's row numbers of kept rows shift when rows before them come or go
-                for target, column, key_column in (
-                    (obj.raw_table, "_row_number", key),
-                    (table, "row_number", "record_key"),
-                ):
-                    _run(
-                        con,
-                        f"update {target} as t set {column} = m._row_number from _al_moved as m "
-                        f"where t.{key_column} = m._key",
-                    )
-            elif replace_raw:
-                _run(con, obj.raw_ddl())
-                _run(
-                    con,
-                    f"insert into {obj.raw_table} select {casts}, {meta} "
-                    "from _al_incoming_good order by _row_number",
-                )
-                _run(
-                    con,
-                    f"create or replace table {table} "
-                    "(record_key varchar not null, row_digest ubigint not null, row_number bigint not null)",
-                )
-            if replace_raw and digests is not None:
-                _run(
-                    con,
-                    f"insert into {table} select _key, {_DIGEST}, _row_number from _al_incoming_digests",
-                )
-            # first_seen_at survives for rows (object, key, reason) that were already quarantined.
-            _run(
-                con,
-                f"""
-                create or replace temp table _al_quarantine_next as
-                with earlier as (
-                    select record_key, reason_code, min(first_seen_at) as first_seen_at
-                    from {QUARANTINE_TABLE}
-                    where object = ?
-                    group by record_key, reason_code
-                )
-                select q.object, q.record_key, q.source_file, q.row_number, q.reason_code, q.reason,
-                       q.raw_values, q.as_of, coalesce(e.first_seen_at, q.as_of) as first_seen_at
-                from _al_incoming_quarantine as q
-                left join earlier as e
-                  on q.record_key is not distinct from e.record_key and q.reason_code = e.reason_code
-                """,
-                [obj.name],
+        # first_seen_at survives for rows (object, key, reason) that were already quarantined.
+        _run(
+            con,
+            f"""
+            create or replace temp table _al_quarantine_next as
+            with earlier as (
+                select record_key, reason_code, min(first_seen_at) as first_seen_at
+                from {QUARANTINE_TABLE}
+                where object = ?
+                group by record_key, reason_code
             )
-            _run(con, f"delete from {QUARANTINE_TABLE} where object = ?", [obj.name])
-            _run(con, f"insert into {QUARANTINE_TABLE} select * from _al_quarantine_next order by row_number")
-            _run(con, "drop table _al_quarantine_next")
-            _write_log(con, as_of, result, source)
-            con.commit()
-        except Exception:
-            con.rollback()
-            raise
+            select q.object, q.record_key, q.source_file, q.row_number, q.reason_code, q.reason,
+                   q.raw_values, q.as_of, coalesce(e.first_seen_at, q.as_of) as first_seen_at
+            from _al_incoming_quarantine as q
+            left join earlier as e
+              on q.record_key is not distinct from e.record_key and q.reason_code = e.reason_code
+            """,
+            [obj.name],
+        )
+        _run(con, f"delete from {QUARANTINE_TABLE} where object = ?", [obj.name])
+        _run(con, f"insert into {QUARANTINE_TABLE} select * from _al_quarantine_next order by row_number")
+        _run(con, "drop table _al_quarantine_next")
+        _write_log(con, as_of, result, source)
     finally:
-        for view in frames:
-            con.unregister(view)
+        con.unregister("_al_incoming_quarantine")
+
+
+def _write_refused(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    quarantine: pl.DataFrame,
+    as_of: datetime,
+    result: ObjectLoad,
+    source: str,
+) -> None:
+    """A load the gate refused: raw.<object> keeps its last good copy while the quarantine shows what is
+    broken now, so people can fix it upstream; one transaction."""
+    con.begin()
+    try:
+        _write_quarantine_and_log(con, obj, quarantine, as_of, result, source)
+        con.commit()
+    except Exception:
+        con.rollback()
+        raise
 
 
 # --------------------------------------------------------------------------- loading
@@ -910,13 +986,6 @@ def _digests_table(obj: SorObject) -> str:
     return f"ops.row_digests_{obj.name}"
 
 
-def _with_digests(obj: SorObject, df: pl.DataFrame) -> pl.DataFrame:
-    # A 64-bit hash: a changed row is taken for unchanged only if its hash collides with the previous
-    # content of the same key, about 1 in 1.8e19 per changed row.
-    digest = df.select(obj.column_names).hash_rows(seed=1)
-    return df.with_columns(digest.alias(_DIGEST))
-
-
 def _previous_digests(
     con: duckdb.DuckDBPyConnection, obj: SorObject, basis: str, as_of: datetime
 ) -> tuple[datetime, pl.DataFrame] | None:
@@ -943,34 +1012,41 @@ def _previous_digests(
     return rows[0][0], pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
 
 
-def _unchanged_rows(
-    obj: SorObject, df: pl.DataFrame, previous: pl.DataFrame, parents: dict[str, _ParentKeys | None]
-) -> pl.DataFrame:
-    """The rows of `df` that are provably unchanged (see the section comment): `_key`, row number, digest,
-    the row number raw holds for them, and their positions in `df` (`_pos`) and `previous` (`_prev_pos`)."""
-    key = pl.col(obj.key).str.strip_chars()
-    rows = df.select(
-        key.alias("_key"),
-        _ROW,
-        _DIGEST,
-        *(col.name for col in obj.references),
-        pl.int_range(pl.len()).alias("_pos"),
+def _slim(obj: SorObject, part: pl.DataFrame, parents: dict[str, _ParentKeys | None] | None) -> pl.DataFrame:
+    """What the load keeps of each row of one chunk to judge the whole object: the trimmed `_key`, the row
+    number, the row digest and (when diffing: `parents` given) whether every parent it references is among
+    the parents' good keys (`_refs_ok`)."""
+    # A 64-bit hash: a changed row is taken for unchanged only if its hash collides with the previous
+    # content of the same key, about 1 in 1.8e19 per changed row.
+    digest = part.select(obj.column_names).hash_rows(seed=1)
+    refs_ok: pl.Expr = pl.lit(True)
+    for col in obj.references if parents is not None else ():
+        parent = parents.get(col.references or "")  # type: ignore[union-attr]
+        if parent is None:
+            continue
+        ref = pl.col(col.name).str.strip_chars()
+        refs_ok = refs_ok & (ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
+    return part.select(
+        pl.col(obj.key).str.strip_chars().alias("_key"),
+        pl.col(_ROW),
+        digest.alias(_DIGEST),
+        refs_ok.alias("_refs_ok"),
     )
-    # A key's 64-bit hash stands in for the key text when looking for repeated keys (several times
-    # cheaper): a collision only sends both rows to validation, which judges them as if diffed against
-    # nothing.
-    repeated = pl.col("_key").hash(seed=1).is_duplicated()
-    rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != "") & repeated.not_())
+
+
+def _unchanged_rows(slim: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """The rows of the object (its `_slim` rows, with `_repeated`) that are provably unchanged (see the
+    section comment): `_key`, row number, digest, the row number raw holds for them, and their positions
+    in `slim` (`_pos`) and `previous` (`_prev_pos`)."""
+    # `_repeated` compares a key's 64-bit hash, not its text (several times cheaper): a collision only
+    # sends both rows to validation, which judges them as if diffed against nothing.
+    rows = slim.with_row_index("_pos").filter(
+        _MISSING_KEY.not_() & pl.col("_repeated").not_() & pl.col("_refs_ok")
+    )
     # joined on the 64-bit digest alone (much faster than on the key text), then the keys compared
     indexed = previous.with_row_index("_prev_pos")
     rows = rows.join(indexed, on=_DIGEST, how="inner", suffix="_previous")
     same = pl.col("_key") == pl.col("_key_previous")
-    for col in obj.references:
-        parent = parents.get(col.references or "")
-        if parent is None:
-            continue
-        ref = pl.col(col.name).str.strip_chars()
-        same = same & (ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
     return rows.filter(same).select("_key", _ROW, _DIGEST, _PREV_ROW, "_pos", "_prev_pos")
 
 
@@ -980,14 +1056,37 @@ def _except_positions(frame: pl.DataFrame, positions: pl.Series) -> pl.DataFrame
     return frame.filter(keep)
 
 
-@dataclass
-class _RowDelta:
-    """How raw.<object> changes under a row-diffed load: keys to delete (changed, now broken or gone from
-    the source) and unchanged rows whose row number moved; the good validated rows are inserted."""
+# Rows read, validated and written at a time. Besides one chunk, a load keeps per row only its key, row
+# number and digest (and a chunk's broken rows), so its memory does not grow with the object's width.
+CHUNK_ROWS = 1_000_000
 
-    gone: pl.DataFrame  # _key
-    moved: pl.DataFrame  # _key, _row_number
-    unchanged: int
+
+class _Unreadable(Exception):
+    """The object's records could not be read (the message says why)."""
+
+
+def _chunks_of(frame: SourceFrame, rows: int) -> Iterator[pl.DataFrame]:
+    """The frame's records in consecutive chunks, in order; a read failure raises `_Unreadable`."""
+    if frame.chunks is None:
+        for offset in range(0, frame.data.height, rows):
+            yield frame.data.slice(offset, rows)
+        return
+    reader = frame.chunks(rows)
+    while True:
+        try:
+            batch = next(reader)
+        except StopIteration:
+            return
+        except _READ_ERRORS as exc:
+            raise _Unreadable(f"cannot be read ({type(exc).__name__}: {exc})") from exc
+        # a reader's batches may be larger than asked
+        for offset in range(0, batch.height, rows):
+            yield batch.slice(offset, rows)
+
+
+def _referenced(obj: SorObject) -> bool:
+    """Whether any object references `obj` (then a load keeps its good keys for the children's checks)."""
+    return any(col.references == obj.name for other in OBJECTS.values() for col in other.references)
 
 
 def _load_one(
@@ -1001,7 +1100,13 @@ def _load_one(
     max_broken_share: Callable[[str], float],
     input_digest: str | None = None,
 ) -> _ParentKeys | None:
-    """Load one object; returns the keys its children may reference, or None to fall back to raw."""
+    """Load one object; returns the keys its children may reference, or None to fall back to raw.
+
+    The rows are read in chunks of `CHUNK_ROWS`, up to three times: first only to learn each row's key,
+    digest and row number (and any read error, before anything is written), which settle the checks that
+    need the whole object (repeated keys, the row diff); then, when keys repeat, the rows of those keys,
+    to judge the duplicates; then to validate each chunk and append its good rows to raw.<object> in the
+    object's one transaction, which the broken-share gate rolls back."""
     if frame is None:
         kept = _raw_row_count(con, obj)
         what = f"{obj.raw_table} left as is ({kept} rows)" if kept is not None else f"no {obj.raw_table} yet"
@@ -1032,20 +1137,54 @@ def _load_one(
     if frame.read_error is not None:
         refuse(frame.read_error, GATE_UNREADABLE)
         return None
-    df = frame.data
-    if any(dtype != pl.String for dtype in df.schema.values()):
-        # An all-null column built in memory has no string type yet; render everything as contract text.
-        df = _as_strings(df)
-    result.rows_read = df.height
+    file_columns = list(frame.data.columns)
+    missing = [c for c in obj.required_columns if c not in file_columns]
+    extra = [c for c in file_columns if c not in obj.column_names]
+    absent_optional = [c for c in obj.column_names if c not in file_columns]
+    numbered = not missing and frame.chunks is None and frame.row_numbers is not None
+    if numbered and len(frame.row_numbers or ()) != frame.data.height:
+        raise ValueError(
+            f"{label}: {len(frame.row_numbers)} row numbers for {frame.data.height} rows; nothing loaded"
+        )
+    # A wholly empty line (a spreadsheet's blank row) is not a record.
+    blank = pl.all_horizontal(pl.col(c).is_null() for c in file_columns) if file_columns else pl.lit(True)
 
-    missing = [c for c in obj.required_columns if c not in df.columns]
+    def prepare(chunk: pl.DataFrame, offset: int) -> pl.DataFrame:
+        """One chunk (its first row the object's row `offset` + 1) as the checks read it: contract text,
+        absent optional columns as nulls, row numbers, no blank rows."""
+        if any(dtype != pl.String for dtype in chunk.schema.values()):
+            # An all-null column built in memory has no string type yet; render everything as contract text.
+            chunk = _as_strings(chunk)
+        chunk = chunk.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in absent_optional)
+        if frame.row_numbers is None:
+            chunk = chunk.with_row_index(_ROW, offset=offset + 1).with_columns(pl.col(_ROW).cast(pl.Int64))
+        else:
+            numbers = list(frame.row_numbers[offset : offset + chunk.height])
+            chunk = chunk.with_columns(pl.Series(_ROW, numbers, dtype=pl.Int64))
+        return chunk.filter(blank.not_())
+
+    size = max(1, CHUNK_ROWS)
+    basis = _row_basis(obj, report.source, label, file_columns)
+    last = None if missing else _previous_digests(con, obj, basis, as_of)
+    previous = last[1] if last is not None else None
+    rows_read = 0
+    slims: list[pl.DataFrame] = []
+    try:
+        for chunk in _chunks_of(frame, size):
+            if not missing:
+                slims.append(_slim(obj, prepare(chunk, rows_read), parents if previous is not None else None))
+            rows_read += chunk.height
+    except _Unreadable as exc:
+        refuse(str(exc), GATE_UNREADABLE)
+        return None
+    result.rows_read = rows_read
+
     for column in missing:
         detail = f"{short}: required column {column} is missing"
         result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
     if missing:
         refuse(f"lacks required column(s) {', '.join(missing)}", GATE_MISSING_COLUMN)
         return None
-    extra = [c for c in df.columns if c not in obj.column_names]
     if extra:
         report.warnings.append(
             f"{short}: column(s) {', '.join(extra)} are not in the contract; not loaded (schema drift)"
@@ -1053,7 +1192,6 @@ def _load_one(
         for column in extra:
             detail = f"{short}: column {column} is not in the contract; not loaded"
             result.drift.append(record_drift(con, report.source, obj.name, column, "added", detail, as_of))
-    absent_optional = [c for c in obj.column_names if c not in df.columns]
     if absent_optional:
         report.warnings.append(
             f"{short}: optional column(s) {', '.join(absent_optional)} absent; loaded as null"
@@ -1061,21 +1199,12 @@ def _load_one(
         for column in absent_optional:
             detail = f"{short}: optional column {column} is absent; loaded as null"
             result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
-    file_columns = list(df.columns)
-    df = df.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in absent_optional)
-    if frame.row_numbers is None:
-        df = df.with_row_index(_ROW, offset=1).with_columns(pl.col(_ROW).cast(pl.Int64))
-    else:
-        if len(frame.row_numbers) != df.height:
-            raise ValueError(
-                f"{label}: {len(frame.row_numbers)} row numbers for {df.height} rows; nothing loaded"
-            )
-        df = df.with_columns(pl.Series(_ROW, list(frame.row_numbers), dtype=pl.Int64))
-    # A wholly empty line (a spreadsheet's blank row) is not a record.
-    blank = pl.all_horizontal(pl.col(c).is_null() for c in file_columns) if file_columns else pl.lit(True)
-    blank_rows = df.filter(blank).height
+    if not slims:
+        slims.append(_slim(obj, prepare(frame.data.head(0), 0), None))
+    slim = pl.concat(slims)
+    del slims
+    blank_rows = rows_read - slim.height
     if blank_rows:
-        df = df.filter(blank.not_())
         result.rows_read -= blank_rows
         report.warnings.append(f"{short}: skipped {blank_rows} empty row(s)")
 
@@ -1086,91 +1215,158 @@ def _load_one(
                 f"(no {col.references}{' file' if report.folder else ''} in this load "
                 f"and no raw.{col.references} table)"
             )
-    basis = _row_basis(obj, report.source, label, file_columns)
-    df = _with_digests(obj, df)
-    last = _previous_digests(con, obj, basis, as_of)
-    previous = last[1] if last is not None else None
-    unchanged = _unchanged_rows(obj, df, previous, parents) if previous is not None else None
-    if unchanged is not None:
-        df = _except_positions(df, unchanged["_pos"])
-    result.rows_validated = df.height
-    validated = _validate(obj, df, as_of, parents, short)
-    report.warnings.extend(validated.warnings)
-    result.stable_until = validated.stable_until
 
-    broken = validated.broken
-    rows_by_key: dict[str, list[int]] = {}
-    if broken.height:
-        conflict_rows = broken.filter(pl.col(_CODE) == "conflicting_duplicate")
-        for k, r in zip(conflict_rows["_key"].to_list(), conflict_rows[_ROW].to_list(), strict=True):
-            rows_by_key.setdefault(k, []).append(r)
-    q_rows = []
-    counts: Counter[str] = Counter()
-    keys_by_code: dict[str, list[str]] = {}
-    for row in broken.select([*file_columns, "_key", _ROW, _CODE, _COLUMN]).iter_rows(named=True):
-        code, column = row[_CODE], row[_COLUMN]
-        record_key = row["_key"] or None
-        raw_values = {c: row[c] for c in file_columns}
-        q_rows.append(
-            {
-                "object": obj.name,
-                "record_key": record_key,
-                "source_file": label,
-                "row_number": row[_ROW],
-                "reason_code": code,
-                "reason": _describe(
-                    obj,
-                    code,
-                    column,
-                    row.get(column),
-                    record_key,
-                    rows_by_key.get(record_key or "", []),
-                    parents,
-                    as_of,
-                ),
-                "raw_values": json.dumps(raw_values, ensure_ascii=False),
-                "as_of": as_of,
-            }
+    slim = slim.with_columns(pl.col("_key").hash(seed=1).is_duplicated().alias("_repeated"))
+    unchanged = _unchanged_rows(slim, previous) if previous is not None else None
+    validate: pl.Series | None = None  # by position among the object's rows: not provably unchanged
+    if unchanged is not None:
+        validate = pl.repeat(True, slim.height, dtype=pl.Boolean, eager=True).scatter(
+            unchanged["_pos"], False
         )
-        counts[code] += 1
-        keys_by_code.setdefault(code, []).append(record_key or f"(row {row[_ROW]})")
-    quarantine = pl.DataFrame(
-        q_rows,
-        schema={
-            "object": pl.String,
-            "record_key": pl.String,
-            "source_file": pl.String,
-            "row_number": pl.Int64,
-            "reason_code": pl.String,
-            "reason": pl.String,
-            "raw_values": pl.String,
-            "as_of": pl.Datetime("us"),
-        },
-    )
-    good = validated.good.with_columns(
-        pl.lit(label).alias("_source_file"), pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at")
-    )
-    new_digests = good.select(pl.col(obj.key).alias("_key"), _ROW, _DIGEST)
-    delta = None
+    result.rows_validated = slim.height - (unchanged.height if unchanged is not None else 0)
+    # Rows of a repeated key are never unchanged, so the duplicates are judged over all rows of the keys
+    # that repeat (found among the rows whose key hash repeats), read again on their own.
+    repeated = slim.filter(_MISSING_KEY.not_() & pl.col("_repeated"))
+    repeated_keys = repeated.filter(pl.col("_key").is_duplicated()).get_column("_key").unique()
+    digests = slim.get_column(_DIGEST)
+    del slim, repeated
+    if repeated_keys.len():
+        copies: list[pl.DataFrame] = []
+        offset = 0
+        for chunk in _chunks_of(frame, size):
+            part = prepare(chunk, offset).with_columns(pl.col(obj.key).str.strip_chars().alias("_key"))
+            copies.append(part.filter(pl.col("_key").is_in(repeated_keys.implode())))
+            offset += chunk.height
+        dups = _duplicates(obj, pl.concat(copies), short)
+        del copies
+    else:
+        dups = _Duplicates(
+            drop_rows=pl.Series(_ROW, [], dtype=pl.Int64),
+            conflicting=pl.Series("_key", [], dtype=pl.String),
+            warnings=[],
+        )
+    report.warnings.extend(dups.warnings)
+
+    gone = moved = None
     if unchanged is not None and previous is not None:
-        delta = _RowDelta(
-            gone=_except_positions(previous.select("_key"), unchanged["_prev_pos"]),
-            moved=unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW),
-            unchanged=unchanged.height,
-        )
+        gone = _except_positions(previous.select("_key"), unchanged["_prev_pos"])
+        moved = unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW)
         result.diffed_since = last[0] if last is not None else None
-    good_keys = (
-        good[obj.key] if unchanged is None else pl.concat([unchanged["_key"].alias(obj.key), good[obj.key]])
-    )
-    result.row_basis = basis
-    result.rows_loaded = good.height + (delta.unchanged if delta is not None else 0)
-    result.rows_quarantined = quarantine.height
-    result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
-    result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
-    result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
-    result.drift.extend(_type_changes(con, obj, broken, report.source, short, as_of))
-    limit = max_broken_share(obj.name)
-    if result.rows_read and result.rows_quarantined / result.rows_read > limit:
+    del previous
+    referenced = _referenced(obj)
+    good_keys: list[pl.Series] = []
+    if referenced and unchanged is not None:
+        good_keys.append(unchanged["_key"].alias(obj.key))
+    broken_parts: list[pl.DataFrame] = []
+    moments: list[datetime] = []
+    good_rows = 0
+    in_transaction = True
+    con.begin()
+    try:
+        _begin_raw(con, obj, gone)
+        offset = position = 0
+        for chunk in _chunks_of(frame, size):
+            part = prepare(chunk, offset)
+            offset += chunk.height
+            rows = part.height
+            part = part.with_columns(digests.slice(position, rows).alias(_DIGEST))
+            if validate is not None:
+                part = part.filter(validate.slice(position, rows))
+            position += rows
+            validated = _validate(obj, part, as_of, parents, short, dups)
+            good = validated.good.with_columns(
+                pl.lit(label).alias("_source_file"),
+                pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at"),
+            )
+            if good.height:
+                _append_good(con, obj, good)
+            good_rows += good.height
+            if referenced:
+                good_keys.append(good.get_column(obj.key))
+            if validated.broken.height:
+                broken_parts.append(validated.broken)
+            if validated.stable_until is not None:
+                moments.append(validated.stable_until)
+            del part, validated, good
+        result.stable_until = min(moments) if moments else None
+
+        broken = pl.concat(broken_parts, how="vertical_relaxed") if broken_parts else None
+        rows_by_key: dict[str, list[int]] = {}
+        q_rows = []
+        counts: Counter[str] = Counter()
+        keys_by_code: dict[str, list[str]] = {}
+        if broken is not None:
+            conflict_rows = broken.filter(pl.col(_CODE) == "conflicting_duplicate")
+            for k, r in zip(conflict_rows["_key"].to_list(), conflict_rows[_ROW].to_list(), strict=True):
+                rows_by_key.setdefault(k, []).append(r)
+            for row in broken.select([*file_columns, "_key", _ROW, _CODE, _COLUMN]).iter_rows(named=True):
+                code, column = row[_CODE], row[_COLUMN]
+                record_key = row["_key"] or None
+                raw_values = {c: row[c] for c in file_columns}
+                q_rows.append(
+                    {
+                        "object": obj.name,
+                        "record_key": record_key,
+                        "source_file": label,
+                        "row_number": row[_ROW],
+                        "reason_code": code,
+                        "reason": _describe(
+                            obj,
+                            code,
+                            column,
+                            row.get(column),
+                            record_key,
+                            rows_by_key.get(record_key or "", []),
+                            parents,
+                            as_of,
+                        ),
+                        "raw_values": json.dumps(raw_values, ensure_ascii=False),
+                        "as_of": as_of,
+                    }
+                )
+                counts[code] += 1
+                keys_by_code.setdefault(code, []).append(record_key or f"(row {row[_ROW]})")
+        quarantine = pl.DataFrame(
+            q_rows,
+            schema={
+                "object": pl.String,
+                "record_key": pl.String,
+                "source_file": pl.String,
+                "row_number": pl.Int64,
+                "reason_code": pl.String,
+                "reason": pl.String,
+                "raw_values": pl.String,
+                "as_of": pl.Datetime("us"),
+            },
+        )
+        result.row_basis = basis
+        result.rows_loaded = good_rows + (unchanged.height if unchanged is not None else 0)
+        result.rows_quarantined = quarantine.height
+        result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
+        result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
+        result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
+        if broken is not None:
+            # judged against raw as last committed: this transaction has already replaced its rows
+            reader = con.cursor()
+            try:
+                result.drift.extend(_type_changes(reader, obj, broken, report.source, short, as_of))
+            finally:
+                reader.close()
+        limit = max_broken_share(obj.name)
+        too_broken = bool(result.rows_read) and result.rows_quarantined / result.rows_read > limit
+        if too_broken:
+            con.rollback()
+            in_transaction = False
+        else:
+            if moved is not None:
+                _move_rows(con, obj, moved)
+            _write_quarantine_and_log(con, obj, quarantine, as_of, result, report.source)
+            con.commit()
+            in_transaction = False
+    finally:
+        if in_transaction:
+            con.rollback()
+    if too_broken:
         share = result.rows_quarantined / result.rows_read
         refuse(
             f"{result.rows_quarantined} of {result.rows_read} rows broken ({share:.0%}), more than the "
@@ -1180,12 +1376,11 @@ def _load_one(
         )
         result.rows_loaded = 0  # nothing was loaded: raw keeps its last good copy
         result.row_basis = None
-        _write_object(con, obj, good, quarantine, as_of, result, report.source, replace_raw=False)
+        _write_refused(con, obj, quarantine, as_of, result, report.source)
         return None
-    _write_object(con, obj, good, quarantine, as_of, result, report.source, digests=new_digests, delta=delta)
     return _ParentKeys(
-        good=good_keys,
-        quarantined={k for k in broken["_key"].to_list() if k},
+        good=pl.concat(good_keys) if good_keys else pl.Series(obj.key, [], dtype=pl.String),
+        quarantined={k for k in broken["_key"].to_list() if k} if broken is not None else set(),
         origin=f"{short} (this load)",
     )
 
@@ -1379,14 +1574,22 @@ def _locate_frame(folder: Path, name: str) -> tuple[Path, SourceFrame] | None:
         return path, dataclasses.replace(frame, read_error=f"cannot be read ({type(exc).__name__}: {exc})")
 
 
+_READ_ERRORS = (pl.exceptions.PolarsError, OSError, ValueError)
+
+
 def _read_frame(path: Path, frame: SourceFrame) -> SourceFrame:
-    """`frame` with its file's data; a read failure refuses the object."""
+    """`frame` with its file's header and chunked reader; a failure to read the header refuses the object
+    (one in the records does when the load first reads them)."""
     if frame.read_error is not None:
         return frame
     try:
-        return dataclasses.replace(frame, data=read_strings(path))
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        scan = _scan(path)
+        if scan is None:  # a spreadsheet is read whole
+            return dataclasses.replace(frame, data=read_strings(path))
+        header = _normalized(scan.head(0).collect())
+    except _READ_ERRORS as exc:
         return dataclasses.replace(frame, read_error=f"cannot be read ({type(exc).__name__}: {exc})")
+    return dataclasses.replace(frame, data=header, chunks=functools.partial(_file_chunks, path))
 
 
 def load_folder(
