@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from actionlayer import config
 from actionlayer.progress import Progress
@@ -68,81 +67,12 @@ def quick_run_history(home: Path) -> Iterator[None]:
 
     event.listen(Engine, "connect", on_connect)
     try:
-        with _engine_per_shard():
-            yield
+        yield
     finally:
         event.remove(Engine, "connect", on_connect)
         with lock:
             for keeper in keepers.values():
                 keeper.close()
-
-
-@contextmanager
-def _engine_per_shard() -> Iterator[None]:
-    """While a run executes here, Dagster's SQLite event log reuses one SQLAlchemy engine, and one open
-    connection, per database file.
-
-    Out of the box it creates (and disposes) an engine for every event it stores, and again for every
-    `has_table` it asks while storing an asset check's result: some 2,400 engines and as many SQLite
-    connections in a small pass. A new engine also starts with an empty statement cache, so each event's
-    INSERTs are compiled again. Together about 7 ms of CPU per event, 5 s of a small pass; reused, under
-    3 ms. Dagster's own busy timeout, its lock around each use and its schema setup are kept; the engines
-    are disposed (their connections closed) when the run ends."""
-    from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-        INDEX_SHARD_NAME,
-        SqliteEventLogStorage,
-    )
-    from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import QueuePool
-
-    engines: dict[str, Any] = {}  # by database URL
-    engines_lock = threading.Lock()
-    original_connect = SqliteEventLogStorage._connect
-    original_has_table = SqliteEventLogStorage.has_table
-
-    def engine_for(storage: SqliteEventLogStorage, shard: str) -> Any:
-        url = storage.conn_string_for_shard(shard)
-        with engines_lock:
-            engine = engines.get(url)
-            if engine is None:
-                engine = engines[url] = create_engine(
-                    url,
-                    poolclass=QueuePool,
-                    # one connection stays open between events; more are opened (and closed again) only
-                    # while it is in use, e.g. for a has_table asked inside a write
-                    pool_size=1,
-                    max_overflow=-1,
-                    # the connection is used under the storage's lock, from whichever thread stores
-                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
-                )
-            return engine
-
-    @contextmanager
-    def connect(self: SqliteEventLogStorage, shard: str) -> Iterator[Any]:
-        with self._db_lock:
-            engine = engine_for(self, shard)
-            if shard not in self._initialized_dbs:
-                self._initdb(engine)
-                self._initialized_dbs.add(shard)
-            with engine.connect() as connection, connection.begin():
-                yield connection
-
-    def has_table(self: SqliteEventLogStorage, table_name: str) -> bool:
-        # like Dagster's: outside the storage's lock, since it is asked while a connection is open
-        engine = engine_for(self, INDEX_SHARD_NAME)
-        with engine.connect() as connection:
-            return bool(engine.dialect.has_table(connection, table_name))
-
-    SqliteEventLogStorage._connect = connect  # type: ignore[method-assign]
-    SqliteEventLogStorage.has_table = has_table  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        SqliteEventLogStorage._connect = original_connect  # type: ignore[method-assign]
-        SqliteEventLogStorage.has_table = original_has_table  # type: ignore[method-assign]
-        for engine in engines.values():
-            engine.dispose()
 
 
 @dataclass

@@ -130,15 +130,7 @@ def test_the_review_sheets_block_writer_writes_exactly_what_per_cell_calls_write
             sheet.write_string(0, col, f"column {col}", head)
         sheet.set_column(2, 2, 30, wrap)
         formats = [None, None, None, fill]
-        if block:
-            sheet.write_string_rows(1, rows, formats, 32_767)
-        else:
-            for number, values in enumerate(rows, start=1):
-                for col, value in enumerate(values):
-                    if value:
-                        sheet.write_string(number, col, value, formats[col])
-                    elif formats[col] is not None:
-                        sheet.write_blank(number, col, None, formats[col])
+        _write_rows(sheet, rows, formats, 32_767, block)
         other = workbook.add_worksheet("other")
         other.write_string(0, 0, "plain")  # a string shared with the first sheet, and one of its own
         other.write_string(1, 0, "only here")
@@ -147,6 +139,19 @@ def test_the_review_sheets_block_writer_writes_exactly_what_per_cell_calls_write
     build(tmp_path / "block.xlsx", block=True)
     build(tmp_path / "cells.xlsx", block=False)
     assert _workbook_parts(tmp_path / "block.xlsx") == _workbook_parts(tmp_path / "cells.xlsx")
+
+
+def _write_rows(sheet, rows: list[list[str]], formats: list, limit: int, block: bool) -> None:
+    """Rows from row 1 on: by the block writer, or (the reference) by xlsxwriter's per-cell calls."""
+    if block:
+        sheet.write_string_rows(1, rows, formats, limit)
+        return
+    for number, values in enumerate(rows, start=1):
+        for col, value in enumerate(values):
+            if value:
+                sheet.write_string(number, col, value[:limit], formats[col])
+            elif formats[col] is not None:
+                sheet.write_blank(number, col, None, formats[col])
 
 
 @pytest.mark.parametrize(
@@ -174,15 +179,7 @@ def test_the_block_writer_matches_per_cell_calls_for_any_row_shape(tmp_path, row
         sheet = workbook.add_worksheet("review", review._StringRowsSheet if block else None)
         sheet.write_string(0, 0, "head")
         formats = [None, fill, None, fill]
-        if block:
-            sheet.write_string_rows(1, rows, formats, 10_000)
-        else:
-            for number, values in enumerate(rows, start=1):
-                for col, value in enumerate(values):
-                    if value:
-                        sheet.write_string(number, col, value[:10_000], formats[col])
-                    elif formats[col] is not None:
-                        sheet.write_blank(number, col, None, formats[col])
+        _write_rows(sheet, rows, formats, 10_000, block)
         workbook.close()
 
     build(tmp_path / "block.xlsx", block=True)

@@ -13,9 +13,16 @@ activities as (
     where occurred_at <= {{ as_of() }}
 ),
 
-last_activity as (
-    select contacts.account_id, max(activities.occurred_at) as last_activity_at
+-- per contact first, then per account: the join to contacts sees one row per contact, not every activity
+last_activity_by_contact as (
+    select contact_id, max(occurred_at) as last_activity_at
     from activities
+    group by contact_id
+),
+
+last_activity as (
+    select contacts.account_id, max(last_activity_by_contact.last_activity_at) as last_activity_at
+    from last_activity_by_contact
     join contacts using (contact_id)
     group by contacts.account_id
 ),

@@ -26,22 +26,12 @@ last_touch_with_contact as (
     group by contact_id
 ),
 
--- a touch on the deal AND with its contact shows up on both paths; max() below counts it once
-touches_by_deal as (
-    select deals.deal_id, on_deal.touched_at
-    from deals
-    join last_touch_on_deal as on_deal on on_deal.deal_id = deals.deal_id
-    union all
-    select deals.deal_id, with_contact.touched_at
-    from deals
-    join last_touch_with_contact as with_contact on with_contact.contact_id = deals.contact_id
-),
-
+-- greatest() skips nulls: a deal touched on one path only keeps that touch, an untouched deal stays null
 last_touch as (
-    select deals.deal_id, max(touches_by_deal.touched_at) as last_touch_at
+    select deals.deal_id, greatest(on_deal.touched_at, with_contact.touched_at) as last_touch_at
     from deals
-    left join touches_by_deal using (deal_id)
-    group by deals.deal_id
+    left join last_touch_on_deal as on_deal on on_deal.deal_id = deals.deal_id
+    left join last_touch_with_contact as with_contact on with_contact.contact_id = deals.contact_id
 )
 
 select * from last_touch
