@@ -6,7 +6,7 @@ broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say i
 frames (a connector sync's mirror), so every source is judged by this one validation. Each load is a
 full snapshot of the objects it covers, so raw ends holding exactly its good rows; when the last load's
 row digests (ops.row_digests_<object>) allow, only the rows not provably unchanged are validated and
-applied to raw as deletes and inserts (see "row diff" below), with the same raw, quarantine and log rows
+applied to raw as deletes and inserts (connectors/row_diff.py), with the same raw, quarantine and log rows
 as validating everything. A CSV or Parquet file is read in chunks (`CHUNK_ROWS`) and never held whole:
 the checks that need the whole object (repeated keys, the row diff) read only each row's key and digest.
 
@@ -63,8 +63,14 @@ from actionlayer.contract import (
     SorObject,
 )
 from actionlayer.db import run as _run
+from actionlayer.db import table_exists as _table_exists
 from actionlayer.settings import QualityPolicy, load_quality_policy
+from connectors import row_diff
 from connectors.drift import DRIFT_DDL, DriftEvent, record_drift
+from connectors.row_diff import DIGEST as _DIGEST
+from connectors.row_diff import MAX_KEYS_SHOWN as _MAX_KEYS_SHOWN
+from connectors.row_diff import MISSING_KEY as _MISSING_KEY
+from connectors.row_diff import ROW as _ROW
 
 SOURCE_EXTENSIONS: tuple[str, ...] = ("csv", "parquet", "xlsx")
 
@@ -146,12 +152,8 @@ _INTEGRAL_RE = r"^[+-]?\d+(?:\.0+)?$"
 _CURRENCY_RE = r"^[A-Za-z]{3}$"
 _BOOL_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
-_ROW = "_row_number"
-_DIGEST = "_row_digest"
-_PREV_ROW = "_previous_row_number"
 _CODE = "_reason_code"
 _COLUMN = "_reason_column"
-_MAX_KEYS_SHOWN = 5
 
 
 # --------------------------------------------------------------------------- report
@@ -520,63 +522,25 @@ class _ParentKeys:
     quarantined: set[str]
     origin: str
 
+    @functools.cached_property
+    def _sorted(self) -> pl.Series:
+        return self.good.drop_nulls().sort()
+
+    def has(self, values: pl.Series) -> pl.Series:
+        """Whether each of `values` is a good key (null for a null value). A binary search in the keys
+        sorted once: `is_in` rebuilds its hash set on every call, which cost most of a chunked load."""
+        keys = self._sorted
+        if not keys.len():
+            return pl.Series(values.name, [False] * values.len(), dtype=pl.Boolean) & values.is_not_null()
+        found = keys.gather(keys.search_sorted(values).clip(0, keys.len() - 1))
+        return (found == values).alias(values.name)
+
 
 @dataclass
 class _Validated:
     good: pl.DataFrame
     broken: pl.DataFrame  # raw strings + _row_number + _reason_code + _reason_column
-    warnings: list[str]
     stable_until: datetime | None = None
-
-
-@dataclass
-class _Duplicates:
-    """The rows that share a key with others: exact copies to drop (all but the first) and the keys whose
-    copies differ (every copy is quarantined), with the warnings about the exact copies."""
-
-    drop_rows: pl.Series  # _row_number
-    conflicting: pl.Series  # _key
-    warnings: list[str]
-
-
-_MISSING_KEY = pl.col("_key").is_null() | (pl.col("_key") == "")
-
-
-def _duplicates(obj: SorObject, df: pl.DataFrame, file_label: str) -> _Duplicates:
-    """Judge repeated keys among the rows of `df` (with `_key`): only those rows matter, so `df` may hold
-    just the rows of keys known to repeat."""
-    # Duplicates are judged on the written content (key trimmed), before any value check. Only keys that
-    # occur more than once can be duplicates: comparing content per key over every row cost most of a
-    # large load.
-    warnings: list[str] = []
-    keyed = df.filter(_MISSING_KEY.not_() & pl.col("_key").is_duplicated())
-    content = [c for c in obj.column_names if c != obj.key]
-    per_key = keyed.group_by("_key").agg(
-        pl.len().alias("copies"),
-        pl.struct(content).n_unique().alias("versions") if content else pl.lit(1).alias("versions"),
-        pl.col(_ROW).sort().alias("rows"),
-    )
-    conflicting = per_key.filter(pl.col("versions") > 1)
-    exact = per_key.filter((pl.col("copies") > 1) & (pl.col("versions") == 1))
-    drop_rows: list[int] = []
-    for number, row in enumerate(exact.sort(pl.col("rows").list.first()).iter_rows(named=True)):
-        rows = row["rows"]
-        drop_rows += rows[1:]
-        if number < _MAX_KEYS_SHOWN:
-            warnings.append(
-                f"{file_label}: key {row['_key']!r} appears {row['copies']} times with identical content "
-                f"(rows {', '.join(map(str, rows))}); kept row {rows[0]}, dropped the exact duplicates"
-            )
-    if exact.height > _MAX_KEYS_SHOWN:
-        warnings.append(
-            f"{file_label}: {exact.height - _MAX_KEYS_SHOWN} more keys had exact duplicates; "
-            "each kept its first row"
-        )
-    return _Duplicates(
-        drop_rows=pl.Series(_ROW, drop_rows, dtype=pl.Int64),
-        conflicting=conflicting.get_column("_key"),
-        warnings=warnings,
-    )
 
 
 def _validate(
@@ -584,20 +548,15 @@ def _validate(
     df: pl.DataFrame,
     as_of: datetime,
     parents: dict[str, _ParentKeys | None],
-    file_label: str,
-    duplicates: _Duplicates | None = None,
+    dups: row_diff.Duplicates,
 ) -> _Validated:
-    """Judge the rows of `df`; `duplicates` (judged over the whole object when `df` is one chunk of it)
-    default to those among `df`'s rows, and their warnings are returned only then."""
+    """Judge the rows of `df`, one batch of the object, whose duplicates `dups` were judged as a whole."""
     key = obj.key
     names = list(obj.column_names)
     timezones = _timezones()
 
     df = df.with_columns(pl.col(key).str.strip_chars().alias("_key"))
     missing_key = _MISSING_KEY
-    own = duplicates is None
-    dups = _duplicates(obj, df, file_label) if duplicates is None else duplicates
-    warnings = list(dups.warnings) if own else []
     if dups.drop_rows.len():
         df = df.filter(pl.col(_ROW).is_in(dups.drop_rows.implode()).not_())
 
@@ -627,7 +586,8 @@ def _validate(
         ref_value = pl.col(f"_value_{col.name}")
         if parent is None:
             continue
-        dangling = ref_value.is_not_null() & (ref_value != "") & ref_value.is_in(parent.good.implode()).not_()
+        known = parent.has(df.get_column(f"_value_{col.name}"))
+        dangling = ref_value.is_not_null() & (ref_value != "") & pl.lit(known).not_()
         df = df.with_columns(
             pl.when(dangling).then(pl.lit("broken_reference")).alias(f"_code_{col.name}_ref")
         )
@@ -649,7 +609,7 @@ def _validate(
         )
         .sort(_ROW)
     )
-    return _Validated(good=good, broken=broken, warnings=warnings, stable_until=_stable_until(broken, stamps))
+    return _Validated(good=good, broken=broken, stable_until=_stable_until(broken, stamps))
 
 
 def _stable_until(broken: pl.DataFrame, stamps: list[str]) -> datetime | None:
@@ -744,15 +704,6 @@ def ensure_ops_tables(con: duckdb.DuckDBPyConnection) -> None:
     _run(con, _OPS_DDL + DRIFT_DDL)
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    found = _run(
-        con,
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-        [schema, table],
-    )
-    return bool(found and found[0][0])
-
-
 def _raw_row_count(con: duckdb.DuckDBPyConnection, obj: SorObject) -> int | None:
     if not _table_exists(con, "raw", obj.name):
         return None
@@ -787,7 +738,7 @@ def _begin_raw(con: duckdb.DuckDBPyConnection, obj: SorObject, gone: pl.DataFram
     """In the object's open transaction, before its good rows are appended: start raw.<object> and its row
     digests afresh, or (a row-diffed load) delete the rows of the `gone` keys: changed, now broken or no
     longer in the source."""
-    table = _digests_table(obj)
+    table = row_diff.digests_table(obj)
     if gone is None:
         _run(con, obj.raw_ddl())
         _run(
@@ -817,7 +768,7 @@ def _append_good(con: duckdb.DuckDBPyConnection, obj: SorObject, good: pl.DataFr
         )
         _run(
             con,
-            f"insert into {_digests_table(obj)} select {obj.key}, {_DIGEST}, _row_number "
+            f"insert into {row_diff.digests_table(obj)} select {obj.key}, {_DIGEST}, _row_number "
             "from _al_incoming_good order by _row_number",
         )
     finally:
@@ -833,7 +784,7 @@ def _move_rows(con: duckdb.DuckDBPyConnection, obj: SorObject, moved: pl.DataFra
     try:
         for target, column, key_column in (
             (obj.raw_table, "_row_number", obj.key),
-            (_digests_table(obj), "row_number", "record_key"),
+            (row_diff.digests_table(obj), "row_number", "record_key"),
         ):
             _run(
                 con,
@@ -961,37 +912,22 @@ def _type_changes(
     return events
 
 
-# --------------------------------------------------------------------------- row diff
+# --------------------------------------------------------------------------- loading one object
 #
-# A load of a large object usually changes few of its rows. The contract text of each good row is kept as a
-# digest (ops.row_digests_<object>: key, digest, row number), written in the same transaction as raw. The
-# next load whose digests were computed the same way (`_row_basis`) validates only the rows that are not
-# provably unchanged and applies them to raw as deletes and inserts. A row is unchanged when its key and
-# digest equal a good row of the last load, no other row in this load carries its key, and every parent
-# it references is among the parents' good keys of this load: the column checks are pure functions of the
-# row's text, except the future-timestamp check, which a row that passed at an earlier as-of still passes
-# (the last load's as-of must not be later than this one). So the rows this load quarantines are all among
-# the validated ones and the quarantine is exactly what a full validation would write.
-
-
-def _row_basis(obj: SorObject, source: str, label: str, columns: Sequence[str]) -> str:
-    """What the row digests depend on besides the rows: the contract, the future tolerance, the source and
-    file (raw._source_file), the columns the file has and the digest function (polars' row hash, whose
-    values are only stable within one polars version)."""
-    parts = [repr(obj), str(FUTURE_TOLERANCE), source, label, "\x1f".join(columns), pl.__version__, "v1"]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
-
-
-def _digests_table(obj: SorObject) -> str:
-    return f"ops.row_digests_{obj.name}"
+# An object is read in chunks of CHUNK_ROWS rows and never held whole; one that fits in a chunk is read once
+# (`_Rows`). `_scan_rows` first reads each row's key, digest and row number (and meets any read error before
+# anything is written); `row_diff.diff` settles on those the checks that need the whole object: repeated
+# keys, whose rows `_judge_duplicates` reads again, and the rows unchanged since the last load. Then, in the
+# object's one transaction, `_write_rows` validates the other rows and appends the good ones to
+# raw.<object>, and `_commit_or_refuse` applies the broken-share gate.
 
 
 def _previous_digests(
     con: duckdb.DuckDBPyConnection, obj: SorObject, basis: str, as_of: datetime
 ) -> tuple[datetime, pl.DataFrame] | None:
-    """The last load's good rows (key, digest, row number) when this load may diff against them: its
-    latest `loaded` log row wrote them under the same basis at an as-of no later than this one, and
-    raw.<object> still holds exactly as many rows. None: validate every row."""
+    """The as-of and good rows of the last load when this load may diff against them: its latest `loaded`
+    log row wrote its digests under the same basis at an as-of no later than this one. None: validate
+    every row."""
     rows = _run(
         con,
         f"""select as_of, row_basis from {LOAD_LOG_TABLE}
@@ -1000,60 +936,8 @@ def _previous_digests(
     )
     if not rows or rows[0][1] != basis or rows[0][0] > as_of:
         return None
-    table = _digests_table(obj)
-    if not _table_exists(con, "raw", obj.name) or not _table_exists(con, "ops", table.split(".")[1]):
-        return None
-    raw_rows, digests = _run(
-        con, f"select (select count(*) from {obj.raw_table}), (select count(*) from {table})"
-    )[0]
-    if raw_rows != digests:
-        return None
-    sql = f"select record_key as _key, row_digest as {_DIGEST}, row_number as {_PREV_ROW} from {table}"
-    return rows[0][0], pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
-
-
-def _slim(obj: SorObject, part: pl.DataFrame, parents: dict[str, _ParentKeys | None] | None) -> pl.DataFrame:
-    """What the load keeps of each row of one chunk to judge the whole object: the trimmed `_key`, the row
-    number, the row digest and (when diffing: `parents` given) whether every parent it references is among
-    the parents' good keys (`_refs_ok`)."""
-    # A 64-bit hash: a changed row is taken for unchanged only if its hash collides with the previous
-    # content of the same key, about 1 in 1.8e19 per changed row.
-    digest = part.select(obj.column_names).hash_rows(seed=1)
-    refs_ok: pl.Expr = pl.lit(True)
-    for col in obj.references if parents is not None else ():
-        parent = parents.get(col.references or "")  # type: ignore[union-attr]
-        if parent is None:
-            continue
-        ref = pl.col(col.name).str.strip_chars()
-        refs_ok = refs_ok & (ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
-    return part.select(
-        pl.col(obj.key).str.strip_chars().alias("_key"),
-        pl.col(_ROW),
-        digest.alias(_DIGEST),
-        refs_ok.alias("_refs_ok"),
-    )
-
-
-def _unchanged_rows(slim: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
-    """The rows of the object (its `_slim` rows, with `_repeated`) that are provably unchanged (see the
-    section comment): `_key`, row number, digest, the row number raw holds for them, and their positions
-    in `slim` (`_pos`) and `previous` (`_prev_pos`)."""
-    # `_repeated` compares a key's 64-bit hash, not its text (several times cheaper): a collision only
-    # sends both rows to validation, which judges them as if diffed against nothing.
-    rows = slim.with_row_index("_pos").filter(
-        _MISSING_KEY.not_() & pl.col("_repeated").not_() & pl.col("_refs_ok")
-    )
-    # joined on the 64-bit digest alone (much faster than on the key text), then the keys compared
-    indexed = previous.with_row_index("_prev_pos")
-    rows = rows.join(indexed, on=_DIGEST, how="inner", suffix="_previous")
-    same = pl.col("_key") == pl.col("_key_previous")
-    return rows.filter(same).select("_key", _ROW, _DIGEST, _PREV_ROW, "_pos", "_prev_pos")
-
-
-def _except_positions(frame: pl.DataFrame, positions: pl.Series) -> pl.DataFrame:
-    """`frame` without the rows at `positions` (cheaper than an anti join on a key)."""
-    keep = pl.repeat(True, frame.height, dtype=pl.Boolean, eager=True).scatter(positions, False)
-    return frame.filter(keep)
+    previous = row_diff.previous_digests(con, obj)
+    return (rows[0][0], previous) if previous is not None else None
 
 
 # Rows read, validated and written at a time. Besides one chunk, a load keeps per row only its key, row
@@ -1084,9 +968,290 @@ def _chunks_of(frame: SourceFrame, rows: int) -> Iterator[pl.DataFrame]:
             yield batch.slice(offset, rows)
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """How a source's columns meet the contract."""
+
+    file: list[str]
+    missing: list[str]  # required and absent: the object is refused
+    extra: list[str]  # not in the contract: not loaded
+    absent: list[str]  # optional and absent: loaded as null
+
+    @classmethod
+    def of(cls, obj: SorObject, data: pl.DataFrame) -> _Columns:
+        file = list(data.columns)
+        return cls(
+            file=file,
+            missing=[c for c in obj.required_columns if c not in file],
+            extra=[c for c in file if c not in obj.column_names],
+            absent=[c for c in obj.column_names if c not in file],
+        )
+
+
+class _Rows:
+    """An object's rows as the checks read them, in chunks, as often as the passes ask: contract text,
+    absent optional columns as nulls, `_row_number`, no blank rows. An object read in one chunk is kept
+    by the first pass and not read again."""
+
+    def __init__(self, frame: SourceFrame, columns: _Columns) -> None:
+        numbered = not columns.missing and frame.chunks is None and frame.row_numbers is not None
+        if numbered and len(frame.row_numbers or ()) != frame.data.height:
+            raise ValueError(
+                f"{frame.source_label}: {len(frame.row_numbers or ())} row numbers for "
+                f"{frame.data.height} rows; nothing loaded"
+            )
+        self.frame, self.absent, self.size = frame, columns.absent, max(1, CHUNK_ROWS)
+        # A wholly empty line (a spreadsheet's blank row) is not a record.
+        file = columns.file
+        self.blank = pl.all_horizontal(pl.col(c).is_null() for c in file) if file else pl.lit(True)
+        self.read = 0  # rows read, blank ones included
+        self._kept: list[pl.DataFrame] | None = None
+
+    def _prepare(self, chunk: pl.DataFrame, offset: int) -> pl.DataFrame:
+        """One chunk as the checks read it; its first row is the object's row `offset` + 1."""
+        if any(dtype != pl.String for dtype in chunk.schema.values()):
+            # An all-null column built in memory has no string type yet; render everything as contract text.
+            chunk = _as_strings(chunk)
+        chunk = chunk.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in self.absent)
+        if self.frame.row_numbers is None:
+            chunk = chunk.with_row_index(_ROW, offset=offset + 1).with_columns(pl.col(_ROW).cast(pl.Int64))
+        else:
+            numbers = list(self.frame.row_numbers[offset : offset + chunk.height])
+            chunk = chunk.with_columns(pl.Series(_ROW, numbers, dtype=pl.Int64))
+        return chunk.filter(self.blank.not_())
+
+    def empty(self) -> pl.DataFrame:
+        return self._prepare(self.frame.data.head(0), 0)
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        """The chunks in row order; a read failure raises `_Unreadable`."""
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[pl.DataFrame] | None = []
+        offset = 0
+        for chunk in _chunks_of(self.frame, self.size):
+            part = self._prepare(chunk, offset)
+            kept = [part] if offset == 0 else None  # a second chunk: the object is read again next time
+            offset += chunk.height
+            yield part
+        self.read, self._kept = offset, kept
+
+
+def _scan_rows(
+    obj: SorObject, rows: _Rows, columns: _Columns, parents: dict[str, _ParentKeys | None] | None
+) -> pl.DataFrame | None:
+    """The first pass: read every row (a read error raises `_Unreadable` before anything is written) and
+    keep its `row_diff.slim` (`parents` given: diffing). None when required columns are missing."""
+    slims = []
+    for part in rows:
+        if not columns.missing:
+            slims.append(row_diff.slim(obj, part, parents))
+    if columns.missing:
+        return None
+    return pl.concat(slims) if slims else row_diff.slim(obj, rows.empty(), None)
+
+
+def _record_columns(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    columns: _Columns,
+    short: str,
+    result: ObjectLoad,
+    report: LoadReport,
+    as_of: datetime,
+) -> None:
+    """Record as drift (and warn about) the columns the source lacks or adds to the contract."""
+    for column in columns.missing:
+        detail = f"{short}: required column {column} is missing"
+        result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
+    if columns.missing:
+        return
+    if columns.extra:
+        report.warnings.append(
+            f"{short}: column(s) {', '.join(columns.extra)} are not in the contract; not loaded (schema drift)"
+        )
+        for column in columns.extra:
+            detail = f"{short}: column {column} is not in the contract; not loaded"
+            result.drift.append(record_drift(con, report.source, obj.name, column, "added", detail, as_of))
+    if columns.absent:
+        report.warnings.append(
+            f"{short}: optional column(s) {', '.join(columns.absent)} absent; loaded as null"
+        )
+        for column in columns.absent:
+            detail = f"{short}: optional column {column} is absent; loaded as null"
+            result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
+
+
+def _judge_duplicates(obj: SorObject, rows: _Rows, keys: pl.Series, short: str) -> row_diff.Duplicates:
+    """Judge the repeated `keys` over every row that carries one, read again for them."""
+    if not keys.len():
+        return row_diff.Duplicates.none()
+    copies = [
+        part.with_columns(pl.col(obj.key).str.strip_chars().alias("_key")).filter(
+            pl.col("_key").is_in(keys.implode())
+        )
+        for part in rows
+    ]
+    return row_diff.judge_duplicates(obj, pl.concat(copies), short)
+
+
+def _batches(rows: _Rows, diff: row_diff.RowDiff) -> Iterator[pl.DataFrame]:
+    """The rows to validate, with their digests, in row order and in batches of about a chunk: a row-diffed
+    load validates few rows per chunk, and validating a batch has a cost of its own."""
+    pending: list[pl.DataFrame] = []
+    waiting = position = 0
+    for part in rows:
+        height = part.height
+        part = part.with_columns(diff.digests.slice(position, height).alias(_DIGEST))
+        if diff.validate is not None:
+            part = part.filter(diff.validate.slice(position, height))
+        position += height
+        pending.append(part)
+        waiting += part.height
+        if waiting >= rows.size:
+            yield pl.concat(pending)
+            pending, waiting = [], 0
+    if pending:
+        yield pl.concat(pending)
+
+
+@dataclass
+class _Written:
+    """What the second pass appended to raw.<object>, and the rows it found broken."""
+
+    good_rows: int = 0
+    good_keys: list[pl.Series] = field(default_factory=list)  # kept only when children reference the object
+    broken: pl.DataFrame | None = None
+    stable_until: datetime | None = None
+
+
+def _write_rows(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    rows: _Rows,
+    diff: row_diff.RowDiff,
+    dups: row_diff.Duplicates,
+    parents: dict[str, _ParentKeys | None],
+    as_of: datetime,
+    short: str,
+) -> _Written:
+    """The second pass, in the object's open transaction: start raw.<object> afresh (or delete the keys the
+    diff says are gone), validate the rows not provably unchanged and append the good ones."""
+    _begin_raw(con, obj, diff.gone)
+    written = _Written()
+    if _referenced(obj) and diff.unchanged_keys is not None:
+        written.good_keys.append(diff.unchanged_keys.alias(obj.key))
+    broken_parts: list[pl.DataFrame] = []
+    moments: list[datetime] = []
+    for part in _batches(rows, diff):
+        validated = _validate(obj, part, as_of, parents, dups)
+        good = validated.good.with_columns(
+            pl.lit(rows.frame.source_label).alias("_source_file"),
+            pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at"),
+        )
+        if good.height:
+            _append_good(con, obj, good)
+        written.good_rows += good.height
+        if _referenced(obj):
+            written.good_keys.append(good.get_column(obj.key))
+        if validated.broken.height:
+            broken_parts.append(validated.broken)
+        if validated.stable_until is not None:
+            moments.append(validated.stable_until)
+        del part, validated, good
+    written.stable_until = min(moments) if moments else None
+    written.broken = pl.concat(broken_parts, how="vertical_relaxed") if broken_parts else None
+    return written
+
+
+def _quarantine_rows(
+    obj: SorObject,
+    broken: pl.DataFrame | None,
+    columns: _Columns,
+    label: str,
+    parents: dict[str, _ParentKeys | None],
+    as_of: datetime,
+    result: ObjectLoad,
+) -> pl.DataFrame:
+    """One quarantine row per broken row, with the sentence saying why; counted in `result`."""
+    rows_by_key: dict[str, list[int]] = {}
+    q_rows = []
+    counts: Counter[str] = Counter()
+    keys_by_code: dict[str, list[str]] = {}
+    if broken is not None:
+        conflict_rows = broken.filter(pl.col(_CODE) == "conflicting_duplicate")
+        for k, r in zip(conflict_rows["_key"].to_list(), conflict_rows[_ROW].to_list(), strict=True):
+            rows_by_key.setdefault(k, []).append(r)
+        for row in broken.select([*columns.file, "_key", _ROW, _CODE, _COLUMN]).iter_rows(named=True):
+            code, column = row[_CODE], row[_COLUMN]
+            record_key = row["_key"] or None
+            raw_values = {c: row[c] for c in columns.file}
+            of_key = rows_by_key.get(record_key or "", [])
+            q_rows.append(
+                {
+                    "object": obj.name,
+                    "record_key": record_key,
+                    "source_file": label,
+                    "row_number": row[_ROW],
+                    "reason_code": code,
+                    "reason": _describe(
+                        obj, code, column, row.get(column), record_key, of_key, parents, as_of
+                    ),
+                    "raw_values": json.dumps(raw_values, ensure_ascii=False),
+                    "as_of": as_of,
+                }
+            )
+            counts[code] += 1
+            keys_by_code.setdefault(code, []).append(record_key or f"(row {row[_ROW]})")
+    result.rows_quarantined = len(q_rows)
+    result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
+    result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
+    return pl.DataFrame(
+        q_rows,
+        schema={
+            "object": pl.String,
+            "record_key": pl.String,
+            "source_file": pl.String,
+            "row_number": pl.Int64,
+            "reason_code": pl.String,
+            "reason": pl.String,
+            "raw_values": pl.String,
+            "as_of": pl.Datetime("us"),
+        },
+    )
+
+
 def _referenced(obj: SorObject) -> bool:
     """Whether any object references `obj` (then a load keeps its good keys for the children's checks)."""
     return any(col.references == obj.name for other in OBJECTS.values() for col in other.references)
+
+
+def _refuse(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    result: ObjectLoad,
+    reason: str,
+    gate: str,
+    as_of: datetime,
+    source: str,
+    *,
+    log: bool = True,
+) -> None:
+    """Mark `result` refused by `gate`, saying why and what raw.<object> keeps; logged unless `log` is off."""
+    kept = _raw_row_count(con, obj)
+    what = (
+        f"{obj.raw_table} kept as last loaded ({kept} rows)"
+        if kept is not None
+        else f"{obj.raw_table} does not exist yet"
+    )
+    result.status = "refused"
+    result.gate = gate
+    result.message = (
+        f"{result.source_file}: {reason}; nothing loaded, {what}; rules reading {obj.name} are skipped"
+    )
+    if log:
+        _write_log(con, as_of, result, source)
 
 
 def _load_one(
@@ -1100,13 +1265,8 @@ def _load_one(
     max_broken_share: Callable[[str], float],
     input_digest: str | None = None,
 ) -> _ParentKeys | None:
-    """Load one object; returns the keys its children may reference, or None to fall back to raw.
-
-    The rows are read in chunks of `CHUNK_ROWS`, up to three times: first only to learn each row's key,
-    digest and row number (and any read error, before anything is written), which settle the checks that
-    need the whole object (repeated keys, the row diff); then, when keys repeat, the rows of those keys,
-    to judge the duplicates; then to validate each chunk and append its good rows to raw.<object> in the
-    object's one transaction, which the broken-share gate rolls back."""
+    """Load one object (see the section comment); returns the keys its children may reference, or None to
+    fall back to raw."""
     if frame is None:
         kept = _raw_row_count(con, obj)
         what = f"{obj.raw_table} left as is ({kept} rows)" if kept is not None else f"no {obj.raw_table} yet"
@@ -1115,99 +1275,39 @@ def _load_one(
         _write_log(con, as_of, result, report.source)
         return None
     report.warnings.extend(frame.notes)
-    label, short = frame.source_label, frame.short_label
+    label, short, source = frame.source_label, frame.short_label, report.source
     result = ObjectLoad(
         obj.name, "loaded", source_file=label, fingerprint=frame.fingerprint, input_digest=input_digest
     )
     report.objects[obj.name] = result
-
-    def refuse(reason: str, gate: str, *, log: bool = True) -> None:
-        kept = _raw_row_count(con, obj)
-        what = (
-            f"{obj.raw_table} kept as last loaded ({kept} rows)"
-            if kept is not None
-            else f"{obj.raw_table} does not exist yet"
-        )
-        result.status = "refused"
-        result.gate = gate
-        result.message = f"{label}: {reason}; nothing loaded, {what}; rules reading {obj.name} are skipped"
-        if log:
-            _write_log(con, as_of, result, report.source)
-
     if frame.read_error is not None:
-        refuse(frame.read_error, GATE_UNREADABLE)
+        _refuse(con, obj, result, frame.read_error, GATE_UNREADABLE, as_of, source)
         return None
-    file_columns = list(frame.data.columns)
-    missing = [c for c in obj.required_columns if c not in file_columns]
-    extra = [c for c in file_columns if c not in obj.column_names]
-    absent_optional = [c for c in obj.column_names if c not in file_columns]
-    numbered = not missing and frame.chunks is None and frame.row_numbers is not None
-    if numbered and len(frame.row_numbers or ()) != frame.data.height:
-        raise ValueError(
-            f"{label}: {len(frame.row_numbers)} row numbers for {frame.data.height} rows; nothing loaded"
-        )
-    # A wholly empty line (a spreadsheet's blank row) is not a record.
-    blank = pl.all_horizontal(pl.col(c).is_null() for c in file_columns) if file_columns else pl.lit(True)
-
-    def prepare(chunk: pl.DataFrame, offset: int) -> pl.DataFrame:
-        """One chunk (its first row the object's row `offset` + 1) as the checks read it: contract text,
-        absent optional columns as nulls, row numbers, no blank rows."""
-        if any(dtype != pl.String for dtype in chunk.schema.values()):
-            # An all-null column built in memory has no string type yet; render everything as contract text.
-            chunk = _as_strings(chunk)
-        chunk = chunk.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in absent_optional)
-        if frame.row_numbers is None:
-            chunk = chunk.with_row_index(_ROW, offset=offset + 1).with_columns(pl.col(_ROW).cast(pl.Int64))
-        else:
-            numbers = list(frame.row_numbers[offset : offset + chunk.height])
-            chunk = chunk.with_columns(pl.Series(_ROW, numbers, dtype=pl.Int64))
-        return chunk.filter(blank.not_())
-
-    size = max(1, CHUNK_ROWS)
-    basis = _row_basis(obj, report.source, label, file_columns)
-    last = None if missing else _previous_digests(con, obj, basis, as_of)
-    previous = last[1] if last is not None else None
-    rows_read = 0
-    slims: list[pl.DataFrame] = []
+    columns = _Columns.of(obj, frame.data)
+    rows = _Rows(frame, columns)
+    basis = row_diff.row_basis(obj, source, label, columns.file, FUTURE_TOLERANCE)
+    last = None if columns.missing else _previous_digests(con, obj, basis, as_of)
     try:
-        for chunk in _chunks_of(frame, size):
-            if not missing:
-                slims.append(_slim(obj, prepare(chunk, rows_read), parents if previous is not None else None))
-            rows_read += chunk.height
+        slim = _scan_rows(obj, rows, columns, parents if last is not None else None)
     except _Unreadable as exc:
-        refuse(str(exc), GATE_UNREADABLE)
+        _refuse(con, obj, result, str(exc), GATE_UNREADABLE, as_of, source)
         return None
-    result.rows_read = rows_read
-
-    for column in missing:
-        detail = f"{short}: required column {column} is missing"
-        result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
-    if missing:
-        refuse(f"lacks required column(s) {', '.join(missing)}", GATE_MISSING_COLUMN)
+    result.rows_read = rows.read
+    _record_columns(con, obj, columns, short, result, report, as_of)
+    if slim is None:
+        _refuse(
+            con,
+            obj,
+            result,
+            f"lacks required column(s) {', '.join(columns.missing)}",
+            GATE_MISSING_COLUMN,
+            as_of,
+            source,
+        )
         return None
-    if extra:
-        report.warnings.append(
-            f"{short}: column(s) {', '.join(extra)} are not in the contract; not loaded (schema drift)"
-        )
-        for column in extra:
-            detail = f"{short}: column {column} is not in the contract; not loaded"
-            result.drift.append(record_drift(con, report.source, obj.name, column, "added", detail, as_of))
-    if absent_optional:
-        report.warnings.append(
-            f"{short}: optional column(s) {', '.join(absent_optional)} absent; loaded as null"
-        )
-        for column in absent_optional:
-            detail = f"{short}: optional column {column} is absent; loaded as null"
-            result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
-    if not slims:
-        slims.append(_slim(obj, prepare(frame.data.head(0), 0), None))
-    slim = pl.concat(slims)
-    del slims
-    blank_rows = rows_read - slim.height
-    if blank_rows:
-        result.rows_read -= blank_rows
-        report.warnings.append(f"{short}: skipped {blank_rows} empty row(s)")
-
+    result.rows_read = slim.height
+    if rows.read > slim.height:
+        report.warnings.append(f"{short}: skipped {rows.read - slim.height} empty row(s)")
     for col in obj.references:
         if parents.get(col.references or "") is None:
             report.warnings.append(
@@ -1215,171 +1315,54 @@ def _load_one(
                 f"(no {col.references}{' file' if report.folder else ''} in this load "
                 f"and no raw.{col.references} table)"
             )
-
-    slim = slim.with_columns(pl.col("_key").hash(seed=1).is_duplicated().alias("_repeated"))
-    unchanged = _unchanged_rows(slim, previous) if previous is not None else None
-    validate: pl.Series | None = None  # by position among the object's rows: not provably unchanged
-    if unchanged is not None:
-        validate = pl.repeat(True, slim.height, dtype=pl.Boolean, eager=True).scatter(
-            unchanged["_pos"], False
-        )
-    result.rows_validated = slim.height - (unchanged.height if unchanged is not None else 0)
-    # Rows of a repeated key are never unchanged, so the duplicates are judged over all rows of the keys
-    # that repeat (found among the rows whose key hash repeats), read again on their own.
-    repeated = slim.filter(_MISSING_KEY.not_() & pl.col("_repeated"))
-    repeated_keys = repeated.filter(pl.col("_key").is_duplicated()).get_column("_key").unique()
-    digests = slim.get_column(_DIGEST)
-    del slim, repeated
-    if repeated_keys.len():
-        copies: list[pl.DataFrame] = []
-        offset = 0
-        for chunk in _chunks_of(frame, size):
-            part = prepare(chunk, offset).with_columns(pl.col(obj.key).str.strip_chars().alias("_key"))
-            copies.append(part.filter(pl.col("_key").is_in(repeated_keys.implode())))
-            offset += chunk.height
-        dups = _duplicates(obj, pl.concat(copies), short)
-        del copies
-    else:
-        dups = _Duplicates(
-            drop_rows=pl.Series(_ROW, [], dtype=pl.Int64),
-            conflicting=pl.Series("_key", [], dtype=pl.String),
-            warnings=[],
-        )
+    diff = row_diff.diff(slim, last[1] if last is not None else None)
+    result.rows_validated = slim.height - diff.unchanged
+    result.diffed_since = last[0] if last is not None else None
+    del slim, last
+    dups = _judge_duplicates(obj, rows, diff.repeated_keys, short)
     report.warnings.extend(dups.warnings)
 
-    gone = moved = None
-    if unchanged is not None and previous is not None:
-        gone = _except_positions(previous.select("_key"), unchanged["_prev_pos"])
-        moved = unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW)
-        result.diffed_since = last[0] if last is not None else None
-    del previous
-    referenced = _referenced(obj)
-    good_keys: list[pl.Series] = []
-    if referenced and unchanged is not None:
-        good_keys.append(unchanged["_key"].alias(obj.key))
-    broken_parts: list[pl.DataFrame] = []
-    moments: list[datetime] = []
-    good_rows = 0
-    in_transaction = True
     con.begin()
     try:
-        _begin_raw(con, obj, gone)
-        offset = position = 0
-        for chunk in _chunks_of(frame, size):
-            part = prepare(chunk, offset)
-            offset += chunk.height
-            rows = part.height
-            part = part.with_columns(digests.slice(position, rows).alias(_DIGEST))
-            if validate is not None:
-                part = part.filter(validate.slice(position, rows))
-            position += rows
-            validated = _validate(obj, part, as_of, parents, short, dups)
-            good = validated.good.with_columns(
-                pl.lit(label).alias("_source_file"),
-                pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at"),
-            )
-            if good.height:
-                _append_good(con, obj, good)
-            good_rows += good.height
-            if referenced:
-                good_keys.append(good.get_column(obj.key))
-            if validated.broken.height:
-                broken_parts.append(validated.broken)
-            if validated.stable_until is not None:
-                moments.append(validated.stable_until)
-            del part, validated, good
-        result.stable_until = min(moments) if moments else None
-
-        broken = pl.concat(broken_parts, how="vertical_relaxed") if broken_parts else None
-        rows_by_key: dict[str, list[int]] = {}
-        q_rows = []
-        counts: Counter[str] = Counter()
-        keys_by_code: dict[str, list[str]] = {}
-        if broken is not None:
-            conflict_rows = broken.filter(pl.col(_CODE) == "conflicting_duplicate")
-            for k, r in zip(conflict_rows["_key"].to_list(), conflict_rows[_ROW].to_list(), strict=True):
-                rows_by_key.setdefault(k, []).append(r)
-            for row in broken.select([*file_columns, "_key", _ROW, _CODE, _COLUMN]).iter_rows(named=True):
-                code, column = row[_CODE], row[_COLUMN]
-                record_key = row["_key"] or None
-                raw_values = {c: row[c] for c in file_columns}
-                q_rows.append(
-                    {
-                        "object": obj.name,
-                        "record_key": record_key,
-                        "source_file": label,
-                        "row_number": row[_ROW],
-                        "reason_code": code,
-                        "reason": _describe(
-                            obj,
-                            code,
-                            column,
-                            row.get(column),
-                            record_key,
-                            rows_by_key.get(record_key or "", []),
-                            parents,
-                            as_of,
-                        ),
-                        "raw_values": json.dumps(raw_values, ensure_ascii=False),
-                        "as_of": as_of,
-                    }
-                )
-                counts[code] += 1
-                keys_by_code.setdefault(code, []).append(record_key or f"(row {row[_ROW]})")
-        quarantine = pl.DataFrame(
-            q_rows,
-            schema={
-                "object": pl.String,
-                "record_key": pl.String,
-                "source_file": pl.String,
-                "row_number": pl.Int64,
-                "reason_code": pl.String,
-                "reason": pl.String,
-                "raw_values": pl.String,
-                "as_of": pl.Datetime("us"),
-            },
-        )
+        written = _write_rows(con, obj, rows, diff, dups, parents, as_of, short)
+        quarantine = _quarantine_rows(obj, written.broken, columns, label, parents, as_of, result)
+        result.stable_until = written.stable_until
         result.row_basis = basis
-        result.rows_loaded = good_rows + (unchanged.height if unchanged is not None else 0)
-        result.rows_quarantined = quarantine.height
-        result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
-        result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
+        result.rows_loaded = written.good_rows + diff.unchanged
         result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
-        if broken is not None:
+        if written.broken is not None:
             # judged against raw as last committed: this transaction has already replaced its rows
             reader = con.cursor()
             try:
-                result.drift.extend(_type_changes(reader, obj, broken, report.source, short, as_of))
+                result.drift.extend(_type_changes(reader, obj, written.broken, source, short, as_of))
             finally:
                 reader.close()
         limit = max_broken_share(obj.name)
-        too_broken = bool(result.rows_read) and result.rows_quarantined / result.rows_read > limit
+        share = result.rows_quarantined / result.rows_read if result.rows_read else 0.0
+        too_broken = bool(result.rows_read) and share > limit
         if too_broken:
             con.rollback()
-            in_transaction = False
         else:
-            if moved is not None:
-                _move_rows(con, obj, moved)
-            _write_quarantine_and_log(con, obj, quarantine, as_of, result, report.source)
+            if diff.moved is not None:
+                _move_rows(con, obj, diff.moved)
+            _write_quarantine_and_log(con, obj, quarantine, as_of, result, source)
             con.commit()
-            in_transaction = False
-    finally:
-        if in_transaction:
-            con.rollback()
+    except BaseException:
+        con.rollback()
+        raise
     if too_broken:
-        share = result.rows_quarantined / result.rows_read
-        refuse(
+        reason = (
             f"{result.rows_quarantined} of {result.rows_read} rows broken ({share:.0%}), more than the "
-            f"allowed {limit:.0%} (quality.max_broken_share); the broken rows are in ops.quarantine",
-            GATE_TOO_MANY_BROKEN,
-            log=False,
+            f"allowed {limit:.0%} (quality.max_broken_share); the broken rows are in ops.quarantine"
         )
+        _refuse(con, obj, result, reason, GATE_TOO_MANY_BROKEN, as_of, source, log=False)
         result.rows_loaded = 0  # nothing was loaded: raw keeps its last good copy
         result.row_basis = None
-        _write_refused(con, obj, quarantine, as_of, result, report.source)
+        _write_refused(con, obj, quarantine, as_of, result, source)
         return None
+    broken = written.broken
     return _ParentKeys(
-        good=pl.concat(good_keys) if good_keys else pl.Series(obj.key, [], dtype=pl.String),
+        good=pl.concat(written.good_keys) if written.good_keys else pl.Series(obj.key, [], dtype=pl.String),
         quarantined={k for k in broken["_key"].to_list() if k} if broken is not None else set(),
         origin=f"{short} (this load)",
     )
