@@ -42,7 +42,7 @@ import json
 import re
 import zoneinfo
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -775,10 +775,10 @@ def _append_good(con: duckdb.DuckDBPyConnection, obj: SorObject, good: pl.DataFr
         con.unregister("_al_incoming_good")
 
 
-def _move_rows(con: duckdb.DuckDBPyConnection, obj: SorObject, moved: pl.DataFrame) -> None:
+def _move_rows(con: duckdb.DuckDBPyConnection, obj: SorObject, moved: pl.DataFrame | None) -> None:
     """Give kept rows of a row-diffed load their new row numbers: the file's row numbers of kept rows
     shift when rows before them come or go."""
-    if not moved.height:
+    if moved is None or not moved.height:
         return
     con.register("_al_moved", moved.to_arrow())
     try:
@@ -916,10 +916,12 @@ def _type_changes(
 #
 # An object is read in chunks of CHUNK_ROWS rows and never held whole; one that fits in a chunk is read once
 # (`_Rows`). `_scan_rows` first reads each row's key, digest and row number (and meets any read error before
-# anything is written); `row_diff.diff` settles on those the checks that need the whole object: repeated
-# keys, whose rows `_judge_duplicates` reads again, and the rows unchanged since the last load. Then, in the
-# object's one transaction, `_write_rows` validates the other rows and appends the good ones to
-# raw.<object>, and `_commit_or_refuse` applies the broken-share gate.
+# anything is written); `row_diff.diff` settles on those the checks that need the whole object: the rows
+# unchanged since the last load and the repeated keys, whose rows `_judge_duplicates` judges. Then, in the
+# object's one transaction, `_write_rows` validates the rows not provably unchanged, appends the good ones
+# to raw.<object> and the broken-share gate commits or rolls back. The rows are read a second time for the
+# duplicates and a third to validate them, unless they fit in a chunk: a row-diffed load usually
+# validates few rows, and a repeated key's rows are always among them, so it reads them only once more.
 
 
 def _previous_digests(
@@ -955,17 +957,13 @@ def _chunks_of(frame: SourceFrame, rows: int) -> Iterator[pl.DataFrame]:
         for offset in range(0, frame.data.height, rows):
             yield frame.data.slice(offset, rows)
         return
-    reader = frame.chunks(rows)
-    while True:
-        try:
-            batch = next(reader)
-        except StopIteration:
-            return
-        except _READ_ERRORS as exc:
-            raise _Unreadable(f"cannot be read ({type(exc).__name__}: {exc})") from exc
-        # a reader's batches may be larger than asked
-        for offset in range(0, batch.height, rows):
-            yield batch.slice(offset, rows)
+    try:
+        for batch in frame.chunks(rows):
+            # a reader's batches may be larger than asked
+            for offset in range(0, batch.height, rows):
+                yield batch.slice(offset, rows)
+    except _READ_ERRORS as exc:  # the consumer's errors are not raised here
+        raise _Unreadable(f"cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -995,10 +993,9 @@ class _Rows:
 
     def __init__(self, frame: SourceFrame, columns: _Columns) -> None:
         numbered = not columns.missing and frame.chunks is None and frame.row_numbers is not None
-        if numbered and len(frame.row_numbers or ()) != frame.data.height:
+        if numbered and (count := len(frame.row_numbers or ())) != frame.data.height:
             raise ValueError(
-                f"{frame.source_label}: {len(frame.row_numbers or ())} row numbers for "
-                f"{frame.data.height} rows; nothing loaded"
+                f"{frame.source_label}: {count} row numbers for {frame.data.height} rows; nothing loaded"
             )
         self.frame, self.absent, self.size = frame, columns.absent, max(1, CHUNK_ROWS)
         # A wholly empty line (a spreadsheet's blank row) is not a record.
@@ -1043,10 +1040,7 @@ def _scan_rows(
 ) -> pl.DataFrame | None:
     """The first pass: read every row (a read error raises `_Unreadable` before anything is written) and
     keep its `row_diff.slim` (`parents` given: diffing). None when required columns are missing."""
-    slims = []
-    for part in rows:
-        if not columns.missing:
-            slims.append(row_diff.slim(obj, part, parents))
+    slims = [row_diff.slim(obj, part, parents) for part in rows if not columns.missing]  # reads every row
     if columns.missing:
         return None
     return pl.concat(slims) if slims else row_diff.slim(obj, rows.empty(), None)
@@ -1083,8 +1077,10 @@ def _record_columns(
             result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
 
 
-def _judge_duplicates(obj: SorObject, rows: _Rows, keys: pl.Series, short: str) -> row_diff.Duplicates:
-    """Judge the repeated `keys` over every row that carries one, read again for them."""
+def _judge_duplicates(
+    obj: SorObject, rows: Iterable[pl.DataFrame], keys: pl.Series, short: str
+) -> row_diff.Duplicates:
+    """Judge the repeated `keys` over every row of `rows` that carries one."""
     if not keys.len():
         return row_diff.Duplicates.none()
     copies = [
@@ -1129,25 +1125,25 @@ class _Written:
 def _write_rows(
     con: duckdb.DuckDBPyConnection,
     obj: SorObject,
-    rows: _Rows,
+    batches: Iterable[pl.DataFrame],
     diff: row_diff.RowDiff,
     dups: row_diff.Duplicates,
     parents: dict[str, _ParentKeys | None],
     as_of: datetime,
-    short: str,
+    label: str,
 ) -> _Written:
-    """The second pass, in the object's open transaction: start raw.<object> afresh (or delete the keys the
-    diff says are gone), validate the rows not provably unchanged and append the good ones."""
+    """The last pass, in the object's open transaction: start raw.<object> afresh (or delete the keys the
+    diff says are gone), validate the `_batches` of rows not provably unchanged, append the good ones."""
     _begin_raw(con, obj, diff.gone)
     written = _Written()
     if _referenced(obj) and diff.unchanged_keys is not None:
         written.good_keys.append(diff.unchanged_keys.alias(obj.key))
     broken_parts: list[pl.DataFrame] = []
     moments: list[datetime] = []
-    for part in _batches(rows, diff):
+    for part in batches:
         validated = _validate(obj, part, as_of, parents, dups)
         good = validated.good.with_columns(
-            pl.lit(rows.frame.source_label).alias("_source_file"),
+            pl.lit(label).alias("_source_file"),
             pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at"),
         )
         if good.height:
@@ -1207,19 +1203,22 @@ def _quarantine_rows(
     result.rows_quarantined = len(q_rows)
     result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
     result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
-    return pl.DataFrame(
-        q_rows,
-        schema={
-            "object": pl.String,
-            "record_key": pl.String,
-            "source_file": pl.String,
-            "row_number": pl.Int64,
-            "reason_code": pl.String,
-            "reason": pl.String,
-            "raw_values": pl.String,
-            "as_of": pl.Datetime("us"),
-        },
+    text = dict.fromkeys(
+        ("object", "record_key", "source_file", "reason_code", "reason", "raw_values"), pl.String
     )
+    schema = {**text, "row_number": pl.Int64, "as_of": pl.Datetime("us")}
+    # _write_quarantine_and_log reads the columns by name
+    return pl.DataFrame(q_rows, schema=schema)
+
+
+def _unchecked_references(obj: SorObject, parents: dict[str, _ParentKeys | None], files: bool) -> list[str]:
+    """Warnings for the references of `obj` that cannot be checked: their parent has no keys to check."""
+    return [
+        f"{obj.name}.{col.name}: references to {col.references} are not checked "
+        f"(no {col.references}{' file' if files else ''} in this load and no raw.{col.references} table)"
+        for col in obj.references
+        if parents.get(col.references or "") is None
+    ]
 
 
 def _referenced(obj: SorObject) -> bool:
@@ -1254,6 +1253,51 @@ def _refuse(
         _write_log(con, as_of, result, source)
 
 
+def _write_object(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    batches: Iterable[pl.DataFrame],
+    diff: row_diff.RowDiff,
+    dups: row_diff.Duplicates,
+    columns: _Columns,
+    parents: dict[str, _ParentKeys | None],
+    as_of: datetime,
+    result: ObjectLoad,
+    source: str,
+    short: str,
+    limit: float,
+) -> tuple[_Written, pl.DataFrame, bool]:
+    """Write the object in one transaction: its raw rows (`_write_rows`), then its quarantine rows and log
+    row unless more than `limit` of its rows are broken (True: rolled back, nothing written)."""
+    label = result.source_file or ""
+    con.begin()
+    try:
+        written = _write_rows(con, obj, batches, diff, dups, parents, as_of, label)
+        quarantine = _quarantine_rows(obj, written.broken, columns, label, parents, as_of, result)
+        result.stable_until = written.stable_until
+        result.rows_loaded = written.good_rows + diff.unchanged
+        result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
+        if written.broken is not None:
+            # judged against raw as last committed: this transaction has already replaced its rows
+            reader = con.cursor()
+            try:
+                result.drift.extend(_type_changes(reader, obj, written.broken, source, short, as_of))
+            finally:
+                reader.close()
+        share = result.rows_quarantined / result.rows_read if result.rows_read else 0.0
+        too_broken = bool(result.rows_read) and share > limit
+        if too_broken:
+            con.rollback()
+        else:
+            _move_rows(con, obj, diff.moved)
+            _write_quarantine_and_log(con, obj, quarantine, as_of, result, source)
+            con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return written, quarantine, too_broken
+
+
 def _load_one(
     con: duckdb.DuckDBPyConnection,
     obj: SorObject,
@@ -1270,9 +1314,10 @@ def _load_one(
     if frame is None:
         kept = _raw_row_count(con, obj)
         what = f"{obj.raw_table} left as is ({kept} rows)" if kept is not None else f"no {obj.raw_table} yet"
-        result = ObjectLoad(obj.name, "skipped", message=f"{absent_message(obj.name)}; {what}")
-        report.objects[obj.name] = result
-        _write_log(con, as_of, result, report.source)
+        report.objects[obj.name] = ObjectLoad(
+            obj.name, "skipped", message=f"{absent_message(obj.name)}; {what}"
+        )
+        _write_log(con, as_of, report.objects[obj.name], report.source)
         return None
     report.warnings.extend(frame.notes)
     label, short, source = frame.source_label, frame.short_label, report.source
@@ -1295,62 +1340,33 @@ def _load_one(
     result.rows_read = rows.read
     _record_columns(con, obj, columns, short, result, report, as_of)
     if slim is None:
-        _refuse(
-            con,
-            obj,
-            result,
-            f"lacks required column(s) {', '.join(columns.missing)}",
-            GATE_MISSING_COLUMN,
-            as_of,
-            source,
-        )
+        reason = f"lacks required column(s) {', '.join(columns.missing)}"
+        _refuse(con, obj, result, reason, GATE_MISSING_COLUMN, as_of, source)
         return None
     result.rows_read = slim.height
     if rows.read > slim.height:
         report.warnings.append(f"{short}: skipped {rows.read - slim.height} empty row(s)")
-    for col in obj.references:
-        if parents.get(col.references or "") is None:
-            report.warnings.append(
-                f"{obj.name}.{col.name}: references to {col.references} are not checked "
-                f"(no {col.references}{' file' if report.folder else ''} in this load "
-                f"and no raw.{col.references} table)"
-            )
+    report.warnings.extend(_unchecked_references(obj, parents, report.folder is not None))
     diff = row_diff.diff(slim, last[1] if last is not None else None)
     result.rows_validated = slim.height - diff.unchanged
     result.diffed_since = last[0] if last is not None else None
     del slim, last
-    dups = _judge_duplicates(obj, rows, diff.repeated_keys, short)
+    if diff.validate is not None and result.rows_validated <= rows.size:
+        # Few rows to validate (a row-diffed load): read once, with the rows of every repeated key among them.
+        batches: Iterable[pl.DataFrame] = list(_batches(rows, diff))
+        dups = _judge_duplicates(obj, batches, diff.repeated_keys, short)
+    else:
+        dups = _judge_duplicates(obj, rows, diff.repeated_keys, short)
+        batches = _batches(rows, diff)
     report.warnings.extend(dups.warnings)
 
-    con.begin()
-    try:
-        written = _write_rows(con, obj, rows, diff, dups, parents, as_of, short)
-        quarantine = _quarantine_rows(obj, written.broken, columns, label, parents, as_of, result)
-        result.stable_until = written.stable_until
-        result.row_basis = basis
-        result.rows_loaded = written.good_rows + diff.unchanged
-        result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
-        if written.broken is not None:
-            # judged against raw as last committed: this transaction has already replaced its rows
-            reader = con.cursor()
-            try:
-                result.drift.extend(_type_changes(reader, obj, written.broken, source, short, as_of))
-            finally:
-                reader.close()
-        limit = max_broken_share(obj.name)
-        share = result.rows_quarantined / result.rows_read if result.rows_read else 0.0
-        too_broken = bool(result.rows_read) and share > limit
-        if too_broken:
-            con.rollback()
-        else:
-            if diff.moved is not None:
-                _move_rows(con, obj, diff.moved)
-            _write_quarantine_and_log(con, obj, quarantine, as_of, result, source)
-            con.commit()
-    except BaseException:
-        con.rollback()
-        raise
+    limit = max_broken_share(obj.name)
+    result.row_basis = basis
+    written, quarantine, too_broken = _write_object(
+        con, obj, batches, diff, dups, columns, parents, as_of, result, source, short, limit
+    )
     if too_broken:
+        share = result.rows_quarantined / result.rows_read
         reason = (
             f"{result.rows_quarantined} of {result.rows_read} rows broken ({share:.0%}), more than the "
             f"allowed {limit:.0%} (quality.max_broken_share); the broken rows are in ops.quarantine"
