@@ -918,10 +918,10 @@ def _type_changes(
 # (`_Rows`). `_scan_rows` first reads each row's key, digest and row number (and meets any read error before
 # anything is written); `row_diff.diff` settles on those the checks that need the whole object: the rows
 # unchanged since the last load and the repeated keys, whose rows `_judge_duplicates` judges. Then, in the
-# object's one transaction, `_write_rows` validates the rows not provably unchanged, appends the good ones
-# to raw.<object> and the broken-share gate commits or rolls back. The rows are read a second time for the
-# duplicates and a third to validate them, unless they fit in a chunk: a row-diffed load usually
-# validates few rows, and a repeated key's rows are always among them, so it reads them only once more.
+# object's one transaction (`_write_object`), `_write_rows` validates the rows not provably unchanged and
+# appends the good ones to raw.<object>, and the broken-share gate commits or rolls back. The rows are read
+# a second time for the duplicates and a third to validate them, unless they fit in a chunk: a row-diffed
+# load usually validates few rows, and a repeated key's rows are always among them, so it reads them once.
 
 
 def _previous_digests(
@@ -1114,7 +1114,7 @@ def _batches(rows: _Rows, diff: row_diff.RowDiff) -> Iterator[pl.DataFrame]:
 
 @dataclass
 class _Written:
-    """What the second pass appended to raw.<object>, and the rows it found broken."""
+    """What the last pass appended to raw.<object>, and the rows it found broken."""
 
     good_rows: int = 0
     good_keys: list[pl.Series] = field(default_factory=list)  # kept only when children reference the object
