@@ -242,7 +242,8 @@ def test_a_load_in_many_chunks_writes_what_one_chunk_writes(
     day_one = folder_of(world(), "one")
     day_two_folder = folder_of(day_two(world()), "two")
     results = {}
-    for chunk_rows in (1_000_000, 3):
+    # 30: the second load's 25 rows to validate are read once, from two chunks
+    for chunk_rows in (1_000_000, 30, 3):
         monkeypatch.setattr(files, "CHUNK_ROWS", chunk_rows)
         # both days from one folder: the second load diffs against the first
         folder = tmp_path / f"sor-{chunk_rows}"
@@ -256,8 +257,10 @@ def test_a_load_in_many_chunks_writes_what_one_chunk_writes(
         state = {k: str(v).replace(str(folder), "SOR") for k, v in _written(con).items()}
         results[chunk_rows] = (lines, state, second.objects["activities"])
     whole, chunked = results[1_000_000], results[3]
-    assert chunked[0] == whole[0]
-    assert chunked[1] == whole[1]
+    for other in (results[30], chunked):
+        assert other[0] == whole[0]
+        assert other[1] == whole[1]
+    assert results[30][2].rows_validated == 25
     # the second load diffed, judged duplicates across chunks, and found C4's orphans in every chunk
     acts = chunked[2]
     assert acts.diffed_since == AS_OF and acts.rows_validated == 25
