@@ -71,6 +71,7 @@ from connectors.row_diff import DIGEST as _DIGEST
 from connectors.row_diff import MAX_KEYS_SHOWN as _MAX_KEYS_SHOWN
 from connectors.row_diff import MISSING_KEY as _MISSING_KEY
 from connectors.row_diff import ROW as _ROW
+from connectors.row_diff import ParentKeys as _ParentKeys
 
 SOURCE_EXTENSIONS: tuple[str, ...] = ("csv", "parquet", "xlsx")
 
@@ -512,28 +513,6 @@ def _column_check(col: Column, as_of: datetime, timezones: list[str]) -> tuple[p
         empty_reason = "broken_reference" if col.references else "unparseable"
         code = pl.when(raw.is_null()).then(pl.lit(empty_reason)).otherwise(code)
     return code, value
-
-
-@dataclass
-class _ParentKeys:
-    """The keys a child may reference, and where they came from (for messages)."""
-
-    good: pl.Series
-    quarantined: set[str]
-    origin: str
-
-    @functools.cached_property
-    def _sorted(self) -> pl.Series:
-        return self.good.drop_nulls().sort()
-
-    def has(self, values: pl.Series) -> pl.Series:
-        """Whether each of `values` is a good key (null for a null value). A binary search in the keys
-        sorted once: `is_in` rebuilds its hash set on every call, which cost most of a chunked load."""
-        keys = self._sorted
-        if not keys.len():
-            return pl.Series(values.name, [False] * values.len(), dtype=pl.Boolean) & values.is_not_null()
-        found = keys.gather(keys.search_sorted(values).clip(0, keys.len() - 1))
-        return (found == values).alias(values.name)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The checks a file load settles over a whole object: repeated keys and the row diff (which rows are
-provably unchanged since the last load), on each row's key, row number and digest.
+"""The checks a file load settles over a whole object: repeated keys, the row diff (which rows are
+provably unchanged since the last load) and the keys its children's references are checked against.
 
 A load of a large object usually changes few of its rows. The contract text of each good row is kept as a
 digest (ops.row_digests_<object>: key, digest, row number), written in the same transaction as raw. The
@@ -11,18 +11,18 @@ row's text, except the future-timestamp check, which a row that passed at an ear
 (the last load's as-of must not be later than this one). So the rows this load quarantines are all among
 the validated ones and the quarantine is exactly what a full validation would write.
 
-Both read only each row's key, row number and digest (`slim`), and the rows of the keys that repeat, so
+The first two read only each row's key, row number and digest (`slim`) and the rows of keys that repeat, so
 an object far larger than memory allows in full can be judged; connectors/files.py reads, validates and
 writes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 import duckdb
 import polars as pl
@@ -41,10 +41,33 @@ MISSING_KEY = pl.col("_key").is_null() | (pl.col("_key") == "")
 MAX_KEYS_SHOWN = 5
 
 
-class KnownKeys(Protocol):
-    """A parent's good keys, as a child's references are checked against them."""
+@dataclass
+class ParentKeys:
+    """The keys a child may reference, and where they came from (for messages)."""
 
-    def has(self, values: pl.Series) -> pl.Series: ...
+    good: pl.Series
+    quarantined: set[str]
+    origin: str
+
+    @functools.cached_property
+    def _by_hash(self) -> pl.DataFrame:
+        keys = self.good.drop_nulls()
+        return pl.DataFrame({"key": keys, "hash": keys.hash(seed=1)}).sort("hash")
+
+    def has(self, values: pl.Series) -> pl.Series:
+        """Whether each of `values` is a good key (null for a null value), by a binary search among the
+        keys' hashes, sorted once: `is_in` builds its hash set on every call, a chunked load's main cost."""
+        keys, hashes = self._by_hash.get_column("key"), self._by_hash.get_column("hash")
+        if not keys.len():
+            return pl.Series(values.name, [False] * values.len(), dtype=pl.Boolean) & values.is_not_null()
+        wanted = values.hash(seed=1)
+        at = hashes.search_sorted(wanted).clip(0, keys.len() - 1)
+        found = keys.gather(at) == values
+        # keys whose hashes collide: only the first is compared above, so those values are looked up whole
+        unsure = ((hashes.gather(at) == wanted) & found.not_()).fill_null(False)
+        if unsure.any():
+            found = found | (unsure & values.is_in(keys.implode()))
+        return found.alias(values.name)
 
 
 def row_basis(obj: SorObject, source: str, label: str, columns: Sequence[str], tolerance: timedelta) -> str:
@@ -75,7 +98,7 @@ def previous_digests(con: duckdb.DuckDBPyConnection, obj: SorObject) -> pl.DataF
     return pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
 
 
-def slim(obj: SorObject, part: pl.DataFrame, parents: Mapping[str, KnownKeys | None] | None) -> pl.DataFrame:
+def slim(obj: SorObject, part: pl.DataFrame, parents: Mapping[str, ParentKeys | None] | None) -> pl.DataFrame:
     """What the load keeps of each row of one chunk to judge the whole object: the trimmed `_key`, the row
     number, the row digest and (when diffing: `parents` given) whether every parent it references is among
     the parents' good keys (`_refs_ok`)."""
