@@ -6,8 +6,9 @@ broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say i
 frames (a connector sync's mirror), so every source is judged by this one validation. Each load is a
 full snapshot of the objects it covers, so raw ends holding exactly its good rows; when the last load's
 row digests (ops.row_digests_<object>) allow, only the rows not provably unchanged are validated and
-applied to raw as deletes and inserts (see "row diff" below), with the same raw, quarantine and log rows
-as validating everything.
+applied to raw as deletes and inserts (connectors/row_diff.py), with the same raw, quarantine and log rows
+as validating everything. A CSV or Parquet file is read in chunks (`CHUNK_ROWS`) and never held whole:
+the checks that need the whole object (repeated keys, the row diff) read only each row's key and digest.
 
 Decisions other parts rely on:
 - One quarantine row per broken source row, with its most basic problem: missing_key, then
@@ -41,7 +42,7 @@ import json
 import re
 import zoneinfo
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -62,8 +63,15 @@ from actionlayer.contract import (
     SorObject,
 )
 from actionlayer.db import run as _run
+from actionlayer.db import table_exists as _table_exists
 from actionlayer.settings import QualityPolicy, load_quality_policy
+from connectors import row_diff
 from connectors.drift import DRIFT_DDL, DriftEvent, record_drift
+from connectors.row_diff import DIGEST as _DIGEST
+from connectors.row_diff import MAX_KEYS_SHOWN as _MAX_KEYS_SHOWN
+from connectors.row_diff import MISSING_KEY as _MISSING_KEY
+from connectors.row_diff import ROW as _ROW
+from connectors.row_diff import ParentKeys as _ParentKeys
 
 SOURCE_EXTENSIONS: tuple[str, ...] = ("csv", "parquet", "xlsx")
 
@@ -145,12 +153,8 @@ _INTEGRAL_RE = r"^[+-]?\d+(?:\.0+)?$"
 _CURRENCY_RE = r"^[A-Za-z]{3}$"
 _BOOL_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
-_ROW = "_row_number"
-_DIGEST = "_row_digest"
-_PREV_ROW = "_previous_row_number"
 _CODE = "_reason_code"
 _COLUMN = "_reason_column"
-_MAX_KEYS_SHOWN = 5
 
 
 # --------------------------------------------------------------------------- report
@@ -259,6 +263,8 @@ class SourceFrame:
     unknown columns are reported and not loaded). `source_label` becomes `ops.quarantine.source_file`
     and `raw.<object>._source_file` (a file path, or e.g. `zoho:deals`); `row_numbers` are the 1-based
     positions quarantine rows point at (default 1..n). `read_error` refuses the object with that reason.
+    A file's frame has `chunks` instead of rows: `data` is then its empty header and `chunks(n)` reads
+    the records in consecutive chunks of about n rows, so a large file is never held whole.
     """
 
     data: pl.DataFrame
@@ -268,6 +274,7 @@ class SourceFrame:
     fingerprint: str | None = None
     read_error: str | None = None
     notes: tuple[str, ...] = ()  # warnings that belong before this object's own (e.g. ignored files)
+    chunks: Callable[[int], Iterator[pl.DataFrame]] | None = None
 
     def __post_init__(self) -> None:
         if not self.short_label:
@@ -323,23 +330,48 @@ def _as_strings(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(exprs)
 
 
+def _normalized(df: pl.DataFrame) -> pl.DataFrame:
+    """Contract text as read: every column a string, header names trimmed, empty = null."""
+    if any(dtype != pl.String for dtype in df.schema.values()):
+        df = _as_strings(df)
+    df = df.rename({c: str(c).strip() for c in df.columns})
+    return df.with_columns(
+        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in df.columns
+    )
+
+
+def _scan(path: Path) -> pl.LazyFrame | None:
+    """A lazy scan of a CSV or Parquet file (None for a type read whole: a spreadsheet)."""
+    ext = path.suffix.lower().lstrip(".")
+    if ext == "csv":
+        return pl.scan_csv(path, infer_schema=False, encoding="utf8")
+    if ext == "parquet":
+        return pl.scan_parquet(path)
+    return None
+
+
 def read_strings(path: Path) -> pl.DataFrame:
     """Read one contract file with every value as a string (header names trimmed, empty = null)."""
     ext = path.suffix.lower().lstrip(".")
     if ext == "csv":
         df = pl.read_csv(path, infer_schema=False, encoding="utf8")
     elif ext == "parquet":
-        df = _as_strings(pl.read_parquet(path))
+        df = pl.read_parquet(path)
     elif ext == "xlsx":
         # Empty rows are kept so that row numbers stay those of the sheet's data rows.
         df = pl.read_excel(path, sheet_id=1, engine="calamine", infer_schema_length=0, drop_empty_rows=False)
-        df = _as_strings(df)
     else:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .parquet or .xlsx")
-    df = df.rename({c: str(c).strip() for c in df.columns})
-    return df.with_columns(
-        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in df.columns
-    )
+    return _normalized(df)
+
+
+def _file_chunks(path: Path, rows: int) -> Iterator[pl.DataFrame]:
+    """The file's contract text in consecutive chunks of about `rows` rows, in file order."""
+    scan = _scan(path)
+    if scan is None:
+        raise ValueError(f"{path}: only CSV and Parquet files are read in chunks")
+    for batch in scan.collect_batches(chunk_size=rows, maintain_order=True):
+        yield _normalized(batch)
 
 
 # --------------------------------------------------------------------------- validation
@@ -484,19 +516,9 @@ def _column_check(col: Column, as_of: datetime, timezones: list[str]) -> tuple[p
 
 
 @dataclass
-class _ParentKeys:
-    """The keys a child may reference, and where they came from (for messages)."""
-
-    good: pl.Series
-    quarantined: set[str]
-    origin: str
-
-
-@dataclass
 class _Validated:
     good: pl.DataFrame
     broken: pl.DataFrame  # raw strings + _row_number + _reason_code + _reason_column
-    warnings: list[str]
     stable_until: datetime | None = None
 
 
@@ -505,48 +527,21 @@ def _validate(
     df: pl.DataFrame,
     as_of: datetime,
     parents: dict[str, _ParentKeys | None],
-    file_label: str,
+    dups: row_diff.Duplicates,
 ) -> _Validated:
-    warnings: list[str] = []
+    """Judge the rows of `df`, one batch of the object, whose duplicates `dups` were judged as a whole."""
     key = obj.key
     names = list(obj.column_names)
     timezones = _timezones()
 
     df = df.with_columns(pl.col(key).str.strip_chars().alias("_key"))
-    missing_key = pl.col("_key").is_null() | (pl.col("_key") == "")
-
-    # Duplicates are judged on the written content (key trimmed), before any value check. Only keys that
-    # occur more than once can be duplicates: comparing content per key over every row cost most of a
-    # large load.
-    keyed = df.filter(missing_key.not_() & pl.col("_key").is_duplicated())
-    content = [c for c in names if c != key]
-    per_key = keyed.group_by("_key").agg(
-        pl.len().alias("copies"),
-        pl.struct(content).n_unique().alias("versions") if content else pl.lit(1).alias("versions"),
-        pl.col(_ROW).sort().alias("rows"),
-    )
-    conflicting = per_key.filter(pl.col("versions") > 1)
-    exact = per_key.filter((pl.col("copies") > 1) & (pl.col("versions") == 1))
-    drop_rows: list[int] = []
-    for number, row in enumerate(exact.sort(pl.col("rows").list.first()).iter_rows(named=True)):
-        rows = row["rows"]
-        drop_rows += rows[1:]
-        if number < _MAX_KEYS_SHOWN:
-            warnings.append(
-                f"{file_label}: key {row['_key']!r} appears {row['copies']} times with identical content "
-                f"(rows {', '.join(map(str, rows))}); kept row {rows[0]}, dropped the exact duplicates"
-            )
-    if exact.height > _MAX_KEYS_SHOWN:
-        warnings.append(
-            f"{file_label}: {exact.height - _MAX_KEYS_SHOWN} more keys had exact duplicates; "
-            "each kept its first row"
-        )
-    if drop_rows:
-        df = df.filter(pl.col(_ROW).is_in(drop_rows).not_())
+    missing_key = _MISSING_KEY
+    if dups.drop_rows.len():
+        df = df.filter(pl.col(_ROW).is_in(dups.drop_rows.implode()).not_())
 
     codes: list[pl.Expr] = [
         pl.when(missing_key).then(pl.lit("missing_key")).alias(f"_code_{key}_missing"),
-        pl.when(pl.col("_key").is_in(conflicting["_key"].implode()))
+        pl.when(pl.col("_key").is_in(dups.conflicting.implode()))
         .then(pl.lit("conflicting_duplicate"))
         .alias(f"_code_{key}_conflict"),
     ]
@@ -570,7 +565,8 @@ def _validate(
         ref_value = pl.col(f"_value_{col.name}")
         if parent is None:
             continue
-        dangling = ref_value.is_not_null() & (ref_value != "") & ref_value.is_in(parent.good.implode()).not_()
+        known = parent.has(df.get_column(f"_value_{col.name}"))
+        dangling = ref_value.is_not_null() & (ref_value != "") & pl.lit(known).not_()
         df = df.with_columns(
             pl.when(dangling).then(pl.lit("broken_reference")).alias(f"_code_{col.name}_ref")
         )
@@ -592,7 +588,7 @@ def _validate(
         )
         .sort(_ROW)
     )
-    return _Validated(good=good, broken=broken, warnings=warnings, stable_until=_stable_until(broken, stamps))
+    return _Validated(good=good, broken=broken, stable_until=_stable_until(broken, stamps))
 
 
 def _stable_until(broken: pl.DataFrame, stamps: list[str]) -> datetime | None:
@@ -687,15 +683,6 @@ def ensure_ops_tables(con: duckdb.DuckDBPyConnection) -> None:
     _run(con, _OPS_DDL + DRIFT_DDL)
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    found = _run(
-        con,
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-        [schema, table],
-    )
-    return bool(found and found[0][0])
-
-
 def _raw_row_count(con: duckdb.DuckDBPyConnection, obj: SorObject) -> int | None:
     if not _table_exists(con, "raw", obj.name):
         return None
@@ -726,103 +713,122 @@ def _write_log(con: duckdb.DuckDBPyConnection, as_of: datetime, result: ObjectLo
     )
 
 
-def _write_object(
+def _begin_raw(con: duckdb.DuckDBPyConnection, obj: SorObject, gone: pl.DataFrame | None) -> None:
+    """In the object's open transaction, before its good rows are appended: start raw.<object> and its row
+    digests afresh, or (a row-diffed load) delete the rows of the `gone` keys: changed, now broken or no
+    longer in the source."""
+    table = row_diff.digests_table(obj)
+    if gone is None:
+        _run(con, obj.raw_ddl())
+        _run(
+            con,
+            f"create or replace table {table} "
+            "(record_key varchar not null, row_digest ubigint not null, row_number bigint not null)",
+        )
+        return
+    con.register("_al_gone", gone.to_arrow())
+    try:
+        _run(con, f"delete from {obj.raw_table} where {obj.key} in (select _key from _al_gone)")
+        _run(con, f"delete from {table} where record_key in (select _key from _al_gone)")
+    finally:
+        con.unregister("_al_gone")
+
+
+def _append_good(con: duckdb.DuckDBPyConnection, obj: SorObject, good: pl.DataFrame) -> None:
+    """Append one chunk's good rows (with `_source_file`, `_loaded_at` and `_row_digest`) to raw.<object>
+    and its row digests; chunks come in row order, so raw holds its rows in file order."""
+    casts = ", ".join(f"cast({c.name} as {c.duckdb_type}) as {c.name}" for c in obj.columns)
+    meta = ", ".join(name for name, _ in LOAD_METADATA_COLUMNS)
+    con.register("_al_incoming_good", good.to_arrow())
+    try:
+        _run(
+            con,
+            f"insert into {obj.raw_table} select {casts}, {meta} from _al_incoming_good order by _row_number",
+        )
+        _run(
+            con,
+            f"insert into {row_diff.digests_table(obj)} select {obj.key}, {_DIGEST}, _row_number "
+            "from _al_incoming_good order by _row_number",
+        )
+    finally:
+        con.unregister("_al_incoming_good")
+
+
+def _move_rows(con: duckdb.DuckDBPyConnection, obj: SorObject, moved: pl.DataFrame | None) -> None:
+    """Give kept rows of a row-diffed load their new row numbers: the file's row numbers of kept rows
+    shift when rows before them come or go."""
+    if moved is None or not moved.height:
+        return
+    con.register("_al_moved", moved.to_arrow())
+    try:
+        for target, column, key_column in (
+            (obj.raw_table, "_row_number", obj.key),
+            (row_diff.digests_table(obj), "row_number", "record_key"),
+        ):
+            _run(
+                con,
+                f"update {target} as t set {column} = m._row_number from _al_moved as m "
+                f"where t.{key_column} = m._key",
+            )
+    finally:
+        con.unregister("_al_moved")
+
+
+def _write_quarantine_and_log(
     con: duckdb.DuckDBPyConnection,
     obj: SorObject,
-    good: pl.DataFrame,
     quarantine: pl.DataFrame,
     as_of: datetime,
     result: ObjectLoad,
     source: str,
-    *,
-    replace_raw: bool = True,
-    digests: pl.DataFrame | None = None,
-    delta: _RowDelta | None = None,
 ) -> None:
-    """Replace raw.<object> (or, with a `delta`, apply it) with its row digests, and the object's
-    quarantine rows, and log the load, all in one transaction. With `replace_raw=False` (a load the gate
-    refused) raw.<object> keeps its last good copy while the quarantine shows what is broken now, so people
-    can fix it upstream. Rows a delta keeps keep their `_loaded_at`: the as-of of the load that wrote them."""
-    casts = ", ".join(f"cast({c.name} as {c.duckdb_type}) as {c.name}" for c in obj.columns)
-    meta = ", ".join(name for name, _ in LOAD_METADATA_COLUMNS)
-    table = _digests_table(obj)
-    frames = {"_al_incoming_good": good, "_al_incoming_quarantine": quarantine}
-    if digests is not None:
-        frames["_al_incoming_digests"] = digests
-    if delta is not None:
-        frames["_al_gone"] = delta.gone
-        frames["_al_moved"] = delta.moved
-    for view, frame in frames.items():
-        con.register(view, frame.to_arrow())
+    """In the object's open transaction: replace its quarantine rows and log the load."""
+    con.register("_al_incoming_quarantine", quarantine.to_arrow())
     try:
-        con.begin()
-        try:
-            if replace_raw and delta is not None:
-                key = obj.key
-                _run(con, f"delete from {obj.raw_table} where {key} in (select _key from _al_gone)")
-                _run(con, f"delete from {table} where record_key in (select _key from _al_gone)")
-                _run(
-                    con,
-                    f"insert into {obj.raw_table} select {casts}, {meta} "
-                    "from _al_incoming_good order by _row_number",
-                )
-                # the file's row numbers of kept rows shift when rows before them come or go
-                for target, column, key_column in (
-                    (obj.raw_table, "_row_number", key),
-                    (table, "row_number", "record_key"),
-                ):
-                    _run(
-                        con,
-                        f"update {target} as t set {column} = m._row_number from _al_moved as m "
-                        f"where t.{key_column} = m._key",
-                    )
-            elif replace_raw:
-                _run(con, obj.raw_ddl())
-                _run(
-                    con,
-                    f"insert into {obj.raw_table} select {casts}, {meta} "
-                    "from _al_incoming_good order by _row_number",
-                )
-                _run(
-                    con,
-                    f"create or replace table {table} "
-                    "(record_key varchar not null, row_digest ubigint not null, row_number bigint not null)",
-                )
-            if replace_raw and digests is not None:
-                _run(
-                    con,
-                    f"insert into {table} select _key, {_DIGEST}, _row_number from _al_incoming_digests",
-                )
-            # first_seen_at survives for rows (object, key, reason) that were already quarantined.
-            _run(
-                con,
-                f"""
-                create or replace temp table _al_quarantine_next as
-                with earlier as (
-                    select record_key, reason_code, min(first_seen_at) as first_seen_at
-                    from {QUARANTINE_TABLE}
-                    where object = ?
-                    group by record_key, reason_code
-                )
-                select q.object, q.record_key, q.source_file, q.row_number, q.reason_code, q.reason,
-                       q.raw_values, q.as_of, coalesce(e.first_seen_at, q.as_of) as first_seen_at
-                from _al_incoming_quarantine as q
-                left join earlier as e
-                  on q.record_key is not distinct from e.record_key and q.reason_code = e.reason_code
-                """,
-                [obj.name],
+        # first_seen_at survives for rows (object, key, reason) that were already quarantined.
+        _run(
+            con,
+            f"""
+            create or replace temp table _al_quarantine_next as
+            with earlier as (
+                select record_key, reason_code, min(first_seen_at) as first_seen_at
+                from {QUARANTINE_TABLE}
+                where object = ?
+                group by record_key, reason_code
             )
-            _run(con, f"delete from {QUARANTINE_TABLE} where object = ?", [obj.name])
-            _run(con, f"insert into {QUARANTINE_TABLE} select * from _al_quarantine_next order by row_number")
-            _run(con, "drop table _al_quarantine_next")
-            _write_log(con, as_of, result, source)
-            con.commit()
-        except Exception:
-            con.rollback()
-            raise
+            select q.object, q.record_key, q.source_file, q.row_number, q.reason_code, q.reason,
+                   q.raw_values, q.as_of, coalesce(e.first_seen_at, q.as_of) as first_seen_at
+            from _al_incoming_quarantine as q
+            left join earlier as e
+              on q.record_key is not distinct from e.record_key and q.reason_code = e.reason_code
+            """,
+            [obj.name],
+        )
+        _run(con, f"delete from {QUARANTINE_TABLE} where object = ?", [obj.name])
+        _run(con, f"insert into {QUARANTINE_TABLE} select * from _al_quarantine_next order by row_number")
+        _run(con, "drop table _al_quarantine_next")
+        _write_log(con, as_of, result, source)
     finally:
-        for view in frames:
-            con.unregister(view)
+        con.unregister("_al_incoming_quarantine")
+
+
+def _write_refused(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    quarantine: pl.DataFrame,
+    as_of: datetime,
+    result: ObjectLoad,
+    source: str,
+) -> None:
+    """A load the gate refused: raw.<object> keeps its last good copy while the quarantine shows what is
+    broken now, so people can fix it upstream; one transaction."""
+    con.begin()
+    try:
+        _write_quarantine_and_log(con, obj, quarantine, as_of, result, source)
+        con.commit()
+    except Exception:
+        con.rollback()
+        raise
 
 
 # --------------------------------------------------------------------------- loading
@@ -885,44 +891,24 @@ def _type_changes(
     return events
 
 
-# --------------------------------------------------------------------------- row diff
+# --------------------------------------------------------------------------- loading one object
 #
-# A load of a large object usually changes few of its rows. The contract text of each good row is kept as a
-# digest (ops.row_digests_<object>: key, digest, row number), written in the same transaction as raw. The
-# next load whose digests were computed the same way (`_row_basis`) validates only the rows that are not
-# provably unchanged and applies them to raw as deletes and inserts. A row is unchanged when its key and
-# digest equal a good row of the last load, no other row in this load carries its key, and every parent
-# it references is among the parents' good keys of this load: the column checks are pure functions of the
-# row's text, except the future-timestamp check, which a row that passed at an earlier as-of still passes
-# (the last load's as-of must not be later than this one). So the rows this load quarantines are all among
-# the validated ones and the quarantine is exactly what a full validation would write.
-
-
-def _row_basis(obj: SorObject, source: str, label: str, columns: Sequence[str]) -> str:
-    """What the row digests depend on besides the rows: the contract, the future tolerance, the source and
-    file (raw._source_file), the columns the file has and the digest function (polars' row hash, whose
-    values are only stable within one polars version)."""
-    parts = [repr(obj), str(FUTURE_TOLERANCE), source, label, "\x1f".join(columns), pl.__version__, "v1"]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
-
-
-def _digests_table(obj: SorObject) -> str:
-    return f"ops.row_digests_{obj.name}"
-
-
-def _with_digests(obj: SorObject, df: pl.DataFrame) -> pl.DataFrame:
-    # A 64-bit hash: a changed row is taken for unchanged only if its hash collides with the previous
-    # content of the same key, about 1 in 1.8e19 per changed row.
-    digest = df.select(obj.column_names).hash_rows(seed=1)
-    return df.with_columns(digest.alias(_DIGEST))
+# An object is read in chunks of CHUNK_ROWS rows and never held whole; one that fits in a chunk is read once
+# (`_Rows`). `_scan_rows` first reads each row's key, digest and row number (and meets any read error before
+# anything is written); `row_diff.diff` settles on those the checks that need the whole object: the rows
+# unchanged since the last load and the repeated keys, whose rows `_judge_duplicates` judges. Then, in the
+# object's one transaction (`_write_object`), `_write_rows` validates the rows not provably unchanged and
+# appends the good ones to raw.<object>, and the broken-share gate commits or rolls back. The rows are read
+# a second time for the duplicates and a third to validate them, unless they fit in a chunk: a row-diffed
+# load usually validates few rows, and a repeated key's rows are always among them, so it reads them once.
 
 
 def _previous_digests(
     con: duckdb.DuckDBPyConnection, obj: SorObject, basis: str, as_of: datetime
 ) -> tuple[datetime, pl.DataFrame] | None:
-    """The last load's good rows (key, digest, row number) when this load may diff against them: its
-    latest `loaded` log row wrote them under the same basis at an as-of no later than this one, and
-    raw.<object> still holds exactly as many rows. None: validate every row."""
+    """The as-of and good rows of the last load when this load may diff against them: its latest `loaded`
+    log row wrote its digests under the same basis at an as-of no later than this one. None: validate
+    every row."""
     rows = _run(
         con,
         f"""select as_of, row_basis from {LOAD_LOG_TABLE}
@@ -931,63 +917,364 @@ def _previous_digests(
     )
     if not rows or rows[0][1] != basis or rows[0][0] > as_of:
         return None
-    table = _digests_table(obj)
-    if not _table_exists(con, "raw", obj.name) or not _table_exists(con, "ops", table.split(".")[1]):
+    previous = row_diff.previous_digests(con, obj)
+    return (rows[0][0], previous) if previous is not None else None
+
+
+# Rows read, validated and written at a time. Besides one chunk, a load keeps per row only its key, row
+# number and digest (and a chunk's broken rows), so its memory does not grow with the object's width.
+CHUNK_ROWS = 1_000_000
+
+
+class _Unreadable(Exception):
+    """The object's records could not be read (the message says why)."""
+
+
+def _chunks_of(frame: SourceFrame, rows: int) -> Iterator[pl.DataFrame]:
+    """The frame's records in consecutive chunks, in order; a read failure raises `_Unreadable`."""
+    if frame.chunks is None:
+        for offset in range(0, frame.data.height, rows):
+            yield frame.data.slice(offset, rows)
+        return
+    try:
+        for batch in frame.chunks(rows):
+            # a reader's batches may be larger than asked
+            for offset in range(0, batch.height, rows):
+                yield batch.slice(offset, rows)
+    except _READ_ERRORS as exc:  # the consumer's errors are not raised here
+        raise _Unreadable(f"cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """How a source's columns meet the contract."""
+
+    file: list[str]
+    missing: list[str]  # required and absent: the object is refused
+    extra: list[str]  # not in the contract: not loaded
+    absent: list[str]  # optional and absent: loaded as null
+
+    @classmethod
+    def of(cls, obj: SorObject, data: pl.DataFrame) -> _Columns:
+        file = list(data.columns)
+        return cls(
+            file=file,
+            missing=[c for c in obj.required_columns if c not in file],
+            extra=[c for c in file if c not in obj.column_names],
+            absent=[c for c in obj.column_names if c not in file],
+        )
+
+
+class _Rows:
+    """An object's rows as the checks read them, in chunks, as often as the passes ask: contract text,
+    absent optional columns as nulls, `_row_number`, no blank rows. An object read in one chunk is kept
+    by the first pass and not read again."""
+
+    def __init__(self, frame: SourceFrame, columns: _Columns) -> None:
+        numbered = not columns.missing and frame.chunks is None and frame.row_numbers is not None
+        if numbered and (count := len(frame.row_numbers or ())) != frame.data.height:
+            raise ValueError(
+                f"{frame.source_label}: {count} row numbers for {frame.data.height} rows; nothing loaded"
+            )
+        self.frame, self.absent, self.size = frame, columns.absent, max(1, CHUNK_ROWS)
+        # A wholly empty line (a spreadsheet's blank row) is not a record.
+        file = columns.file
+        self.blank = pl.all_horizontal(pl.col(c).is_null() for c in file) if file else pl.lit(True)
+        self.read = 0  # rows read, blank ones included
+        self._kept: list[pl.DataFrame] | None = None
+
+    def _prepare(self, chunk: pl.DataFrame, offset: int) -> pl.DataFrame:
+        """One chunk as the checks read it; its first row is the object's row `offset` + 1."""
+        if any(dtype != pl.String for dtype in chunk.schema.values()):
+            # An all-null column built in memory has no string type yet; render everything as contract text.
+            chunk = _as_strings(chunk)
+        chunk = chunk.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in self.absent)
+        if self.frame.row_numbers is None:
+            chunk = chunk.with_row_index(_ROW, offset=offset + 1).with_columns(pl.col(_ROW).cast(pl.Int64))
+        else:
+            numbers = list(self.frame.row_numbers[offset : offset + chunk.height])
+            chunk = chunk.with_columns(pl.Series(_ROW, numbers, dtype=pl.Int64))
+        return chunk.filter(self.blank.not_())
+
+    def empty(self) -> pl.DataFrame:
+        return self._prepare(self.frame.data.head(0), 0)
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        """The chunks in row order; a read failure raises `_Unreadable`."""
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[pl.DataFrame] | None = []
+        offset = 0
+        for chunk in _chunks_of(self.frame, self.size):
+            part = self._prepare(chunk, offset)
+            kept = [part] if offset == 0 else None  # a second chunk: the object is read again next time
+            offset += chunk.height
+            yield part
+        self.read, self._kept = offset, kept
+
+
+def _scan_rows(
+    obj: SorObject, rows: _Rows, columns: _Columns, parents: dict[str, _ParentKeys | None] | None
+) -> pl.DataFrame | None:
+    """The first pass: read every row (a read error raises `_Unreadable` before anything is written) and
+    keep its `row_diff.slim` (`parents` given: diffing). None when required columns are missing."""
+    slims = [row_diff.slim(obj, part, parents) for part in rows if not columns.missing]  # reads every row
+    if columns.missing:
         return None
-    raw_rows, digests = _run(
-        con, f"select (select count(*) from {obj.raw_table}), (select count(*) from {table})"
-    )[0]
-    if raw_rows != digests:
-        return None
-    sql = f"select record_key as _key, row_digest as {_DIGEST}, row_number as {_PREV_ROW} from {table}"
-    return rows[0][0], pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
+    return pl.concat(slims) if slims else row_diff.slim(obj, rows.empty(), None)
 
 
-def _unchanged_rows(
-    obj: SorObject, df: pl.DataFrame, previous: pl.DataFrame, parents: dict[str, _ParentKeys | None]
-) -> pl.DataFrame:
-    """The rows of `df` that are provably unchanged (see the section comment): `_key`, row number, digest,
-    the row number raw holds for them, and their positions in `df` (`_pos`) and `previous` (`_prev_pos`)."""
-    key = pl.col(obj.key).str.strip_chars()
-    rows = df.select(
-        key.alias("_key"),
-        _ROW,
-        _DIGEST,
-        *(col.name for col in obj.references),
-        pl.int_range(pl.len()).alias("_pos"),
-    )
-    # A key's 64-bit hash stands in for the key text when looking for repeated keys (several times
-    # cheaper): a collision only sends both rows to validation, which judges them as if diffed against
-    # nothing.
-    repeated = pl.col("_key").hash(seed=1).is_duplicated()
-    rows = rows.filter(pl.col("_key").is_not_null() & (pl.col("_key") != "") & repeated.not_())
-    # joined on the 64-bit digest alone (much faster than on the key text), then the keys compared
-    indexed = previous.with_row_index("_prev_pos")
-    rows = rows.join(indexed, on=_DIGEST, how="inner", suffix="_previous")
-    same = pl.col("_key") == pl.col("_key_previous")
-    for col in obj.references:
-        parent = parents.get(col.references or "")
-        if parent is None:
-            continue
-        ref = pl.col(col.name).str.strip_chars()
-        same = same & (ref.is_null() | (ref == "") | ref.is_in(parent.good.implode()))
-    return rows.filter(same).select("_key", _ROW, _DIGEST, _PREV_ROW, "_pos", "_prev_pos")
+def _record_columns(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    columns: _Columns,
+    short: str,
+    result: ObjectLoad,
+    report: LoadReport,
+    as_of: datetime,
+) -> None:
+    """Record as drift (and warn about) the columns the source lacks or adds to the contract."""
+    for column in columns.missing:
+        detail = f"{short}: required column {column} is missing"
+        result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
+    if columns.missing:
+        return
+    if columns.extra:
+        report.warnings.append(
+            f"{short}: column(s) {', '.join(columns.extra)} are not in the contract; not loaded (schema drift)"
+        )
+        for column in columns.extra:
+            detail = f"{short}: column {column} is not in the contract; not loaded"
+            result.drift.append(record_drift(con, report.source, obj.name, column, "added", detail, as_of))
+    if columns.absent:
+        report.warnings.append(
+            f"{short}: optional column(s) {', '.join(columns.absent)} absent; loaded as null"
+        )
+        for column in columns.absent:
+            detail = f"{short}: optional column {column} is absent; loaded as null"
+            result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
 
 
-def _except_positions(frame: pl.DataFrame, positions: pl.Series) -> pl.DataFrame:
-    """`frame` without the rows at `positions` (cheaper than an anti join on a key)."""
-    keep = pl.repeat(True, frame.height, dtype=pl.Boolean, eager=True).scatter(positions, False)
-    return frame.filter(keep)
+def _judge_duplicates(
+    obj: SorObject, rows: Iterable[pl.DataFrame], keys: pl.Series, short: str
+) -> row_diff.Duplicates:
+    """Judge the repeated `keys` over every row of `rows` that carries one."""
+    if not keys.len():
+        return row_diff.Duplicates.none()
+    copies = [
+        part.with_columns(pl.col(obj.key).str.strip_chars().alias("_key")).filter(
+            pl.col("_key").is_in(keys.implode())
+        )
+        for part in rows
+    ]
+    return row_diff.judge_duplicates(obj, pl.concat(copies), short)
+
+
+def _batches(rows: _Rows, diff: row_diff.RowDiff) -> Iterator[pl.DataFrame]:
+    """The rows to validate, with their digests, in row order and in batches of about a chunk: a row-diffed
+    load validates few rows per chunk, and validating a batch has a cost of its own."""
+    pending: list[pl.DataFrame] = []
+    waiting = position = 0
+    for part in rows:
+        height = part.height
+        part = part.with_columns(diff.digests.slice(position, height).alias(_DIGEST))
+        if diff.validate is not None:
+            part = part.filter(diff.validate.slice(position, height))
+        position += height
+        pending.append(part)
+        waiting += part.height
+        if waiting >= rows.size:
+            yield pl.concat(pending)
+            pending, waiting = [], 0
+    if pending:
+        yield pl.concat(pending)
 
 
 @dataclass
-class _RowDelta:
-    """How raw.<object> changes under a row-diffed load: keys to delete (changed, now broken or gone from
-    the source) and unchanged rows whose row number moved; the good validated rows are inserted."""
+class _Written:
+    """What the last pass appended to raw.<object>, and the rows it found broken."""
 
-    gone: pl.DataFrame  # _key
-    moved: pl.DataFrame  # _key, _row_number
-    unchanged: int
+    good_rows: int = 0
+    good_keys: list[pl.Series] = field(default_factory=list)  # kept only when children reference the object
+    broken: pl.DataFrame | None = None
+    stable_until: datetime | None = None
+
+
+def _write_rows(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    batches: Iterable[pl.DataFrame],
+    diff: row_diff.RowDiff,
+    dups: row_diff.Duplicates,
+    parents: dict[str, _ParentKeys | None],
+    as_of: datetime,
+    label: str,
+) -> _Written:
+    """The last pass, in the object's open transaction: start raw.<object> afresh (or delete the keys the
+    diff says are gone), validate the `_batches` of rows not provably unchanged, append the good ones."""
+    _begin_raw(con, obj, diff.gone)
+    written = _Written()
+    if _referenced(obj) and diff.unchanged_keys is not None:
+        written.good_keys.append(diff.unchanged_keys.alias(obj.key))
+    broken_parts: list[pl.DataFrame] = []
+    moments: list[datetime] = []
+    for part in batches:
+        validated = _validate(obj, part, as_of, parents, dups)
+        good = validated.good.with_columns(
+            pl.lit(label).alias("_source_file"),
+            pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at"),
+        )
+        if good.height:
+            _append_good(con, obj, good)
+        written.good_rows += good.height
+        if _referenced(obj):
+            written.good_keys.append(good.get_column(obj.key))
+        if validated.broken.height:
+            broken_parts.append(validated.broken)
+        if validated.stable_until is not None:
+            moments.append(validated.stable_until)
+        del part, validated, good
+    written.stable_until = min(moments) if moments else None
+    written.broken = pl.concat(broken_parts, how="vertical_relaxed") if broken_parts else None
+    return written
+
+
+def _quarantine_rows(
+    obj: SorObject,
+    broken: pl.DataFrame | None,
+    columns: _Columns,
+    label: str,
+    parents: dict[str, _ParentKeys | None],
+    as_of: datetime,
+    result: ObjectLoad,
+) -> pl.DataFrame:
+    """One quarantine row per broken row, with the sentence saying why; counted in `result`."""
+    rows_by_key: dict[str, list[int]] = {}
+    q_rows = []
+    counts: Counter[str] = Counter()
+    keys_by_code: dict[str, list[str]] = {}
+    if broken is not None:
+        conflict_rows = broken.filter(pl.col(_CODE) == "conflicting_duplicate")
+        for k, r in zip(conflict_rows["_key"].to_list(), conflict_rows[_ROW].to_list(), strict=True):
+            rows_by_key.setdefault(k, []).append(r)
+        for row in broken.select([*columns.file, "_key", _ROW, _CODE, _COLUMN]).iter_rows(named=True):
+            code, column = row[_CODE], row[_COLUMN]
+            record_key = row["_key"] or None
+            raw_values = {c: row[c] for c in columns.file}
+            of_key = rows_by_key.get(record_key or "", [])
+            q_rows.append(
+                {
+                    "object": obj.name,
+                    "record_key": record_key,
+                    "source_file": label,
+                    "row_number": row[_ROW],
+                    "reason_code": code,
+                    "reason": _describe(
+                        obj, code, column, row.get(column), record_key, of_key, parents, as_of
+                    ),
+                    "raw_values": json.dumps(raw_values, ensure_ascii=False),
+                    "as_of": as_of,
+                }
+            )
+            counts[code] += 1
+            keys_by_code.setdefault(code, []).append(record_key or f"(row {row[_ROW]})")
+    result.rows_quarantined = len(q_rows)
+    result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
+    result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
+    text = dict.fromkeys(
+        ("object", "record_key", "source_file", "reason_code", "reason", "raw_values"), pl.String
+    )
+    schema = {**text, "row_number": pl.Int64, "as_of": pl.Datetime("us")}
+    # _write_quarantine_and_log reads the columns by name
+    return pl.DataFrame(q_rows, schema=schema)
+
+
+def _unchecked_references(obj: SorObject, parents: dict[str, _ParentKeys | None], files: bool) -> list[str]:
+    """Warnings for the references of `obj` that cannot be checked: their parent has no keys to check."""
+    return [
+        f"{obj.name}.{col.name}: references to {col.references} are not checked "
+        f"(no {col.references}{' file' if files else ''} in this load and no raw.{col.references} table)"
+        for col in obj.references
+        if parents.get(col.references or "") is None
+    ]
+
+
+def _referenced(obj: SorObject) -> bool:
+    """Whether any object references `obj` (then a load keeps its good keys for the children's checks)."""
+    return any(col.references == obj.name for other in OBJECTS.values() for col in other.references)
+
+
+def _refuse(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    result: ObjectLoad,
+    reason: str,
+    gate: str,
+    as_of: datetime,
+    source: str,
+    *,
+    log: bool = True,
+) -> None:
+    """Mark `result` refused by `gate`, saying why and what raw.<object> keeps; logged unless `log` is off."""
+    kept = _raw_row_count(con, obj)
+    what = (
+        f"{obj.raw_table} kept as last loaded ({kept} rows)"
+        if kept is not None
+        else f"{obj.raw_table} does not exist yet"
+    )
+    result.status = "refused"
+    result.gate = gate
+    result.message = (
+        f"{result.source_file}: {reason}; nothing loaded, {what}; rules reading {obj.name} are skipped"
+    )
+    if log:
+        _write_log(con, as_of, result, source)
+
+
+def _write_object(
+    con: duckdb.DuckDBPyConnection,
+    obj: SorObject,
+    batches: Iterable[pl.DataFrame],
+    diff: row_diff.RowDiff,
+    dups: row_diff.Duplicates,
+    columns: _Columns,
+    parents: dict[str, _ParentKeys | None],
+    as_of: datetime,
+    result: ObjectLoad,
+    source: str,
+    short: str,
+    limit: float,
+) -> tuple[_Written, pl.DataFrame, bool]:
+    """Write the object in one transaction: its raw rows (`_write_rows`), then its quarantine rows and log
+    row unless more than `limit` of its rows are broken (True: rolled back, nothing written)."""
+    label = result.source_file or ""
+    con.begin()
+    try:
+        written = _write_rows(con, obj, batches, diff, dups, parents, as_of, label)
+        quarantine = _quarantine_rows(obj, written.broken, columns, label, parents, as_of, result)
+        result.stable_until = written.stable_until
+        result.rows_loaded = written.good_rows + diff.unchanged
+        result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
+        if written.broken is not None:
+            # judged against raw as last committed: this transaction has already replaced its rows
+            reader = con.cursor()
+            try:
+                result.drift.extend(_type_changes(reader, obj, written.broken, source, short, as_of))
+            finally:
+                reader.close()
+        share = result.rows_quarantined / result.rows_read if result.rows_read else 0.0
+        too_broken = bool(result.rows_read) and share > limit
+        if too_broken:
+            con.rollback()
+        else:
+            _move_rows(con, obj, diff.moved)
+            _write_quarantine_and_log(con, obj, quarantine, as_of, result, source)
+            con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return written, quarantine, too_broken
 
 
 def _load_one(
@@ -1001,191 +1288,77 @@ def _load_one(
     max_broken_share: Callable[[str], float],
     input_digest: str | None = None,
 ) -> _ParentKeys | None:
-    """Load one object; returns the keys its children may reference, or None to fall back to raw."""
+    """Load one object (see the section comment); returns the keys its children may reference, or None to
+    fall back to raw."""
     if frame is None:
         kept = _raw_row_count(con, obj)
         what = f"{obj.raw_table} left as is ({kept} rows)" if kept is not None else f"no {obj.raw_table} yet"
-        result = ObjectLoad(obj.name, "skipped", message=f"{absent_message(obj.name)}; {what}")
-        report.objects[obj.name] = result
-        _write_log(con, as_of, result, report.source)
+        report.objects[obj.name] = ObjectLoad(
+            obj.name, "skipped", message=f"{absent_message(obj.name)}; {what}"
+        )
+        _write_log(con, as_of, report.objects[obj.name], report.source)
         return None
     report.warnings.extend(frame.notes)
-    label, short = frame.source_label, frame.short_label
+    label, short, source = frame.source_label, frame.short_label, report.source
     result = ObjectLoad(
         obj.name, "loaded", source_file=label, fingerprint=frame.fingerprint, input_digest=input_digest
     )
     report.objects[obj.name] = result
-
-    def refuse(reason: str, gate: str, *, log: bool = True) -> None:
-        kept = _raw_row_count(con, obj)
-        what = (
-            f"{obj.raw_table} kept as last loaded ({kept} rows)"
-            if kept is not None
-            else f"{obj.raw_table} does not exist yet"
-        )
-        result.status = "refused"
-        result.gate = gate
-        result.message = f"{label}: {reason}; nothing loaded, {what}; rules reading {obj.name} are skipped"
-        if log:
-            _write_log(con, as_of, result, report.source)
-
     if frame.read_error is not None:
-        refuse(frame.read_error, GATE_UNREADABLE)
+        _refuse(con, obj, result, frame.read_error, GATE_UNREADABLE, as_of, source)
         return None
-    df = frame.data
-    if any(dtype != pl.String for dtype in df.schema.values()):
-        # An all-null column built in memory has no string type yet; render everything as contract text.
-        df = _as_strings(df)
-    result.rows_read = df.height
-
-    missing = [c for c in obj.required_columns if c not in df.columns]
-    for column in missing:
-        detail = f"{short}: required column {column} is missing"
-        result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
-    if missing:
-        refuse(f"lacks required column(s) {', '.join(missing)}", GATE_MISSING_COLUMN)
+    columns = _Columns.of(obj, frame.data)
+    rows = _Rows(frame, columns)
+    basis = row_diff.row_basis(obj, source, label, columns.file, FUTURE_TOLERANCE)
+    last = None if columns.missing else _previous_digests(con, obj, basis, as_of)
+    try:
+        slim = _scan_rows(obj, rows, columns, parents if last is not None else None)
+    except _Unreadable as exc:
+        _refuse(con, obj, result, str(exc), GATE_UNREADABLE, as_of, source)
         return None
-    extra = [c for c in df.columns if c not in obj.column_names]
-    if extra:
-        report.warnings.append(
-            f"{short}: column(s) {', '.join(extra)} are not in the contract; not loaded (schema drift)"
-        )
-        for column in extra:
-            detail = f"{short}: column {column} is not in the contract; not loaded"
-            result.drift.append(record_drift(con, report.source, obj.name, column, "added", detail, as_of))
-    absent_optional = [c for c in obj.column_names if c not in df.columns]
-    if absent_optional:
-        report.warnings.append(
-            f"{short}: optional column(s) {', '.join(absent_optional)} absent; loaded as null"
-        )
-        for column in absent_optional:
-            detail = f"{short}: optional column {column} is absent; loaded as null"
-            result.drift.append(record_drift(con, report.source, obj.name, column, "removed", detail, as_of))
-    file_columns = list(df.columns)
-    df = df.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in absent_optional)
-    if frame.row_numbers is None:
-        df = df.with_row_index(_ROW, offset=1).with_columns(pl.col(_ROW).cast(pl.Int64))
+    result.rows_read = rows.read
+    _record_columns(con, obj, columns, short, result, report, as_of)
+    if slim is None:
+        reason = f"lacks required column(s) {', '.join(columns.missing)}"
+        _refuse(con, obj, result, reason, GATE_MISSING_COLUMN, as_of, source)
+        return None
+    result.rows_read = slim.height
+    if rows.read > slim.height:
+        report.warnings.append(f"{short}: skipped {rows.read - slim.height} empty row(s)")
+    report.warnings.extend(_unchecked_references(obj, parents, report.folder is not None))
+    diff = row_diff.diff(slim, last[1] if last is not None else None)
+    result.rows_validated = slim.height - diff.unchanged
+    result.diffed_since = last[0] if last is not None else None
+    del slim, last
+    if diff.validate is not None and result.rows_validated <= rows.size:
+        # Few rows to validate (a row-diffed load): read once, with the rows of every repeated key among them.
+        batches: Iterable[pl.DataFrame] = list(_batches(rows, diff))
+        dups = _judge_duplicates(obj, batches, diff.repeated_keys, short)
     else:
-        if len(frame.row_numbers) != df.height:
-            raise ValueError(
-                f"{label}: {len(frame.row_numbers)} row numbers for {df.height} rows; nothing loaded"
-            )
-        df = df.with_columns(pl.Series(_ROW, list(frame.row_numbers), dtype=pl.Int64))
-    # A wholly empty line (a spreadsheet's blank row) is not a record.
-    blank = pl.all_horizontal(pl.col(c).is_null() for c in file_columns) if file_columns else pl.lit(True)
-    blank_rows = df.filter(blank).height
-    if blank_rows:
-        df = df.filter(blank.not_())
-        result.rows_read -= blank_rows
-        report.warnings.append(f"{short}: skipped {blank_rows} empty row(s)")
+        dups = _judge_duplicates(obj, rows, diff.repeated_keys, short)
+        batches = _batches(rows, diff)
+    report.warnings.extend(dups.warnings)
 
-    for col in obj.references:
-        if parents.get(col.references or "") is None:
-            report.warnings.append(
-                f"{obj.name}.{col.name}: references to {col.references} are not checked "
-                f"(no {col.references}{' file' if report.folder else ''} in this load "
-                f"and no raw.{col.references} table)"
-            )
-    basis = _row_basis(obj, report.source, label, file_columns)
-    df = _with_digests(obj, df)
-    last = _previous_digests(con, obj, basis, as_of)
-    previous = last[1] if last is not None else None
-    unchanged = _unchanged_rows(obj, df, previous, parents) if previous is not None else None
-    if unchanged is not None:
-        df = _except_positions(df, unchanged["_pos"])
-    result.rows_validated = df.height
-    validated = _validate(obj, df, as_of, parents, short)
-    report.warnings.extend(validated.warnings)
-    result.stable_until = validated.stable_until
-
-    broken = validated.broken
-    rows_by_key: dict[str, list[int]] = {}
-    if broken.height:
-        conflict_rows = broken.filter(pl.col(_CODE) == "conflicting_duplicate")
-        for k, r in zip(conflict_rows["_key"].to_list(), conflict_rows[_ROW].to_list(), strict=True):
-            rows_by_key.setdefault(k, []).append(r)
-    q_rows = []
-    counts: Counter[str] = Counter()
-    keys_by_code: dict[str, list[str]] = {}
-    for row in broken.select([*file_columns, "_key", _ROW, _CODE, _COLUMN]).iter_rows(named=True):
-        code, column = row[_CODE], row[_COLUMN]
-        record_key = row["_key"] or None
-        raw_values = {c: row[c] for c in file_columns}
-        q_rows.append(
-            {
-                "object": obj.name,
-                "record_key": record_key,
-                "source_file": label,
-                "row_number": row[_ROW],
-                "reason_code": code,
-                "reason": _describe(
-                    obj,
-                    code,
-                    column,
-                    row.get(column),
-                    record_key,
-                    rows_by_key.get(record_key or "", []),
-                    parents,
-                    as_of,
-                ),
-                "raw_values": json.dumps(raw_values, ensure_ascii=False),
-                "as_of": as_of,
-            }
-        )
-        counts[code] += 1
-        keys_by_code.setdefault(code, []).append(record_key or f"(row {row[_ROW]})")
-    quarantine = pl.DataFrame(
-        q_rows,
-        schema={
-            "object": pl.String,
-            "record_key": pl.String,
-            "source_file": pl.String,
-            "row_number": pl.Int64,
-            "reason_code": pl.String,
-            "reason": pl.String,
-            "raw_values": pl.String,
-            "as_of": pl.Datetime("us"),
-        },
-    )
-    good = validated.good.with_columns(
-        pl.lit(label).alias("_source_file"), pl.lit(as_of, dtype=pl.Datetime("us")).alias("_loaded_at")
-    )
-    new_digests = good.select(pl.col(obj.key).alias("_key"), _ROW, _DIGEST)
-    delta = None
-    if unchanged is not None and previous is not None:
-        delta = _RowDelta(
-            gone=_except_positions(previous.select("_key"), unchanged["_prev_pos"]),
-            moved=unchanged.filter(pl.col(_ROW) != pl.col(_PREV_ROW)).select("_key", _ROW),
-            unchanged=unchanged.height,
-        )
-        result.diffed_since = last[0] if last is not None else None
-    good_keys = (
-        good[obj.key] if unchanged is None else pl.concat([unchanged["_key"].alias(obj.key), good[obj.key]])
-    )
-    result.row_basis = basis
-    result.rows_loaded = good.height + (delta.unchanged if delta is not None else 0)
-    result.rows_quarantined = quarantine.height
-    result.quarantine_counts = {c: counts[c] for c in REASON_CODES if counts[c]}
-    result.quarantined_keys = {c: keys_by_code[c] for c in result.quarantine_counts}
-    result.message = f"{result.rows_loaded} loaded, {result.rows_quarantined} quarantined from {label}"
-    result.drift.extend(_type_changes(con, obj, broken, report.source, short, as_of))
     limit = max_broken_share(obj.name)
-    if result.rows_read and result.rows_quarantined / result.rows_read > limit:
+    result.row_basis = basis
+    written, quarantine, too_broken = _write_object(
+        con, obj, batches, diff, dups, columns, parents, as_of, result, source, short, limit
+    )
+    if too_broken:
         share = result.rows_quarantined / result.rows_read
-        refuse(
+        reason = (
             f"{result.rows_quarantined} of {result.rows_read} rows broken ({share:.0%}), more than the "
-            f"allowed {limit:.0%} (quality.max_broken_share); the broken rows are in ops.quarantine",
-            GATE_TOO_MANY_BROKEN,
-            log=False,
+            f"allowed {limit:.0%} (quality.max_broken_share); the broken rows are in ops.quarantine"
         )
+        _refuse(con, obj, result, reason, GATE_TOO_MANY_BROKEN, as_of, source, log=False)
         result.rows_loaded = 0  # nothing was loaded: raw keeps its last good copy
         result.row_basis = None
-        _write_object(con, obj, good, quarantine, as_of, result, report.source, replace_raw=False)
+        _write_refused(con, obj, quarantine, as_of, result, source)
         return None
-    _write_object(con, obj, good, quarantine, as_of, result, report.source, digests=new_digests, delta=delta)
+    broken = written.broken
     return _ParentKeys(
-        good=good_keys,
-        quarantined={k for k in broken["_key"].to_list() if k},
+        good=pl.concat(written.good_keys) if written.good_keys else pl.Series(obj.key, [], dtype=pl.String),
+        quarantined={k for k in broken["_key"].to_list() if k} if broken is not None else set(),
         origin=f"{short} (this load)",
     )
 
@@ -1379,14 +1552,22 @@ def _locate_frame(folder: Path, name: str) -> tuple[Path, SourceFrame] | None:
         return path, dataclasses.replace(frame, read_error=f"cannot be read ({type(exc).__name__}: {exc})")
 
 
+_READ_ERRORS = (pl.exceptions.PolarsError, OSError, ValueError)
+
+
 def _read_frame(path: Path, frame: SourceFrame) -> SourceFrame:
-    """`frame` with its file's data; a read failure refuses the object."""
+    """`frame` with its file's header and chunked reader; a failure to read the header refuses the object
+    (one in the records does when the load first reads them)."""
     if frame.read_error is not None:
         return frame
     try:
-        return dataclasses.replace(frame, data=read_strings(path))
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        scan = _scan(path)
+        if scan is None:  # a spreadsheet is read whole
+            return dataclasses.replace(frame, data=read_strings(path))
+        header = _normalized(scan.head(0).collect())
+    except _READ_ERRORS as exc:
         return dataclasses.replace(frame, read_error=f"cannot be read ({type(exc).__name__}: {exc})")
+    return dataclasses.replace(frame, data=header, chunks=functools.partial(_file_chunks, path))
 
 
 def load_folder(

@@ -5,13 +5,17 @@ checks only the records the load added or changed."""
 from __future__ import annotations
 
 import copy
+import shutil
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
+import pytest
 
 from actionlayer.contract import OBJECT_NAMES, OBJECTS
 from actionlayer.quality import validate_load
+from connectors import files
 from connectors.files import LoadReport, load_folder
 from connectors.history import record_load_history
 from tests.test_file_source import AS_OF, write_world
@@ -202,3 +206,71 @@ def test_expectations_in_parts_equal_one_validation(tmp_path: Path) -> None:
         (r["expectation_type"], r["column"], r["success"], r["unexpected_count"]) for r in parts.results
     ] == [(r["expectation_type"], r["column"], r["success"], r["unexpected_count"]) for r in whole.results]
     assert sorted(parts.failures[0]["unexpected_values"]) == sorted(whole.failures[0]["unexpected_values"])
+
+
+def _written(con: duckdb.DuckDBPyConnection) -> dict[str, list]:
+    """Everything a load writes (`_state`), with raw's load times, the row digests and drift events."""
+    state = _state(con)
+    for name in OBJECT_NAMES:
+        state[f"raw.{name}._loaded_at"] = con.execute(
+            f"select {OBJECTS[name].key}, _loaded_at from raw.{name} order by all"
+        ).fetchall()
+        state[f"digests.{name}"] = con.execute(
+            f"select * from ops.row_digests_{name} order by all"
+        ).fetchall()
+    state["drift"] = con.execute("select * exclude (as_of) from ops.drift_events order by all").fetchall()
+    return state
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_load_in_many_chunks_writes_what_one_chunk_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Each object is read, validated and written a few rows at a time; duplicates, broken references and
+    moved rows span chunks, and every table ends as when the object is read whole."""
+
+    def folder_of(data: dict[str, list[dict[str, str | None]]], name: str) -> Path:
+        folder = write_world(tmp_path / f"{name}-csv", data)
+        if kind == "csv":
+            return folder
+        target = tmp_path / f"{name}-parquet"
+        target.mkdir(exist_ok=True)
+        for path in folder.glob("*.csv"):
+            pl.read_csv(path, infer_schema=False).write_parquet(target / f"{path.stem}.parquet")
+        return target
+
+    day_one = folder_of(world(), "one")
+    day_two_folder = folder_of(day_two(world()), "two")
+    results = {}
+    # 30: the second load's 25 rows to validate are read once, from two chunks
+    for chunk_rows in (1_000_000, 30, 3):
+        monkeypatch.setattr(files, "CHUNK_ROWS", chunk_rows)
+        # both days from one folder: the second load diffs against the first
+        folder = tmp_path / f"sor-{chunk_rows}"
+        shutil.copytree(day_one, folder)
+        con = duckdb.connect(str(tmp_path / f"chunks-{chunk_rows}.duckdb"))
+        first = _pass(con, folder, AS_OF)
+        shutil.rmtree(folder)
+        shutil.copytree(day_two_folder, folder)
+        second = _pass(con, folder, DAY_AFTER)
+        lines = [line.replace(str(folder), "SOR") for r in (first, second) for line in r.summary_lines()]
+        state = {k: str(v).replace(str(folder), "SOR") for k, v in _written(con).items()}
+        results[chunk_rows] = (lines, state, second.objects["activities"])
+    whole, chunked = results[1_000_000], results[3]
+    for other in (results[30], chunked):
+        assert other[0] == whole[0]
+        assert other[1] == whole[1]
+    assert results[30][2].rows_validated == 25
+    # the second load diffed, judged duplicates across chunks, and found C4's orphans in every chunk
+    acts = chunked[2]
+    assert acts.diffed_since == AS_OF and acts.rows_validated == 25
+    assert acts.quarantine_counts == {"conflicting_duplicate": 2, "out_of_domain": 1, "broken_reference": 18}
+    assert "key 'T10' appears 2 times with identical content" in " ".join(whole[0])
+    # an activities file of 43 rows really was read in more than one chunk
+    path = next(day_two_folder.glob("activities.*"))
+    sizes = [chunk.height for chunk in files._chunks_of(files._read_frame(path, _frame(path)), 3)]
+    assert len(sizes) > 1 and max(sizes) <= 3 and sum(sizes) == 43
+
+
+def _frame(path: Path) -> files.SourceFrame:
+    return files.SourceFrame(data=pl.DataFrame(), source_label=str(path))
