@@ -1,4 +1,4 @@
-"""The canonical System-of-Record contract (shared/SOR_CONTRACT.md) as Python data.
+"""The canonical System-of-Record contract (docs/sor_contract.md) as Python data.
 
 Every source maps onto these eight objects; the file source validates against them, the demo world
 generator writes them and the dbt sources describe them. `OBJECTS` lists the objects in dependency

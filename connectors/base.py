@@ -1,7 +1,7 @@
 """The small interface every System-of-Record connector implements.
 
 A connector only talks to its source: it pages through one canonical object at a time and hands back
-records already mapped onto the canonical contract (../shared/SOR_CONTRACT.md) as *text*, exactly as a
+records already mapped onto the canonical contract (docs/sor_contract.md) as *text*, exactly as a
 contract CSV cell would hold it. Validation, quarantine, cursors, the local mirror and history belong to
 the sync (connectors/sync.py), so every source is judged by the same rules.
 """

@@ -1,6 +1,6 @@
 """The file source: load a folder of canonical-contract files into `raw.*`, quarantining broken rows.
 
-One responsibility: turn contract text (shared/SOR_CONTRACT.md) into typed good rows in `raw.<object>`,
+One responsibility: turn contract text (docs/sor_contract.md) into typed good rows in `raw.<object>`,
 broken rows in `ops.quarantine` and one `ops.load_log` row per object, and say in words what happened.
 `load_folder` reads `<object>.csv|parquet|xlsx` files; `load_frames` takes the same text as in-memory
 frames (a connector sync's mirror), so every source is judged by this one validation. Each load is a
