@@ -593,10 +593,15 @@ class _Issue:
         ]
 
 
-def _file_expiry(rows: Sequence[Mapping[str, str]], as_of: datetime) -> datetime:
+def _file_expiry(expiries: Sequence[datetime], as_of: datetime) -> datetime:
     # the file is useful until its last action's review expires; each row still expires on its own date
-    expiries = [datetime.fromisoformat(row["expires_at"]) for row in rows if row.get("expires_at")]
     return max(expiries) if expiries else as_of + timedelta(days=DEFAULT_REVIEW_EXPIRY_DAYS)
+
+
+def _approver_files(out_dir: Path, stem: str) -> tuple[Path, Path, Path]:
+    """An approver's workbook, CSV and the CSV's manifest sidecar."""
+    csv_path = out_dir / f"{stem}.csv"
+    return out_dir / f"{stem}.xlsx", csv_path, manifest_path_for(csv_path)
 
 
 def _manifest_for(issue: _Issue, as_of: datetime, key: bytes) -> Manifest:
@@ -611,7 +616,9 @@ def _manifest_for(issue: _Issue, as_of: datetime, key: bytes) -> Manifest:
     return Manifest(
         approver=issue.approver,
         issued_at=as_of,
-        expires_at=_file_expiry(issue.rows, as_of),
+        expires_at=_file_expiry(
+            [datetime.fromisoformat(row["expires_at"]) for row in issue.rows if row.get("expires_at")], as_of
+        ),
         actions=actions,
     ).signed(key)
 
@@ -1066,9 +1073,9 @@ def export_reviews(
     report.unchanged = sorted(unchanged)
     for person in sorted(issues):
         issue = issues[person]
-        csv_path = out_dir / f"{file_stem[person]}.csv"
-        report.files.extend([out_dir / f"{file_stem[person]}.xlsx", csv_path])
-        report.manifests.append(manifest_path_for(csv_path))
+        xlsx_path, csv_path, manifest_path = _approver_files(out_dir, file_stem[person])
+        report.files.extend([xlsx_path, csv_path])
+        report.manifests.append(manifest_path)
         report.rows_per_approver[person] = len(issue.entries)
         if issue.needs_checking:
             report.needs_checking_per_approver[person] = len(issue.needs_checking)
@@ -1095,21 +1102,13 @@ def _reusable_files(
             before is not None
             and before.fingerprint == digest
             and as_of < before.expires_at
-            and all(
-                path.is_file()
-                for path in (
-                    out_dir / f"{before.file_stem}.xlsx",
-                    out_dir / f"{before.file_stem}.csv",
-                    manifest_path_for(out_dir / f"{before.file_stem}.csv"),
-                )
-            )
+            and all(path.is_file() for path in _approver_files(out_dir, before.file_stem))
         ):
             unchanged.add(person)
             file_stem[person] = before.file_stem
             exports[person] = before
             continue
-        expiries = [history.review_expires_at() for _, history, _ in issue.entries]
-        expires = max(expiries) if expiries else as_of + timedelta(days=DEFAULT_REVIEW_EXPIRY_DAYS)
+        expires = _file_expiry([history.review_expires_at() for _, history, _ in issue.entries], as_of)
         exports[person] = review_reuse.Export(file_stem[person], digest, expires)
     return exports, unchanged
 
@@ -1124,11 +1123,9 @@ def _write_issue(issue: _Issue, stem: str, out_dir: Path, as_of: datetime, key: 
         ["'" + value if value.startswith(_FORMULA_PREFIXES) else value for value in _REVIEW_VALUES(row)]
         for row in issue.rows
     ]
-    csv_path = out_dir / f"{stem}.csv"
-    _replace_atomically(
-        out_dir / f"{stem}.xlsx", lambda tmp: _write_xlsx(tmp, issue, as_of, manifest, text, cells)
-    )
-    _write_manifest(manifest_path_for(csv_path), manifest, text)
+    xlsx_path, csv_path, manifest_path = _approver_files(out_dir, stem)
+    _replace_atomically(xlsx_path, lambda tmp: _write_xlsx(tmp, issue, as_of, manifest, text, cells))
+    _write_manifest(manifest_path, manifest, text)
     _replace_atomically(csv_path, lambda tmp: _write_csv_cells(tmp, REVIEW_COLUMNS, cells))
 
 
