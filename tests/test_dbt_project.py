@@ -686,3 +686,47 @@ def test_parse_needs_no_database(tmp_path):
     assert result.success
     assert (tmp_path / "target" / "manifest.json").exists()
     assert not (tmp_path / "missing").exists()
+
+
+def test_the_key_and_not_null_checks_catch_a_broken_model_and_name_what_broke(built, tmp_path, monkeypatch):
+    """primary_key and columns_not_null, the project's own generic tests: a null key, a repeated key and nulls
+    in two required columns each fail, with one row per offending key or column."""
+    db_file = tmp_path / "broken.duckdb"
+    with duckdb.connect(str(built["db"])) as con:
+        con.execute("checkpoint")  # the copy must hold every table, not leave some in the write-ahead log
+    shutil.copy(built["db"], db_file)
+    with duckdb.connect(str(db_file)) as con:
+        [first, second] = [
+            row[0]
+            for row in con.execute(
+                "select action_id from main.action_candidates order by action_id limit 2"
+            ).fetchall()
+        ]
+        con.execute("update main.action_candidates set action_id = null where action_id = ?", [first])
+        con.execute(
+            "insert into main.action_candidates select * from main.action_candidates where action_id = ?",
+            [second],
+        )
+        con.execute(
+            "update main.action_candidates set contact_id = null, owner_email = null where action_id = ?",
+            [second],
+        )
+    monkeypatch.setenv("ACTIONLAYER_DB", str(db_file))
+    result, _ = run_dbt(
+        ["test", "--select", "action_candidates", "--exclude", "test_type:unit", "--vars", AS_OF_VAR],
+        tmp_path,
+    )
+    failed = {
+        r.node.test_metadata.name: r.failures
+        for r in result.result.results
+        if r.status == "fail" and r.node.test_metadata is not None
+    }
+    assert failed == {"primary_key": 2, "columns_not_null": 2}
+    compiled = {
+        r.node.test_metadata.name: r.node.compiled_code for r in result.result.results if r.status == "fail"
+    }
+    with duckdb.connect(str(db_file)) as con:
+        keys = con.execute(compiled["primary_key"]).fetchall()
+        columns = con.execute(compiled["columns_not_null"]).fetchall()
+    assert sorted(keys, key=str) == sorted([(None, 1), (second, 2)], key=str)
+    assert sorted(columns) == [("contact_id", 2), ("owner_email", 2)]

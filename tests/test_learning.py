@@ -602,10 +602,13 @@ def test_the_learning_marts_build_with_dbt_and_agree_with_the_python_policy(tmp_
         if r.status in ("error", "fail")
     ]
     assert result.success, failures
-    learning_tests = [
-        r for r in result.result.results if r.node.resource_type == "test" and "learning" in r.node.unique_id
-    ]
-    assert len(learning_tests) >= 20 and all(r.status == "pass" for r in learning_tests)
+    ran = {
+        (r.node.test_metadata.name, r.node.attached_node.split(".")[-1]): r.status
+        for r in result.result.results
+        if r.node.resource_type == "test" and r.node.test_metadata is not None
+    }
+    for mart in ("mart_learning_arms", "mart_policy_evaluation"):
+        assert ran[("columns_not_null", mart)] == ran[("columns_in_range", mart)] == "pass"
 
     with duckdb.connect(str(db)) as con:
         cursor = con.execute("select * from main.mart_learning_arms order by segment, arm")
@@ -669,6 +672,31 @@ def test_the_learning_marts_build_with_dbt_and_agree_with_the_python_policy(tmp_
     assert evaluation["verdict"] == learning.policy_verdict(diff)
     on_best = sum(arms[key]["decisions"] for key in arms if arms[key]["is_best_arm"])
     assert evaluation["best_arm_traffic_share"] == pytest.approx(on_best / 50)
+
+    # the range and not-null checks catch a broken mart, and say which columns broke
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "update main.mart_learning_arms set traffic_share = 1.5, posterior_mean = -0.1, arm = null"
+        )
+        con.execute("update main.mart_policy_evaluation set verdict = null, logged_conversion = 2")
+    result, _ = run_dbt(
+        ["test", "--select", "mart_learning_arms", "mart_policy_evaluation", "--exclude", "test_type:unit",
+         "--vars", f"{{as_of: '{as_of:%Y-%m-%d %H:%M:%S}'}}"],
+        tmp_path,
+    )  # fmt: skip
+    failed = {
+        (r.node.test_metadata.name, r.node.attached_node.split(".")[-1]): r.failures
+        for r in result.result.results
+        if r.status == "fail" and r.node.test_metadata is not None
+    }
+    assert failed == {
+        ("columns_in_range", "mart_learning_arms"): 2,  # traffic_share, posterior_mean
+        ("columns_not_null", "mart_learning_arms"): 1,  # arm
+        ("learning_sums_to_one", "mart_learning_arms"): 2,  # each segment's shares now sum to 3
+        ("unique_combination", "mart_learning_arms"): 2,  # two arms per segment, both now null
+        ("columns_in_range", "mart_policy_evaluation"): 1,  # logged_conversion
+        ("columns_not_null", "mart_policy_evaluation"): 1,  # verdict
+    }
 
 
 def _details_of(events: list[ledger.LedgerEvent], action_id: str) -> dict:

@@ -70,11 +70,6 @@
     end)
 {%- endmacro %}
 
-{# Generic test: every value of the column lies in [min_value, max_value] (nulls pass). #}
-{% test learning_in_range(model, column_name, min_value, max_value) %}
-select {{ column_name }} from {{ model }}
-where {{ column_name }} < {{ min_value }} or {{ column_name }} > {{ max_value }}
-{% endtest %}
 
 {# Generic test: within each group the column sums to 1 (traffic shares, propensities). #}
 {% test learning_sums_to_one(model, column, group_by) %}
