@@ -13,7 +13,7 @@ wall time and peak RSS, against a floor of plain DuckDB evaluating every rule's 
    against ops.quarantine;
 4. the incremental pass: the changed files replace the folder's, one day later; the same checks, and the
    history (hist.*) must hold exactly one new version per changed or new record;
-5. the fixed overhead: a pass over an unchanged XS folder (after a first pass over it);
+5. the fixed overhead: the median of three passes over an unchanged XS folder (after a first pass over it);
 6. prints the table, ratios and PASS/FAIL per target (reported, not asserted), and writes the results into
    benchmarks/README.md between the bench_scale markers.
 
@@ -30,6 +30,7 @@ import platform
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ TARGET_FLOOR_RATIO = 10.0
 TARGET_RSS_GIB = 6.0
 TARGET_INCREMENTAL_SHARE = 0.25
 TARGET_OVERHEAD_SECONDS = 20.0
+OVERHEAD_REPEATS = 3
 TARGET_L_RSS_GIB = 24.0
 
 
@@ -409,7 +411,7 @@ def build_report(
     floor: scale_oracles.OracleRun,
     full: PassResult,
     incremental: PassResult | None,
-    overhead: PassResult | None,
+    overhead: list[PassResult] | None,
     diffs: dict[str, dict[str, tuple[int, int]]],
     checks: dict[str, bool],
 ) -> list[str]:
@@ -447,6 +449,13 @@ def build_report(
             f"{d_full[1] if d_full else '–':>11}{d_incr[1] if d_incr else '–':>12}"
         )
     ratio = full.wall / floor.total_seconds if floor.total_seconds else float("inf")
+    fixed = overhead_seconds(overhead) if overhead else None
+    if overhead is None:
+        overhead_text = "not measured"
+    elif fixed is None:
+        overhead_text = "a pass failed"
+    else:
+        overhead_text = f"{fixed:.1f} s, the median of {', '.join(f'{p.wall:.1f}' for p in overhead)} s"
     share = incremental.wall / full.wall if incremental and incremental.success and full.wall else None
     at_m = "" if size == "M" else f" (the target is for M; this is {size})"
     lines += [
@@ -459,12 +468,9 @@ def build_report(
         + (f"{share:.0%}" if share is not None else "–")
         + f" (target <= {TARGET_INCREMENTAL_SHARE:.0%}){at_m}: "
         + _verdict(None if share is None else share <= TARGET_INCREMENTAL_SHARE),
-        "fixed overhead (pass over an unchanged XS folder): "
-        + (f"{overhead.wall:.1f} s" if overhead else "not measured")
-        + f" (target <= {TARGET_OVERHEAD_SECONDS:.0f} s): "
-        + _verdict(
-            None if overhead is None else overhead.success and overhead.wall <= TARGET_OVERHEAD_SECONDS
-        ),
+        f"fixed overhead (pass over an unchanged XS folder): {overhead_text} "
+        f"(target <= {TARGET_OVERHEAD_SECONDS:.0f} s): "
+        + _verdict(None if overhead is None else fixed is not None and fixed <= TARGET_OVERHEAD_SECONDS),
     ]
     if size == "L":
         lines.append(
@@ -521,15 +527,33 @@ def _reusable_world(out: Path, size: str, seed: int, fmt: str) -> scale_world.Wo
     return info if (info.size, info.seed) == (size, seed) else None
 
 
-def measure_overhead(work: Path, fmt: str, seed: int, timeout: float | None) -> PassResult:
-    """A pass over an unchanged XS folder, after a first pass over the same folder."""
+def measure_overhead(work: Path, fmt: str, seed: int, timeout: float | None) -> list[PassResult]:
+    """Passes over an unchanged XS folder, an hour apart, after a first pass over the same folder.
+
+    The figure is their median: one pass takes about 20 s, and on a shared machine a single one varies by a
+    few seconds. Dirty pages the large passes before it left behind are written out first (`os.sync`), so
+    their write-back is not counted as this pass's overhead."""
     xs = scale_world.generate(work / "xs_world", "XS", seed=seed, formats=(fmt,))
     env = pass_env(work / "xs_data")
     folder = work / "xs_world" / "base" / fmt
     first = run_pass(env, folder, xs.as_of_dt, "XS first pass", timeout)
     if not first.success:
-        return first
-    return run_pass(env, folder, xs.as_of_dt + timedelta(hours=1), "XS unchanged", timeout)
+        return [first]
+    os.sync()
+    unchanged = []
+    for hours in range(1, OVERHEAD_REPEATS + 1):
+        result = run_pass(env, folder, xs.as_of_dt + timedelta(hours=hours), f"XS unchanged {hours}", timeout)
+        unchanged.append(result)
+        if not result.success:
+            break
+    return unchanged
+
+
+def overhead_seconds(passes: list[PassResult]) -> float | None:
+    """The median wall time of the unchanged passes; None when one failed."""
+    if not passes or not all(p.success for p in passes):
+        return None
+    return statistics.median(p.wall for p in passes)
 
 
 def main(argv: list[str] | None = None) -> int:
