@@ -228,3 +228,10 @@ def test_pending_reviews_are_read_only_when_their_own_rules_deadline_may_have_pa
     written: list = []
     assert proposals._expire_reviews(con, AS_OF, rules, written) == 2
     assert sorted(event.action_id for event in written) == ["quick-bare", "quick-stored"]
+
+
+def test_the_sql_renderer_strips_exactly_the_characters_python_strips():
+    from actionlayer import template_sql
+
+    every_space = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+    assert template_sql.PYTHON_WHITESPACE == every_space
