@@ -49,22 +49,34 @@ def quick_run_history(home: Path) -> Iterator[None]:
 
     root = os.path.join(os.path.realpath(home), "")
     keepers: dict[str, sqlite3.Connection] = {}
+    under_home: dict[str, bool] = {}  # database path → whether it is one of the instance's files
+    wal_held: set[str] = set()
     lock = threading.Lock()
 
     def on_connect(dbapi_connection: object, _record: object) -> None:
+        # runs for every connection Dagster opens (about 1,300 in a small pass), so what is known is kept
         if not isinstance(dbapi_connection, sqlite3.Connection):
             return
         rows = dbapi_connection.execute("pragma database_list").fetchall()
         path = next((row[2] for row in rows if row[1] == "main"), "")
-        if not path or not os.path.realpath(path).startswith(root):
+        if not path:
+            return
+        inside = under_home.get(path)
+        if inside is None:
+            inside = under_home[path] = os.path.realpath(path).startswith(root)
+        if not inside:
             return
         dbapi_connection.execute("pragma synchronous=NORMAL")
+        if path in wal_held:
+            return
         with lock:
             keeper = keepers.get(path)
             if keeper is None:
                 keeper = keepers[path] = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            # a read maps the WAL index (once the file is in WAL mode), which is what keeps the WAL alive
+            # a read maps the WAL index once the file is in WAL mode, which is what keeps the WAL alive
             keeper.execute("pragma schema_version").fetchone()
+            if keeper.execute("pragma journal_mode").fetchone()[0] == "wal":
+                wal_held.add(path)
 
     event.listen(Engine, "connect", on_connect)
     try:
