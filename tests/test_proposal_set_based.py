@@ -234,4 +234,4 @@ def test_the_sql_renderer_strips_exactly_the_characters_python_strips():
     from actionlayer import template_sql
 
     every_space = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
-    assert template_sql.PYTHON_WHITESPACE == every_space
+    assert every_space == template_sql.PYTHON_WHITESPACE
