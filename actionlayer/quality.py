@@ -2,12 +2,14 @@
 
 One responsibility: build an expectation suite from `actionlayer.contract` for an object and run it on a
 pandas dataframe (GE 1.24 cannot validate a DuckDB SQL datasource, see CONVENTIONS.md), returning a
-small JSON-friendly result. Great Expectations takes 10-20 s to import, so it is imported on the first
-validation only, and one ephemeral context is kept per process.
+small JSON-friendly result. Great Expectations takes 5-20 s to import, so it is imported on the first
+validation only (or in the background, `prepare_in_background`, by a caller that knows validations will
+follow), and one ephemeral context is kept per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import math
@@ -98,8 +100,23 @@ def _exception_message(info: Any) -> str | None:
     return "; ".join(messages) or None
 
 
-def _batch_definition(object_name: str) -> Any:
-    """The cached whole-dataframe batch definition for an object (creating the context on first use)."""
+def prepare_in_background() -> None:
+    """Start importing Great Expectations and creating its context in a daemon thread, for a caller that
+    knows validations will follow: the import is seconds of Python that can overlap a load's DuckDB and
+    polars work (which release the GIL) instead of following it. A validation that comes first waits for
+    it; a failure here is left for that validation to meet and report."""
+    if _datasource is not None:
+        return
+
+    def prepare() -> None:
+        with contextlib.suppress(Exception):
+            _ensure_datasource()
+
+    threading.Thread(target=prepare, name="great-expectations-import", daemon=True).start()
+
+
+def _ensure_datasource() -> Any:
+    """The pandas datasource of the process's one ephemeral context (importing GE and creating it first)."""
     global _datasource
     with _lock:
         if _datasource is None:
@@ -117,8 +134,15 @@ def _batch_definition(object_name: str) -> Any:
             # Progress bars would flood the Dagster log with one line per metric.
             context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
             _datasource = context.data_sources.add_pandas("actionlayer_frames")
+        return _datasource
+
+
+def _batch_definition(object_name: str) -> Any:
+    """The cached whole-dataframe batch definition for an object (creating the context on first use)."""
+    datasource = _ensure_datasource()
+    with _lock:
         if object_name not in _batch_definitions:
-            asset = _datasource.add_dataframe_asset(name=object_name)
+            asset = datasource.add_dataframe_asset(name=object_name)
             _batch_definitions[object_name] = asset.add_batch_definition_whole_dataframe("whole")
         return _batch_definitions[object_name]
 

@@ -597,6 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         say(f"reusing the size {args.size} world in {work / 'world'} (generated in {info.seconds:.1f} s)")
 
+    # a reused work folder keeps the world only: the full pass starts from no database, no review files and
+    # no Dagster history, as a first pass does
+    for leftover in ("data", "sor", "overhead", "oracles.duckdb", "oracles.duckdb.wal"):
+        path = work / leftover
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     store = duckdb.connect(str(work / "oracles.duckdb"))
     say("floor: one plain DuckDB query per rule over the base files")
     floor = scale_oracles.run_oracles(base, info.as_of_dt, store, "full")

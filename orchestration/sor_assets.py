@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from actionlayer import quality
 from actionlayer.contract import OBJECT_NAMES, raw_ddl
 from actionlayer.db import connect
 from actionlayer.settings import SourceSettings
@@ -123,10 +124,6 @@ def _object_results(
             continue
         obj = report.objects.get(name)
         if obj is not None and obj.status == "loaded":
-            # lazy: Great Expectations takes seconds to import, and a pass with every object unchanged
-            # never needs it
-            from actionlayer.quality import validate_load
-
             recorded = history is not None and name in history.objects and history.objects[name].applied
             yield dg.MaterializeResult(
                 asset_key=raw_key(name),
@@ -140,7 +137,7 @@ def _object_results(
                 },
             )
             with connect(wait_seconds=30) as con:
-                result = validate_load(con, name, report.as_of if recorded else None)
+                result = quality.validate_load(con, name, report.as_of if recorded else None)
             yield dg.AssetCheckResult(
                 asset_key=raw_key(name),
                 check_name="contract_expectations",
@@ -236,6 +233,9 @@ def files_source_asset(
         context.log.info(f"loading SoR folder {path} as of {as_of:%Y-%m-%d %H:%M:%S}")
         fingerprint = folder_fingerprint(path) if path.is_dir() else None
         with connect(wait_seconds=30) as con:
+            if fingerprint is not None and fingerprint != last_loaded_fingerprint(con, path):
+                # something will be loaded and validated: import the validator while the load works
+                quality.prepare_in_background()
             report = load_folder(con, path, as_of, objects=list(objects))
             _ensure_every_raw_table(con)
             history = record_load_history(con, report)
@@ -264,6 +264,7 @@ def connector_source_asset(source: SourceSettings) -> dg.AssetsDefinition:
         scope = [name for name in source.objects if raw_key(name) in context.selected_asset_keys]
         context.log.info(f"syncing {source.name} ({source.type}): {', '.join(scope)} as of {as_of}")
         connector = source.connector()
+        quality.prepare_in_background()  # a sync's waits on the vendor overlap the validator's import
         try:
             report = sync_source(lambda: connect(wait_seconds=30), connector, as_of, objects=scope)
         finally:

@@ -180,3 +180,35 @@ def test_no_fingerprint_of_the_whole_frame_is_computed() -> None:
 
     batch = _batch_definition("deals").get_batch(batch_parameters={"dataframe": deals_frame()})
     assert "pandas_data_fingerprint" not in batch.batch_markers
+
+
+def test_a_validation_started_while_the_validator_imports_in_the_background_waits_for_it() -> None:
+    """prepare_in_background imports Great Expectations in a thread; a validation that starts at once (in a
+    fresh process, so nothing is imported yet) waits for that import instead of importing it twice or
+    seeing a half-made context, and gives the same result as ever."""
+    import subprocess
+    import sys
+
+    script = """
+import threading, sys
+import pandas as pd
+from actionlayer import quality
+assert "great_expectations" not in sys.modules
+quality.prepare_in_background()
+assert any(t.name == "great-expectations-import" for t in threading.enumerate())
+frame = pd.DataFrame({"account_id": ["A1", "A1"], "name": ["x", "y"], "industry": ["saas", "saas"],
+                      "tier": ["smb", "smb"], "owner_email": ["o@x.io", "o@x.io"],
+                      "created_at": ["2026-01-01 00:00:00"] * 2, "updated_at": ["2026-01-01 00:00:00"] * 2})
+result = quality.validate_batch("accounts", frame)
+failed = sorted(r["expectation_type"] for r in result.failures)
+print(result.success, failed)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False ['expect_column_values_to_be_unique']"
