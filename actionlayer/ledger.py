@@ -283,9 +283,7 @@ def append_query(
     first_only = (
         "" if distinct else "qualify row_number() over (partition by batch.event_id order by _position) = 1"
     )
-    # an anti-join, then a plain insert: twice as fast as ON CONFLICT on the primary key's index, same rows.
-    # No `order by seq`: every reader orders by seq, and sorting the wide rows into seq order (then inserting
-    # them order-preserving) was 12.5 s of a 508k-event pass where the parallel insert takes 3.8 s.
+    # an anti-join, then a plain insert: twice as fast as ON CONFLICT on the primary key's index, same rows
     skip = (
         "anti join ops.action_ledger as present on present.event_id = batch.event_id"
         if present is None
@@ -296,7 +294,8 @@ def append_query(
         select {", ".join(f"batch.{name}" for name in _COLUMNS)}, ? + _position as seq, ?::timestamp
         from ({query}) as batch
         {skip}
-        {first_only}""",
+        {first_only}
+        order by seq""",
         [first_seq, _wall_clock(), *(params or []), *([] if present is None else [present])],
     ).fetchall()
     return int(inserted[0][0]) if inserted else 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import duckdb
@@ -183,39 +182,3 @@ def test_a_small_batch_looked_up_first_is_appended_as_the_anti_join_appends_it(
     assert ledger.append(con, [event(2), event(4)]) == 0
     rows = con.execute("select seq, action_id from ops.action_ledger order by seq").fetchall()
     assert rows == [(1, "a1"), (2, "a2"), (3, "a3"), (5, "a4")]
-
-
-def test_appending_a_pass_of_events_inserts_in_parallel_without_sorting_them_into_seq_order(con, tmp_path):
-    """Every reader orders the ledger by seq, so the append does not: sorting a pass's wide rows into seq
-    order and inserting them order-preserving was 12.5 s of 508k events at size M, the parallel insert 3.8 s.
-    The plan of the append's insert holds neither a sort nor the order-preserving insert."""
-    _write_candidates(con, [_candidate(f"a{n}", "auto" if n % 2 else "followup") for n in range(200)])
-    profile = tmp_path / "insert.json"
-    con.execute(f"pragma enable_profiling = 'json'; pragma profiling_output = '{profile}'")
-    original = con.execute
-    plans: list[set[str]] = []
-
-    def operators(node: dict) -> set[str]:
-        return {node.get("type", "")}.union(*(operators(child) for child in node.get("children", [])))
-
-    class Profiled:
-        """Keeps the plan of each insert into the ledger (the profile file holds the last statement's)."""
-
-        def execute(self, sql: str, *args):
-            result = original(sql, *args)
-            if str(sql).lstrip().startswith("insert into ops.action_ledger"):
-                plans.append(
-                    set().union(*(operators(op) for op in json.loads(profile.read_text())["operator"]))
-                )
-            return result
-
-        def __getattr__(self, name: str):
-            return getattr(con, name)
-
-    report = propose(Profiled(), AS_OF, RULES)
-    con.execute("pragma disable_profiling")
-    assert report.new_events >= 300 and plans
-    for plan in plans:
-        assert "INSERT" in plan and not plan & {"ORDER_BY", "BATCH_INSERT"}, plan
-    seqs = [row[0] for row in con.execute("select seq from ops.action_ledger order by seq").fetchall()]
-    assert seqs == list(range(1, len(seqs) + 1))
