@@ -13,6 +13,7 @@ import shutil
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -459,6 +460,15 @@ def run_dbt(args: list[str], work_dir: Path):
     return result, time.monotonic() - started
 
 
+def generic_test_results(result) -> dict[tuple[str, str], Any]:
+    """Each generic data test a dbt invocation ran, by (test name, model it checks): dbt's result for it."""
+    return {
+        (r.node.test_metadata.name, r.node.attached_node.split(".")[-1]): r
+        for r in result.result.results
+        if r.node.resource_type == "test" and r.node.test_metadata is not None
+    }
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dbt")
@@ -716,15 +726,9 @@ def test_the_key_and_not_null_checks_catch_a_broken_model_and_name_what_broke(bu
         ["test", "--select", "action_candidates", "--exclude", "test_type:unit", "--vars", AS_OF_VAR],
         tmp_path,
     )
-    failed = {
-        r.node.test_metadata.name: r.failures
-        for r in result.result.results
-        if r.status == "fail" and r.node.test_metadata is not None
-    }
-    assert failed == {"primary_key": 2, "columns_not_null": 2}
-    compiled = {
-        r.node.test_metadata.name: r.node.compiled_code for r in result.result.results if r.status == "fail"
-    }
+    failed = {name: r for (name, _), r in generic_test_results(result).items() if r.status == "fail"}
+    assert {name: r.failures for name, r in failed.items()} == {"primary_key": 2, "columns_not_null": 2}
+    compiled = {name: r.node.compiled_code for name, r in failed.items()}
     with duckdb.connect(str(db_file)) as con:
         keys = con.execute(compiled["primary_key"]).fetchall()
         columns = con.execute(compiled["columns_not_null"]).fetchall()

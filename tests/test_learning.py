@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from proposal_support import AS_OF, candidate, rule_meta, write_candidates
 from sync_support import clean_world, write_csv_folder
-from test_dbt_project import run_dbt
+from test_dbt_project import generic_test_results, run_dbt
 
 from action_sinks.dispatcher import dispatch
 from action_sinks.file import FileOutbox
@@ -602,11 +602,7 @@ def test_the_learning_marts_build_with_dbt_and_agree_with_the_python_policy(tmp_
         if r.status in ("error", "fail")
     ]
     assert result.success, failures
-    ran = {
-        (r.node.test_metadata.name, r.node.attached_node.split(".")[-1]): r.status
-        for r in result.result.results
-        if r.node.resource_type == "test" and r.node.test_metadata is not None
-    }
+    ran = {key: r.status for key, r in generic_test_results(result).items()}
     for mart in ("mart_learning_arms", "mart_policy_evaluation"):
         assert ran[("columns_not_null", mart)] == ran[("columns_in_range", mart)] == "pass"
 
@@ -684,11 +680,7 @@ def test_the_learning_marts_build_with_dbt_and_agree_with_the_python_policy(tmp_
          "--vars", f"{{as_of: '{as_of:%Y-%m-%d %H:%M:%S}'}}"],
         tmp_path,
     )  # fmt: skip
-    failed = {
-        (r.node.test_metadata.name, r.node.attached_node.split(".")[-1]): r.failures
-        for r in result.result.results
-        if r.status == "fail" and r.node.test_metadata is not None
-    }
+    failed = {key: r.failures for key, r in generic_test_results(result).items() if r.status == "fail"}
     assert failed == {
         ("columns_in_range", "mart_learning_arms"): 2,  # traffic_share, posterior_mean
         ("columns_not_null", "mart_learning_arms"): 1,  # arm
